@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Union
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -265,14 +266,22 @@ def _why_not_reusable(
 
 def _validity_problem(cert: x509.Certificate, now: dt.datetime) -> str | None:
     if now < cert.not_valid_before_utc:
-        return f"the certificate is not valid until {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+        return _not_yet_valid(cert)
     if now >= cert.not_valid_after_utc:
-        return f"the certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}"
+        return _expired(cert)
     left = cert.not_valid_after_utc - now
     if left <= RENEW_BEFORE:
         days = left.days
         return f"the certificate expires in {days} day{'' if days == 1 else 's'}"
     return None
+
+
+def _expired(cert: x509.Certificate) -> str:
+    return f"the certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}"
+
+
+def _not_yet_valid(cert: x509.Certificate) -> str:
+    return f"the certificate is not valid until {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
 
 
 def _coverage_problem(
@@ -434,7 +443,7 @@ def _read_key(path: Path):
             f"the key {path} is encrypted; securechat needs an unencrypted key "
             "(protect it with file permissions instead)"
         ) from None
-    except (ValueError, serialization.UnsupportedAlgorithm):
+    except (ValueError, UnsupportedAlgorithm):
         raise TLSConfigError(f"{path} does not contain a PEM private key") from None
 
 
@@ -496,9 +505,9 @@ def _key_type(public_key) -> str:
 def _warnings(cert: x509.Certificate, now: dt.datetime) -> list[str]:
     warnings = []
     if now >= cert.not_valid_after_utc:
-        warnings.append(f"the certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}")
+        warnings.append(_expired(cert))
     elif now < cert.not_valid_before_utc:
-        warnings.append(f"the certificate is not valid until {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+        warnings.append(_not_yet_valid(cert))
     if _san_values(cert) == ([], []):
         # Browsers ignore the CN; without SANs every name fails to verify.
         warnings.append("the certificate has no subjectAltName; browsers will reject it")
@@ -531,6 +540,8 @@ def server_ssl_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
 
 def _no_password(key_path: Path):
     def refuse() -> bytes:
-        raise TLSConfigError(f"the key {key_path} is encrypted; securechat needs an unencrypted key")
+        raise TLSConfigError(
+            f"the key {key_path} is encrypted; securechat needs an unencrypted key"
+        )
 
     return refuse
