@@ -1,0 +1,443 @@
+// The chat session without the DOM: join/rejoin, roster verification, TOFU trust, the §7.4
+// receive checks, the outbox (queue while offline, ack, stale_recipients re-send).
+// The page (main.js/ui.js) listens to events; node tests drive it with a fake WebSocket.
+
+import * as c from "./crypto.js";
+import { Connection, CLOSE_REPLACED, joinFrame, leaveFrame, rosterFrame, wsUrl } from "./protocol.js";
+
+export const DEFAULT_ROOM = "lobby";
+const DEFAULT_SKEW_MS = 300000;
+const SEEN_IDS_PER_SENDER = 2000;
+
+// Join errors after which retrying the same join cannot help.
+const FATAL_JOIN_ERRORS = new Set(["bad_username", "username_taken", "bad_key", "bad_signature",
+  "room_full", "unsupported_version"]);
+
+const SEND_ERROR_TEXT = {
+  replay: "The server saw this message as a replay.",
+  clock_skew: "Your device clock differs from the server's by more than the allowed few minutes. Correct the clock, then retry.",
+  rate_limited: "Too many messages at once.",
+  bad_recipient_key: "A recipient's key was refused by the server.",
+  server_error: "The server could not store the message.",
+  stale_recipients: "The participant list changed twice while sending.",
+  bad_frame: "The server refused the message as malformed.",
+};
+
+/**
+ * emit(type, detail) events:
+ *   identity {fingerprint}           status {state, detail}
+ *   welcome {room, you}              roster {participants}
+ *   message {id, sid, username, fingerprint, ts, text, trust, verified}
+ *   warning {text}                   outgoing {localId, text, ts, state, reason}
+ *   trust {fingerprint, trust, verified}
+ *   join-failed {code, message}      ended {why, message}
+ */
+export class ChatClient {
+  constructor({ store, emit, url, room = DEFAULT_ROOM, WebSocketImpl, now = Date.now,
+    setTimer, clearTimer, random }) {
+    this.store = store;
+    this.emit = emit;
+    this.url = url ?? (globalThis.location ? wsUrl(globalThis.location) : null);
+    this.signRoom = room;
+    this.room = room;
+    this.now = now;
+    this.connOptions = { WebSocketImpl, setTimer, clearTimer, random };
+    this.identity = null;
+    this.username = null;
+    this.session = null;
+    this.joined = false; // welcome received on the current socket
+    this.connection = null;
+    this.roster = new Map(); // sid -> entry
+    this.counter = 0;
+    this.lastCounter = new Map(); // sender sid -> last accepted counter
+    this.seenIds = new Map(); // sender fingerprint -> Set of message ids
+    this.outbox = new Map(); // localId -> outgoing record
+    this.inflight = new Map(); // message id -> localId
+    this.awaitingRoster = []; // records to re-send once after stale_recipients
+    this.limits = { max_clock_skew_ms: DEFAULT_SKEW_MS };
+    this.serverOffset = 0;
+    this.chain = Promise.resolve();
+    this.nextLocalId = 1;
+  }
+
+  /** Run tasks one at a time: frame handling is async (verification) but order matters. */
+  enqueue(task) {
+    this.chain = this.chain.then(task).catch((err) => {
+      this.emit("warning", { text: `Internal error: ${err?.message ?? err}` });
+    });
+    return this.chain;
+  }
+
+  async loadIdentity() {
+    this.identity = await this.store.getIdentity();
+    if (this.identity) this.emit("identity", { fingerprint: this.identity.fingerprint });
+    return this.identity;
+  }
+
+  async ensureIdentity() {
+    if (!this.identity) await this.loadIdentity();
+    if (!this.identity) {
+      this.identity = await c.generateIdentity();
+      await this.store.setIdentity(this.identity);
+      this.emit("identity", { fingerprint: this.identity.fingerprint });
+    }
+    return this.identity;
+  }
+
+  /** Start (or restart) the chat as `rawUsername`. Returns an error text or null. */
+  async join(rawUsername) {
+    const username = c.normalizeUsername(rawUsername);
+    const problem = c.usernameProblem(username);
+    if (problem) return problem;
+    await this.ensureIdentity();
+    this.username = username;
+    await this.store.setSetting("username", username);
+    this.connection?.stop();
+    // Events of a connection we already replaced (stopped, still closing) are ignored.
+    const connection = new Connection({
+      url: this.url,
+      ...this.connOptions,
+      onOpen: () => this.enqueue(() => connection === this.connection && this.sendJoin()),
+      onFrame: (frame) => this.enqueue(() => connection === this.connection && this.onFrame(frame)),
+      onDrop: (info) => this.enqueue(() => connection === this.connection && this.onDrop(info)),
+    });
+    this.connection = connection;
+    this.emit("status", { state: "connecting" });
+    connection.start();
+    return null;
+  }
+
+  async sendJoin() {
+    // A fresh session key for every join (§3): nothing wrapped before survives this session.
+    this.session = await c.generateSession();
+    this.counter = 0;
+    this.joined = false;
+    const sessionSig = await c.signSession(this.identity.privateKey, this.signRoom, this.username,
+      this.session.spki);
+    this.connection.send(joinFrame({ username: this.username, identityKey: this.identity.spki,
+      sessionKey: this.session.spki, sessionSig }));
+  }
+
+  leave() {
+    const connection = this.connection;
+    this.connection = null;
+    this.joined = false;
+    this.roster.clear();
+    this.failInflight("You left before the server confirmed this message.");
+    for (const record of this.outbox.values()) {
+      if (record.state === "queued") this.setOutgoing(record, "failed", "You left the chat before it was sent.");
+    }
+    return new Promise((resolve) => {
+      if (!connection) return resolve();
+      // Resolve once the socket is closed so a following join does not race the old session.
+      connection.onDrop = () => resolve();
+      connection.stop(leaveFrame());
+      if (!connection.socket || connection.socket.readyState > 1) resolve();
+      this.emit("status", { state: "offline", detail: "You left the chat." });
+      this.emit("ended", { why: "left", message: "You left the chat." });
+    });
+  }
+
+  /** Replace the identity key (the old one is gone for good); rejoin when in the chat. */
+  async newIdentity() {
+    const wasIn = this.connection !== null;
+    if (wasIn) await this.leave();
+    this.identity = await c.generateIdentity();
+    await this.store.setIdentity(this.identity);
+    this.emit("identity", { fingerprint: this.identity.fingerprint });
+    if (wasIn && this.username) await this.join(this.username);
+  }
+
+  // -- incoming frames ------------------------------------------------------------------
+
+  async onFrame(frame) {
+    switch (frame.type) {
+      case "welcome": return this.onWelcome(frame);
+      case "joined": return this.onJoined(frame.participant);
+      case "left": return this.onLeft(frame);
+      case "roster": return this.onRoster(frame);
+      case "msg": return this.onMsg(frame);
+      case "ack": return this.onAck(frame);
+      case "error": return this.onError(frame);
+      default: return undefined; // unknown types are for newer clients
+    }
+  }
+
+  async onWelcome(frame) {
+    this.room = frame.room;
+    this.limits = { ...this.limits, ...(frame.limits ?? {}) };
+    if (Number.isSafeInteger(frame.server_time)) this.serverOffset = frame.server_time - this.now();
+    if (frame.you?.sid !== this.session.sid || frame.you?.fingerprint !== this.identity.fingerprint) {
+      this.emit("warning", { text: "The server's welcome does not match our own keys." });
+    }
+    await this.rebuildRoster(frame.participants ?? []);
+    this.joined = true;
+    this.connection.resetBackoff();
+    this.emit("welcome", { room: this.room, you: { sid: this.session.sid, username: this.username,
+      fingerprint: this.identity.fingerprint } });
+    this.emit("status", { state: "connected" });
+    for (const record of this.outbox.values()) {
+      if (record.state === "queued") await this.transmit(record);
+    }
+  }
+
+  async rebuildRoster(participants) {
+    const fresh = new Map();
+    for (const p of participants) {
+      const entry = await this.checkParticipant(p);
+      if (entry) fresh.set(entry.sid, entry);
+    }
+    this.roster = fresh;
+    this.emitRoster();
+  }
+
+  /** A roster entry whose signatures and hashes are checked (§4) and whose trust is known. */
+  async checkParticipant(p) {
+    if (!p || typeof p.sid !== "string" || typeof p.username !== "string") return null;
+    const entry = { sid: p.sid, username: p.username, fingerprint: String(p.fingerprint ?? ""),
+      joined: p.joined, ok: false, problem: null, trust: "new", verified: false,
+      identityKey: null, sessionKey: null };
+    try {
+      Object.assign(entry, await c.verifyParticipant(this.room, p), { ok: true });
+    } catch (err) {
+      // Shown with a warning and never used as a recipient.
+      entry.problem = err.message;
+      return entry;
+    }
+    const isSelf = entry.fingerprint === this.identity.fingerprint;
+    entry.trust = isSelf ? "self" : await this.pinTrust(entry);
+    entry.verified = !isSelf && entry.trust !== "changed" && (await this.store.isVerified(entry.fingerprint));
+    return entry;
+  }
+
+  /** Trust on first use: pin a new username to its fingerprint; flag a different one. */
+  async pinTrust(entry) {
+    const key = c.usernameKey(entry.username);
+    const pin = await this.store.getPin(key);
+    if (!pin) {
+      await this.store.setPin(key, { username: entry.username, fingerprint: entry.fingerprint, since: this.now() });
+      return "new";
+    }
+    return pin.fingerprint === entry.fingerprint ? "known" : "changed";
+  }
+
+  async onJoined(participant) {
+    const entry = await this.checkParticipant(participant);
+    if (!entry) return;
+    // A session replaced under the same name (§5) leaves no stale twin behind.
+    for (const [sid, other] of this.roster) {
+      if (c.usernameKey(other.username) === c.usernameKey(entry.username)) this.roster.delete(sid);
+    }
+    this.roster.set(entry.sid, entry);
+    this.emitRoster();
+  }
+
+  onLeft(frame) {
+    if (this.roster.delete(frame.sid)) this.emitRoster();
+  }
+
+  async onRoster(frame) {
+    await this.rebuildRoster(frame.participants ?? []);
+    const waiting = this.awaitingRoster;
+    this.awaitingRoster = [];
+    for (const record of waiting) await this.transmit(record);
+  }
+
+  emitRoster() {
+    const participants = [...this.roster.values()].map((e) => ({
+      sid: e.sid, username: e.username, fingerprint: e.fingerprint, ok: e.ok, problem: e.problem,
+      trust: e.trust, verified: e.verified, you: this.session !== null && e.sid === this.session.sid,
+    }));
+    this.emit("roster", { participants });
+  }
+
+  async onMsg(frame) {
+    const from = frame.from ?? {};
+    const name = typeof from.username === "string" ? from.username : "someone";
+    const warn = (why) => this.emit("warning", {
+      text: `A message from ${name} was not shown: ${why}.`, ts: this.now() });
+    const sender = this.roster.get(from.sid);
+    if (!sender || sender.fingerprint !== from.fingerprint) return warn("the sender is not in the room with that key");
+    if (!sender.ok) return warn("the sender's session key signature did not verify");
+    let text;
+    try {
+      text = await c.openMessage(frame, sender.identityKey, this.session);
+    } catch (err) {
+      const reasons = { not_for_us: "it was not addressed to us", bad_signature: "its signature does not verify",
+        no_decrypt: "it does not decrypt", bad_recipients: "its recipient list is malformed" };
+      return warn(reasons[err.code] ?? "it is malformed");
+    }
+    const seen = this.seenIds.get(from.fingerprint) ?? new Set();
+    if (seen.has(frame.id) || frame.counter <= (this.lastCounter.get(from.sid) ?? 0)) {
+      return warn("it is a replay of an earlier message");
+    }
+    if (Math.abs(frame.ts - this.now()) > this.limits.max_clock_skew_ms) {
+      return warn("its time is too far from this device's clock");
+    }
+    seen.add(frame.id);
+    if (seen.size > SEEN_IDS_PER_SENDER) seen.delete(seen.values().next().value);
+    this.seenIds.set(from.fingerprint, seen);
+    this.lastCounter.set(from.sid, frame.counter);
+    if (from.sid === this.session.sid && this.inflight.has(frame.id)) {
+      // Our own echo: the message reached every recipient; it is already on screen.
+      return this.markDelivered(frame.id);
+    }
+    this.emit("message", { id: frame.id, sid: from.sid, username: sender.username,
+      fingerprint: sender.fingerprint, ts: frame.ts, text, trust: sender.trust, verified: sender.verified });
+  }
+
+  onAck(frame) {
+    this.markDelivered(frame.id);
+  }
+
+  markDelivered(id) {
+    const localId = this.inflight.get(id);
+    const record = this.outbox.get(localId);
+    if (!record) return;
+    this.inflight.delete(id);
+    this.setOutgoing(record, "delivered");
+    this.outbox.delete(localId);
+  }
+
+  async onError(frame) {
+    if (!this.joined) {
+      if (FATAL_JOIN_ERRORS.has(frame.code)) {
+        const connection = this.connection;
+        this.connection = null;
+        connection?.stop();
+        this.emit("status", { state: "offline", detail: frame.message });
+        this.emit("join-failed", { code: frame.code, message: frame.message ?? frame.code });
+      } else {
+        this.emit("warning", { text: `The server refused the join: ${frame.message ?? frame.code}` });
+      }
+      return;
+    }
+    const record = this.outbox.get(this.inflight.get(frame.id));
+    if (!record) {
+      this.emit("warning", { text: `The server reported: ${frame.message ?? frame.code}` });
+      return;
+    }
+    this.inflight.delete(frame.id);
+    if (frame.code === "stale_recipients" && !record.resent) {
+      // §7.5: refresh the roster, then re-send once with a new id and the next counter.
+      record.resent = true;
+      this.setOutgoing(record, "sending");
+      this.awaitingRoster.push(record);
+      this.connection.send(rosterFrame());
+      return;
+    }
+    let reason = SEND_ERROR_TEXT[frame.code] ?? (frame.message || frame.code);
+    if (frame.code === "clock_skew") {
+      const minutes = Math.round(Math.abs(this.serverOffset) / 60000);
+      reason += ` (difference: about ${minutes} min)`;
+    }
+    this.setOutgoing(record, "failed", reason);
+  }
+
+  async onDrop({ code, reason, willRetry, delay }) {
+    this.joined = false;
+    this.failInflight("The connection dropped before the server confirmed this message; it may or may not have arrived.");
+    if (code === CLOSE_REPLACED) {
+      this.connection = null;
+      const message = "This chat was opened again with the same identity (another tab or window), which replaced this one. It will not reconnect by itself.";
+      this.emit("status", { state: "offline", detail: "Replaced by a newer session." });
+      this.emit("ended", { why: "replaced", message });
+      return;
+    }
+    if (willRetry) {
+      const seconds = Math.max(1, Math.round(delay / 1000));
+      const why = code === 1001 ? "The server is restarting." : code === 1008 ? `The server closed the connection (${reason || "policy"}).` : "The connection was lost.";
+      this.emit("status", { state: "reconnecting", detail: `${why} Retrying in ${seconds} s.` });
+    }
+  }
+
+  failInflight(reason) {
+    for (const localId of this.inflight.values()) {
+      const record = this.outbox.get(localId);
+      if (record) this.setOutgoing(record, "failed", reason);
+    }
+    this.inflight.clear();
+    for (const record of this.awaitingRoster) this.setOutgoing(record, "failed", reason);
+    this.awaitingRoster = [];
+  }
+
+  // -- outgoing ---------------------------------------------------------------------------
+
+  /** Queue `text`; it goes out now when connected, otherwise at the next welcome. */
+  send(text) {
+    if (typeof text !== "string" || !text.trim()) return null;
+    if ([...text].length > c.MAX_TEXT_CHARS) return `Messages can have at most ${c.MAX_TEXT_CHARS} characters.`;
+    const record = { localId: `out-${this.nextLocalId++}`, text, ts: this.now(), state: "queued",
+      reason: null, resent: false, id: null };
+    this.outbox.set(record.localId, record);
+    this.setOutgoing(record, "queued", this.joined ? null : "Offline: it will be sent when the connection is back.");
+    if (this.joined) this.enqueue(() => this.transmit(record));
+    return null;
+  }
+
+  retry(localId) {
+    const record = this.outbox.get(localId);
+    if (!record || record.state !== "failed") return;
+    record.resent = false;
+    this.setOutgoing(record, "queued", this.joined ? null : "Offline: it will be sent when the connection is back.");
+    if (this.joined) this.enqueue(() => this.transmit(record));
+  }
+
+  /** Who a message is wrapped to: verified sessions whose key is not in a pending key change. */
+  recipients() {
+    return [...this.roster.values()].filter((e) => e.ok && e.trust !== "changed");
+  }
+
+  withheld() {
+    return [...this.roster.values()].filter((e) => !e.ok || e.trust === "changed").map((e) => e.username);
+  }
+
+  async transmit(record) {
+    if (!this.joined || !this.connection?.isOpen) {
+      this.setOutgoing(record, "queued", "Offline: it will be sent when the connection is back.");
+      return;
+    }
+    const recipients = this.recipients();
+    if (!recipients.some((r) => r.sid === this.session.sid)) recipients.push({ sid: this.session.sid, sessionKey: this.session.publicKey });
+    const frame = await c.sealMessage({
+      identityPrivateKey: this.identity.privateKey, fingerprint: this.identity.fingerprint,
+      senderSid: this.session.sid, room: this.room, text: record.text, recipients,
+      counter: ++this.counter, ts: this.now(),
+    });
+    record.id = frame.id;
+    this.inflight.set(frame.id, record.localId);
+    this.setOutgoing(record, "sending");
+    if (!this.connection.send(frame)) {
+      this.inflight.delete(frame.id);
+      this.setOutgoing(record, "queued", "Offline: it will be sent when the connection is back.");
+    }
+  }
+
+  setOutgoing(record, state, reason = null) {
+    record.state = state;
+    record.reason = reason;
+    this.emit("outgoing", { localId: record.localId, text: record.text, ts: record.ts, state, reason });
+  }
+
+  // -- trust actions --------------------------------------------------------------------
+
+  async acceptKey(sid) {
+    const entry = this.roster.get(sid);
+    if (!entry?.ok || entry.trust !== "changed") return;
+    await this.store.setPin(c.usernameKey(entry.username), { username: entry.username,
+      fingerprint: entry.fingerprint, since: this.now() });
+    entry.trust = "known";
+    entry.verified = await this.store.isVerified(entry.fingerprint);
+    this.emit("trust", { fingerprint: entry.fingerprint, trust: entry.trust, verified: entry.verified });
+    this.emitRoster();
+  }
+
+  async markVerified(sid) {
+    const entry = this.roster.get(sid);
+    if (!entry?.ok || entry.trust === "changed" || entry.trust === "self") return;
+    await this.store.setVerified(entry.fingerprint, entry.username);
+    entry.verified = true;
+    this.emit("trust", { fingerprint: entry.fingerprint, trust: entry.trust, verified: true });
+    this.emitRoster();
+  }
+}

@@ -1,0 +1,126 @@
+// Entry point: checks the environment, then wires the chat session to the page.
+
+import { hasWebCrypto } from "./crypto.js";
+import { ChatClient } from "./chat.js";
+import { memoryStore, openStore } from "./store.js";
+import { createUi } from "./ui.js";
+
+const JOIN_ERRORS = {
+  username_taken: "Someone with a different identity is using that username. Choose another.",
+  bad_username: "The server refused that username.",
+  room_full: "The room is full.",
+};
+
+async function main() {
+  const ui = createUi(document);
+  // Without a secure context the browser hides crypto.subtle: say why instead of breaking.
+  if (!globalThis.isSecureContext || !hasWebCrypto()) {
+    ui.showInsecure();
+    return;
+  }
+
+  let store;
+  let storeWarning = null;
+  try {
+    store = await openStore();
+  } catch {
+    store = memoryStore();
+    storeWarning = "This browser refused local storage: your identity and trusted keys will be forgotten when you close the page.";
+  }
+
+  let username = "";
+  const client = new ChatClient({
+    store,
+    room: document.documentElement.dataset.room || undefined,
+    emit: (type, detail) => handlers[type]?.(detail),
+  });
+
+  const handlers = {
+    identity: ({ fingerprint }) => ui.showIdentity(fingerprint),
+    status: ({ state, detail }) => ui.setStatus(state, detail),
+    welcome: ({ you }) => {
+      username = you.username;
+      ui.showChat();
+    },
+    roster: ({ participants }) => {
+      ui.renderParticipants(participants, { onAccept, onVerify });
+      ui.showWithheld(client.withheld());
+    },
+    message: (m) => ui.addMessage(m),
+    warning: ({ text }) => ui.addWarning(text),
+    outgoing: (record) => ui.upsertOutgoing(record, username, (id) => client.retry(id)),
+    trust: (detail) => ui.applyTrust(detail),
+    "join-failed": ({ code, message }) => ui.showJoin(JOIN_ERRORS[code] ?? message),
+    ended: ({ why, message }) => {
+      if (why === "replaced") ui.addWarning(message);
+      ui.showJoin(why === "replaced" ? message : "");
+    },
+  };
+
+  async function onAccept(p) {
+    await client.acceptKey(p.sid);
+  }
+
+  async function onVerify(p) {
+    const ok = await ui.confirm({
+      title: `Verify ${p.username}`,
+      body: `Compare this fingerprint with the one ${p.username} sees under "Your fingerprint" on their own screen, in person or on a call you trust. Confirm only if every group matches.`,
+      fingerprint: p.fingerprint,
+      ok: "They match",
+    });
+    if (ok) await client.markVerified(p.sid);
+  }
+
+  const { parts } = ui;
+  parts.joinForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    ui.joining();
+    const problem = await client.join(parts.username.value);
+    if (problem) ui.showJoin(problem);
+  });
+
+  parts.composer.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = parts.message.value;
+    const problem = client.send(text);
+    if (problem) {
+      ui.addWarning(problem);
+      return;
+    }
+    if (text.trim()) parts.message.value = "";
+    parts.message.focus();
+  });
+
+  parts.message.addEventListener("keydown", (event) => {
+    // Enter sends; Shift+Enter is a newline; never interrupt an IME composition.
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      parts.composer.requestSubmit();
+    }
+  });
+
+  parts.leave.addEventListener("click", async () => {
+    await client.leave();
+    ui.renderParticipants([], { onAccept, onVerify });
+  });
+
+  parts.newIdentity.addEventListener("click", async () => {
+    const ok = await ui.confirm({
+      title: "Replace your identity?",
+      body: "Your fingerprint will change for good. Everyone who knows your current key will see a key-change warning and must compare fingerprints with you again.",
+      ok: "Replace identity",
+    });
+    if (ok) await client.newIdentity();
+  });
+
+  // Back online: try now rather than wait out the backoff timer.
+  window.addEventListener("online", () => client.connection?.retryNow());
+
+  await client.loadIdentity();
+  parts.username.value = (await store.getSetting("username")) ?? "";
+  ui.showJoin("");
+  if (storeWarning) ui.addWarning(storeWarning);
+  document.documentElement.dataset.ready = "true";
+}
+
+main();
