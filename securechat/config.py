@@ -56,6 +56,10 @@ class Config:
     max_clock_skew: float = _setting("limits", 300.0, minimum=1.0)
     ping_interval: float = _setting("limits", 20.0, minimum=1.0)
     ping_timeout: float = _setting("limits", 30.0, minimum=1.0)
+    max_connections: int = _setting("limits", 10000, minimum=1)
+    max_connections_per_address: int = _setting("limits", 32, minimum=1)
+    joins_per_minute: int = _setting("limits", 20, minimum=1)
+    max_outbound_bytes: int = _setting("limits", 4 * 1024 * 1024, minimum=65536)
 
     def __post_init__(self):
         if self.data_dir is None:
