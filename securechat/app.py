@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tornado.web
 
-from . import __version__, resources
+from . import __version__, admin, resources
 from .ciphertext_log import CiphertextLog
 from .config import Config
 from .hub import Hub
@@ -45,6 +45,7 @@ def make_app(config: Config, ciphertext_log: CiphertextLog | None = None) -> tor
         (r"/", IndexHandler, {"hub": hub}),
         (r"/healthz", HealthHandler, {"hub": hub}),
         (r"/ws", ChatSocket, {"hub": hub}),
+        *admin.routes(hub, config.admin_token),
     ]
     return tornado.web.Application(
         routes,
