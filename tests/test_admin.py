@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from tornado.httpclient import HTTPClientError
 
 from securechat.ciphertext_log import LogRecord, read_log
 from securechat.config import Config

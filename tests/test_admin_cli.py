@@ -263,3 +263,14 @@ def test_dump_follow_prints_what_arrives(tmp_path):
     result = CliRunner().invoke(main, ["logs", "dump", "--json", "--follow-for", "1.5", "--data-dir", str(data)])
     assert result.exit_code == 0
     assert [json.loads(line)["username"] for line in result.output.splitlines()] == ["first", "second"]
+
+
+def test_a_configured_token_is_used_and_never_printed(server):
+    token = "configured-token-for-this-test-0123"
+    s = server(SECURECHAT_TOKEN=token)
+    assert json.loads(s.runtime_file().read_text())["token"] == token
+    by_url = cli("roster", "--json", "--url", f"http://127.0.0.1:{s.port}/", runtime=s.runtime / "other",
+                 SECURECHAT_TOKEN=token)
+    assert by_url.exit_code == 0, by_url.output
+    out, err = s.stop()
+    assert token not in out + err
