@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tornado.web
 
-from . import __version__, resources
+from . import __version__, admin, resources
 from .ciphertext_log import CiphertextLog
 from .config import Config
 from .http_security import NotFoundHandler, SecureHeadersMixin, SecureStaticFileHandler, integrity_table
@@ -49,6 +49,7 @@ def make_app(config: Config, ciphertext_log: CiphertextLog | None = None) -> tor
         (r"/", IndexHandler, {"hub": hub}),
         (r"/healthz", HealthHandler, {"hub": hub}),
         (r"/ws", ChatSocket, {"hub": hub}),
+        *admin.routes(hub, config.admin_token),
     ]
     static_dir = resources.static_dir()
     return tornado.web.Application(
