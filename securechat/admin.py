@@ -15,10 +15,11 @@ import tornado.web
 from tornado.ioloop import IOLoop
 
 from . import __version__
+from .http_security import SecureHeadersMixin
 from .hub import Hub
 
 
-class AdminHandler(tornado.web.RequestHandler):
+class AdminHandler(SecureHeadersMixin, tornado.web.RequestHandler):
     def initialize(self, hub: Hub, token: str | None) -> None:
         self.hub = hub
         self.token = token

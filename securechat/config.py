@@ -57,7 +57,7 @@ class Config:
     rate_burst: int = _setting("limits", 30, minimum=1)
     max_clock_skew: float = _setting("limits", 300.0, minimum=1.0)
     ping_interval: float = _setting("limits", 20.0, minimum=1.0)
-    ping_timeout: float = _setting("limits", 30.0, minimum=1.0)
+    ping_timeout: float = _setting("limits", 10.0, minimum=1.0)
     max_connections: int = _setting("limits", 10000, minimum=1)
     max_connections_per_address: int = _setting("limits", 32, minimum=1)
     joins_per_minute: int = _setting("limits", 20, minimum=1)
@@ -66,6 +66,12 @@ class Config:
     admin_token: str | None = _setting("admin", None, env="SECURECHAT_TOKEN", secret=True, min_length=16)
 
     def __post_init__(self):
+        if self.ping_timeout > self.ping_interval:
+            # Tornado would silently cap it; say so instead of running with another value.
+            raise ConfigError(
+                f"limits.ping_timeout ({self.ping_timeout}) must not exceed limits.ping_interval "
+                f"({self.ping_interval})"
+            )
         if self.data_dir is None:
             object.__setattr__(self, "data_dir", default_data_dir())
         if (self.cert is None) != (self.key is None):

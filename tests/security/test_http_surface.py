@@ -38,7 +38,7 @@ def check_headers(response, port):
     assert "microphone=()" in response.headers["Permissions-Policy"]
 
 
-@pytest.mark.parametrize("path", ["/", "/healthz", "/static/js/main.js", "/static/css/styles.css",
+@pytest.mark.parametrize("path", ["/", "/healthz", "/static/js/main.js", "/static/css/styles.css", "/api/admin/status",
                                   "/no-such-page", "/static/no-such-file.js", "/ws"])
 async def test_every_response_carries_the_security_headers(http_client, http_port, path):
     response = await fetch_any(http_client, f"http://127.0.0.1:{http_port}{path}")
