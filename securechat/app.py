@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import tornado.web
+from tornado.log import access_log
 
 from . import __version__, admin, resources
 from .ciphertext_log import CiphertextLog
@@ -30,6 +33,16 @@ class HealthHandler(SecureHeadersMixin, tornado.web.RequestHandler):
     def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
         self.write({"status": "ok", "version": __version__, "connections": len(self.hub.connections)})
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Refusals (429/503) and misses are expected under abuse: log them quietly, never per request
+    at WARNING, or an attacker fills the server's log instead of its memory."""
+    status = handler.get_status()
+    level = logging.ERROR if status >= 500 else logging.INFO if status in (401, 403) else logging.DEBUG
+    request = handler.request
+    access_log.log(level, "%d %s %s (%s) %.1fms", status, request.method, request.path,
+                   request.remote_ip, 1000.0 * request.request_time())
 
 
 def open_log(config: Config) -> CiphertextLog:
@@ -60,6 +73,7 @@ def make_app(config: Config, ciphertext_log: CiphertextLog | None = None) -> tor
         static_path=str(static_dir),
         static_handler_class=SecureStaticFileHandler,
         default_handler_class=NotFoundHandler,
+        log_function=log_request,
         websocket_max_message_size=config.max_frame_bytes,
         websocket_ping_interval=config.ping_interval,
         websocket_ping_timeout=config.ping_timeout,

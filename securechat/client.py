@@ -134,6 +134,30 @@ class ChatClient:
         await self.send_frame(frame)
         return frame["id"]
 
+    async def deliver(self, text: str, timeout: float = 10) -> str:
+        """Send and wait for the ack; after `stale_recipients`, refresh the roster and re-send once."""
+        for attempt in range(2):
+            frame = self.seal(text)
+            await self.send_frame(frame)
+            outcome = await self._outcome(frame["id"], timeout)
+            if outcome["type"] == "ack":
+                return frame["id"]
+            if outcome["code"] != "stale_recipients" or attempt:
+                raise ClientError(f"{outcome['code']}: {outcome['message']}")
+            await self.send_frame({"v": 1, "type": "roster"})
+            await self.expect("roster", timeout)
+        raise AssertionError("unreachable")
+
+    async def _outcome(self, msg_id: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = await self.recv(max(0.01, deadline - time.monotonic()))
+            if frame is None:
+                raise ClientError("connection closed while waiting for an ack")
+            if frame.get("type") in ("ack", "error") and frame.get("id") == msg_id:
+                return frame
+            self.events.append(frame)
+
     # -- receiving -------------------------------------------------------------------------
 
     async def recv(self, timeout: float = 10) -> dict | None:
@@ -156,7 +180,10 @@ class ChatClient:
         return frame
 
     async def expect(self, kind: str, timeout: float = 10) -> dict:
-        """Read frames until one of `kind`; other frames are kept in `events`."""
+        """The next frame of `kind`, kept earlier or read now; other frames go to `events`."""
+        for index, frame in enumerate(self.events):
+            if frame.get("type") == kind:
+                return self.events.pop(index)
         deadline = time.monotonic() + timeout
         while True:
             frame = await self.recv(max(0.01, deadline - time.monotonic()))

@@ -72,6 +72,9 @@ class Config:
                 f"limits.ping_timeout ({self.ping_timeout}) must not exceed limits.ping_interval "
                 f"({self.ping_interval})"
             )
+        if self.max_outbound_bytes < self.max_frame_bytes:
+            # Tornado refuses any single write larger than the cap, even to a fast reader.
+            raise ConfigError("limits.max_outbound_bytes must be at least limits.max_frame_bytes")
         if self.data_dir is None:
             object.__setattr__(self, "data_dir", default_data_dir())
         if (self.cert is None) != (self.key is None):

@@ -15,14 +15,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 20) -> bytes:
+def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 20, context=None) -> bytes:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             out, err = process.communicate()
             raise AssertionError(f"server exited with {process.returncode}: {out!r} {err!r}")
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:
+            with urllib.request.urlopen(url, timeout=1, context=context) as response:
                 return response.read()
         except OSError:
             time.sleep(0.1)

@@ -71,3 +71,14 @@ async def test_every_script_and_style_has_a_matching_integrity_hash(http_client,
 
     static_js = {f"/static/js/{p.name}" for p in (pathlib.Path(__file__).parents[2] / "static/js").glob("*.js")}
     assert static_js <= js_files
+
+
+@pytest.mark.parametrize("path", [
+    "/static/../securechat/config.py", "/static/%2e%2e/cli.py", "/static/%2e%2e%2fcli.py",
+    "/static/..%2f..%2fetc/passwd", "/static//etc/passwd", "/static/js/../../setup.cfg",
+    "/static/%252e%252e/cli.py", "/static/js/..\\..\\cli.py",
+])
+async def test_path_traversal_on_static_urls(http_client, http_port, path):
+    response = await fetch_any(http_client, f"http://127.0.0.1:{http_port}{path}")
+    assert response.code in (400, 403, 404), f"{path} -> {response.code}"
+    assert b"[metadata]" not in (response.body or b"") and b"root:" not in (response.body or b"")
