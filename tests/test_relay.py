@@ -108,3 +108,19 @@ async def test_tampered_ciphertext_is_rejected_by_recipient(connect):
     await alice.send_frame(frame)
     result = await bob.next_message()
     assert isinstance(result, Rejected) and "signature" in result.reason
+
+
+async def test_identity_key_alone_cannot_open_the_log(connect, ws_url, config, ciphertext_log):
+    """Forward secrecy across sessions: the log is wrapped to session keys that die with the session."""
+    alice, bob = await connect("alice"), await connect("bob")
+    await settle(alice, bob, members=2)
+    await alice.deliver("said in the first session")
+    assert (await bob.next_message()).text == "said in the first session"
+    alice.close()
+    again = await connect("alice", identity=alice.identity)  # the same identity, a new session
+    ciphertext_log.flush()
+    record = next(r.record for r in read_log(config.log_dir) if isinstance(r, LogRecord) and r.record["event"] == "msg")
+    assert record["from"]["fingerprint"] == again.fingerprint
+    for wrapped in record["keys"].values():
+        with pytest.raises(Exception):
+            again.session.unwrap(wrapped)
