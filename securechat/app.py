@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
+import tornado.httputil
 import tornado.web
 from tornado.log import access_log
 
-from . import __version__, admin, resources
+from . import __version__, admin, proxy, resources
 from .ciphertext_log import CiphertextLog
 from .config import Config
 from .http_security import NotFoundHandler, SecureHeadersMixin, SecureStaticFileHandler, integrity_table
@@ -55,6 +56,25 @@ def open_log(config: Config) -> CiphertextLog:
     )
 
 
+class Application(tornado.web.Application):
+    """Applies the trusted-proxy rule once per request, before any handler exists.
+
+    Every handler (pages, static files, errors, the admin API and the WebSocket) then sees the
+    real client in request.remote_ip/protocol/host: the security headers computed when a handler
+    is constructed, the origin check and the per-address limits all come after this point.
+    """
+
+    def get_handler_delegate(self, request, target_class, target_kwargs=None, path_args=None,
+                             path_kwargs=None):
+        trusted = self.settings["trusted_proxies"]
+        if trusted:
+            view = proxy.client_view(request.remote_ip, request.protocol, request.host,
+                                     request.headers, trusted)
+            request.remote_ip, request.protocol, request.host = view.remote_ip, view.protocol, view.host
+            request.host_name = tornado.httputil.split_host_and_port(view.host.lower())[0]
+        return super().get_handler_delegate(request, target_class, target_kwargs, path_args, path_kwargs)
+
+
 def make_app(config: Config, ciphertext_log: CiphertextLog | None = None) -> tornado.web.Application:
     """Build the application; the caller owns the log (opened here when not given)."""
     hub = Hub(config, ciphertext_log if ciphertext_log is not None else open_log(config))
@@ -65,8 +85,9 @@ def make_app(config: Config, ciphertext_log: CiphertextLog | None = None) -> tor
         *admin.routes(hub, config.admin_token),
     ]
     static_dir = resources.static_dir()
-    return tornado.web.Application(
+    return Application(
         routes,
+        trusted_proxies=proxy.parse_networks(config.proxy_trusted),
         hub=hub,
         sri=integrity_table(static_dir),
         template_path=str(resources.template_dir()),

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .proxy import parse_networks
+
 ENV_PREFIX = "SECURECHAT_"
 FSYNC_POLICIES = ("always", "interval", "never")
 
@@ -62,6 +64,9 @@ class Config:
     max_connections_per_address: int = _setting("limits", 32, minimum=1)
     joins_per_minute: int = _setting("limits", 20, minimum=1)
     max_outbound_bytes: int = _setting("limits", 4 * 1024 * 1024, minimum=65536)
+    # [proxy]
+    # Reverse proxies whose X-Forwarded-* headers are believed; empty believes nobody.
+    proxy_trusted: tuple[str, ...] = _setting("proxy", ())
     # [admin]
     admin_token: str | None = _setting("admin", None, env="SECURECHAT_TOKEN", secret=True, min_length=16)
 
@@ -79,6 +84,10 @@ class Config:
             object.__setattr__(self, "data_dir", default_data_dir())
         if (self.cert is None) != (self.key is None):
             raise ConfigError("tls.cert and tls.key go together: give both or neither")
+        try:
+            parse_networks(self.proxy_trusted)
+        except ValueError as exc:
+            raise ConfigError(f"proxy.trusted (SECURECHAT_PROXY_TRUSTED): {exc}") from None
 
     @property
     def uses_tls(self) -> bool:
