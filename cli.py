@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
 from pathlib import Path
 
 import click
@@ -31,11 +30,10 @@ def build_config(config_file: Path | None, **flags) -> Config:
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from securechat.logfmt import configure
+
+    # One line per event on stderr; `<N>`-prefixed and without timestamps under journald.
+    configure(verbose)
     # One line per HTTP request is noise on a chat server; failures are still logged.
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
 

@@ -16,6 +16,7 @@ import tornado.netutil
 import tornado.web
 
 from .app import make_app, open_log
+from .ciphertext_log import LogError
 from .config import Config
 from .hub import Hub
 
@@ -76,7 +77,7 @@ async def start(config: Config, ssl_context: ssl.SSLContext | None = None) -> Ru
 
 
 def install_signal_handlers(server: RunningServer) -> None:
-    """First SIGINT/SIGTERM shuts down gracefully; a second one exits at once."""
+    """First SIGINT/SIGTERM shuts down gracefully; a second one exits at once; SIGHUP rotates."""
     loop = asyncio.get_running_loop()
     state = {"stopping": False}
 
@@ -90,4 +91,19 @@ def install_signal_handlers(server: RunningServer) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    # SIGHUP (systemctl reload) rotates the log, like logrotate's postrotate convention; the
+    # handler runs on the loop thread, like every append, so no record lands mid-rotation.
+    loop.add_signal_handler(signal.SIGHUP, rotate_now, server)
+
+
+def rotate_now(server: RunningServer) -> None:
+    try:
+        rotated = server.hub.log.rotate()
+    except (LogError, OSError) as exc:
+        log.error("SIGHUP: could not rotate the ciphertext log: %s", exc)
+        return
+    if rotated is None:
+        log.info("SIGHUP: the ciphertext log is empty; nothing to rotate")
+    else:
+        log.info("SIGHUP: rotated the ciphertext log to %s", rotated.name)
 
