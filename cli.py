@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 from pathlib import Path
 
 import click
@@ -218,12 +219,14 @@ def logs() -> None:
 @click.option("--until", type=TimeParam(), help="Only records before this time: ISO 8601 or an age.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new records, like tail -f; Ctrl-C stops.")
 @click.option("--follow-for", type=float, hidden=True, help="Follow for this many seconds (tests).")
+@server_options
 @config_options
-def dump(as_json, since, until, follow, follow_for, data_dir, config_file) -> None:
+def dump(as_json, since, until, follow, follow_for, url, token, data_dir, config_file) -> None:
     """Print the ciphertext log, oldest first, across rotated files.
 
     Only metadata is readable (who, when, to how many, how big); the content is ciphertext.
     A torn or corrupt line is reported on stderr with its file and line, and skipped.
+    With --url it reads a server's log over its admin API instead of the local files.
 
     \b
     Examples:
@@ -231,6 +234,7 @@ def dump(as_json, since, until, follow, follow_for, data_dir, config_file) -> No
       securechat logs dump --since 2026-11-25T09:00 --until 2026-11-25T17:00
       securechat logs dump --json | jq -c 'select(.event == "join")'
       securechat logs dump --follow
+      SECURECHAT_TOKEN=... securechat logs dump --url https://chat.example/ --json > log.jsonl
     """
     import time
 
@@ -238,6 +242,12 @@ def dump(as_json, since, until, follow, follow_for, data_dir, config_file) -> No
     from securechat.ciphertext_log import read_log
 
     config = build_config(config_file, data_dir=data_dir)
+    if url is not None:
+        if follow or follow_for is not None:
+            raise click.UsageError("--follow reads the local files; it does not go with --url")
+        items = remote_items(admin_client(config, url, token, exact=True), since, until)
+        print_items(with_progress(items), as_json=as_json, chunk=500)
+        return
     if not config.log_dir.is_dir():
         raise UserError(f"no ciphertext log in {config.log_dir}; check --data-dir")
     if follow or follow_for is not None:
@@ -245,11 +255,44 @@ def dump(as_json, since, until, follow, follow_for, data_dir, config_file) -> No
         items = dump_module.follow(config.log_dir, since=since, until=until,
                                    keep_going=lambda: deadline is None or time.monotonic() < deadline)
     else:
-        items = read_log(config.log_dir, since=since, until=until)
+        items = with_progress(read_log(config.log_dir, since=since, until=until))
     try:
         print_items(items, as_json=as_json, chunk=1 if follow or follow_for else 500)
     except KeyboardInterrupt:
         pass
+
+
+def remote_items(client, since, until):
+    """The server's records as LogRecords, so remote and local dumps print alike."""
+    from securechat.admin_client import AdminError
+    from securechat.ciphertext_log import LogRecord
+
+    def skipped(count: int) -> None:
+        click.echo(f"securechat: the server skipped {count} unreadable line(s) of its log", err=True)
+
+    try:
+        for raw in client.logs(since=since, until=until, on_skipped=skipped):
+            yield LogRecord(Path(client.url), 0, json.loads(raw), raw)
+    except (ValueError, AdminError) as exc:
+        raise UserError(str(exc) if isinstance(exc, AdminError) else
+                        f"the server at {client.url} sent a line that is not JSON") from None
+
+
+def with_progress(items):
+    """A record counter on stderr while dumping to a file or pipe, if someone watches stderr."""
+    if sys.stdout.isatty() or not sys.stderr.isatty():
+        yield from items
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from securechat.console import make_console
+
+    columns = (SpinnerColumn(), TextColumn("{task.completed} records"), TimeElapsedColumn())
+    with Progress(*columns, console=make_console(stderr=True), transient=True) as progress:
+        task = progress.add_task("dump", total=None)
+        for item in items:
+            progress.advance(task)
+            yield item
 
 
 def print_items(items, *, as_json: bool, chunk: int) -> None:

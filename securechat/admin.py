@@ -1,4 +1,4 @@
-"""Token-protected /api/admin/* handlers: status, roster, rotate the log now.
+"""Token-protected /api/admin/* handlers: status, roster, the log in pages, rotate the log now.
 
 Thin, like jupyter_server's API handlers: check the bearer token, ask the Hub, write JSON.
 The token travels only in the Authorization header (Tornado's access log records URLs, not
@@ -13,8 +13,10 @@ import time
 
 import tornado.web
 from tornado.ioloop import IOLoop
+from tornado.iostream import StreamClosedError
 
-from . import __version__
+from . import __version__, log_pages
+from .dump import parse_instant
 from .http_security import SecureHeadersMixin
 from .hub import Hub
 
@@ -100,10 +102,82 @@ class RotateHandler(AdminHandler):
         return keep
 
 
+class LogsHandler(AdminHandler):
+    """The ciphertext records as JSON Lines, exactly as stored, a page at a time.
+
+    Streamed in chunks from a worker thread, so neither a large page nor a slow disk holds the
+    loop or the memory. When the page is full, X-Securechat-Next-Cursor says where the next
+    one starts; no such header means the end of the log was reached. X-Securechat-Cursor is
+    always there: where records written later will start (for polling).
+    """
+
+    NEXT, RESUME = "X-Securechat-Next-Cursor", "X-Securechat-Cursor"
+    DEFAULT_LIMIT, MAX_LIMIT = 1000, 100_000
+    CHUNK_RECORDS, CHUNK_CHARS = 256, 256 * 1024
+
+    async def get(self) -> None:
+        since, until = self._time("since"), self._time("until")
+        limit = self._limit()
+        start = self._cursor()
+        directory, loop = self.hub.config.log_dir, IOLoop.current()
+        page = await loop.run_in_executor(None, lambda: log_pages.measure(
+            directory, start, since=since, until=until, limit=limit))
+        self.set_header("Content-Type", "application/x-ndjson; charset=utf-8")
+        self.set_header("X-Securechat-Skipped", str(page.problems))
+        self.set_header(self.RESUME, log_pages.encode(page.resume))
+        if page.next is not None:
+            self.set_header(self.NEXT, log_pages.encode(page.next))
+        lines = log_pages.records(directory, start, since=since, until=until)
+        left = page.records
+        try:
+            while left > 0:
+                chunk = await loop.run_in_executor(None, log_pages.take, lines,
+                                                   min(left, self.CHUNK_RECORDS), self.CHUNK_CHARS)
+                if not chunk:
+                    break  # retention removed records since they were counted
+                left -= len(chunk)
+                self.write("".join(raw + "\n" for raw in chunk))
+                await self.flush()
+        except StreamClosedError:
+            pass  # the client went away; nothing to answer
+        finally:
+            lines.close()
+
+    def _time(self, name: str) -> float | None:
+        raw = self.get_query_argument(name, None)
+        if raw is None:
+            return None
+        try:
+            return parse_instant(raw)
+        except ValueError:
+            raise tornado.web.HTTPError(
+                400, reason=f"{name} must be epoch seconds or ISO 8601 (2026-11-25T14:00:00+00:00)") from None
+
+    def _limit(self) -> int:
+        raw = self.get_query_argument("limit", None)
+        try:
+            limit = self.DEFAULT_LIMIT if raw is None else int(raw)
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= self.MAX_LIMIT:
+            raise tornado.web.HTTPError(400, reason=f"limit must be a whole number from 1 to {self.MAX_LIMIT}")
+        return limit
+
+    def _cursor(self) -> log_pages.Position | None:
+        raw = self.get_query_argument("cursor", None)
+        if not raw:
+            return None
+        try:
+            return log_pages.decode(raw)
+        except ValueError:
+            raise tornado.web.HTTPError(400, reason="the cursor is not one this server gave out") from None
+
+
 def routes(hub: Hub, token: str | None) -> list[tuple]:
     options = {"hub": hub, "token": token}
     return [
         (r"/api/admin/status", StatusHandler, options),
         (r"/api/admin/roster", RosterHandler, options),
+        (r"/api/admin/logs", LogsHandler, options),
         (r"/api/admin/logs/rotate", RotateHandler, options),
     ]

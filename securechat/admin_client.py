@@ -11,9 +11,11 @@ import hashlib
 import http.client
 import json
 import ssl
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Callable, Iterator
+from urllib.parse import urlencode, urlsplit
 
 from . import runtime
 from .config import Config
@@ -41,7 +43,36 @@ class AdminClient:
         body = json.dumps({"keep": keep} if keep is not None else {})
         return self._call("POST", "/api/admin/logs/rotate", body)
 
+    def logs(self, since: float | None = None, until: float | None = None, page: int = 1000,
+             on_skipped: Callable[[int], None] = lambda n: None) -> Iterator[str]:
+        """Every stored record line (JSON, no newline) from /api/admin/logs, page after page.
+
+        Each page is streamed line by line; the cursor the server hands out leads to the next
+        page until a page ends without one.
+        """
+        cursor = None
+        while True:
+            query = {"limit": page, "since": since, "until": until, "cursor": cursor}
+            path = "/api/admin/logs?" + urlencode({k: v for k, v in query.items() if v is not None})
+            with self._exchange("GET", path) as response:
+                if response.status != 200:
+                    self._answer(response.status, response.read())
+                cursor = response.getheader("X-Securechat-Next-Cursor")
+                skipped = int(response.getheader("X-Securechat-Skipped") or 0)
+                for raw in response:
+                    yield raw.decode("utf-8").rstrip("\n")
+            if skipped:
+                on_skipped(skipped)
+            if cursor is None:
+                return
+
     def _call(self, method: str, path: str, body: str | None = None) -> dict:
+        with self._exchange(method, path, body) as response:
+            return self._answer(response.status, response.read())
+
+    @contextmanager
+    def _exchange(self, method: str, path: str, body: str | None = None) -> Iterator[http.client.HTTPResponse]:
+        """One request; every failure to reach the server, even mid-body, is one AdminError line."""
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise AdminError(f"{self.url} is not an http(s) URL")
@@ -51,8 +82,7 @@ class AdminClient:
             self._check_pin(connection)
             headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
             connection.request(method, parts.path.rstrip("/") + path, body=body, headers=headers)
-            response = connection.getresponse()
-            return self._answer(response.status, response.read())
+            yield connection.getresponse()
         except ssl.SSLCertVerificationError as exc:
             raise AdminError(f"the certificate of {self.url} is not trusted: {exc.verify_message}") from None
         except (OSError, http.client.HTTPException) as exc:

@@ -44,6 +44,17 @@ def parse_time(text: str, now: float | None = None) -> float:
     return moment.astimezone().timestamp()
 
 
+def parse_instant(text: str, now: float | None = None) -> float:
+    """Like parse_time, and epoch seconds too (what the admin API's since/until take)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return parse_time(text, now)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text!r} is not a time")
+    return value
+
+
 def row(record: dict) -> tuple[str, ...]:
     """The table row people see for one record; missing fields show as "-", never raise."""
     sender = record.get("from") if record.get("event") == "msg" else record
