@@ -1,0 +1,212 @@
+"""securechat behind a real nginx, configured with the snippet from docs/DEPLOY.md.
+
+nginx (Debian's package) runs in the foreground on loopback ports with its own prefix, pid,
+logs and temp dirs under tmp_path; securechat runs as `securechat serve` trusting 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+from securechat.admin_client import AdminClient
+from securechat.client import ChatClient, Message
+from securechat.tls import ensure_self_signed
+
+from helpers import clean_env, free_port, wait_for_http
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "nginx-test-admin-token-0123456789"
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("nginx is not installed; .ci/run installs it (apt-get install nginx)")
+        pytest.skip("nginx is not installed (Debian: apt-get install nginx)")
+    return found
+
+
+def documented_config(upstream: int, plain: int, tls: int, cert: Path, key: Path) -> str:
+    """The nginx block of docs/DEPLOY.md with this test's ports and certificate."""
+    text = (ROOT / "docs" / "DEPLOY.md").read_text()
+    (snippet,) = re.findall(r"```nginx\n(.*?)```", text, re.S)
+    replacements = {
+        "listen 80;": f"listen 127.0.0.1:{plain};",
+        "listen 443 ssl;": f"listen 127.0.0.1:{tls} ssl;",
+        "/etc/letsencrypt/live/chat.example.org/fullchain.pem": str(cert),
+        "/etc/letsencrypt/live/chat.example.org/privkey.pem": str(key),
+        "http://127.0.0.1:5000": f"http://127.0.0.1:{upstream}",
+    }
+    for old, new in replacements.items():
+        assert snippet.count(old) == 1, old
+        snippet = snippet.replace(old, new)
+    return snippet
+
+
+def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"nginx exited with {process.returncode}: {log.read_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nginx did not listen on {port}: {log.read_text()}")
+
+
+@pytest.fixture
+def deployment(tmp_path):
+    nginx = nginx_binary()
+    upstream, plain, tls = free_port(), free_port(), free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "serve", "--host", "127.0.0.1", "--port", str(upstream),
+         "--data-dir", str(tmp_path / "data")],
+        cwd=ROOT, env=clean_env(XDG_RUNTIME_DIR=str(tmp_path / "run"), SECURECHAT_PROXY_TRUSTED="127.0.0.1",
+                                SECURECHAT_TOKEN=TOKEN),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cert = ensure_self_signed(tmp_path / "cert")
+    prefix = tmp_path / "nginx"
+    prefix.mkdir()
+    temp = {name: prefix / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
+    conf = prefix / "nginx.conf"
+    conf.write_text("\n".join([
+        "daemon off;",
+        "worker_processes 1;",
+        f"pid {prefix / 'nginx.pid'};",
+        f"error_log {prefix / 'error.log'} info;",
+        # As root nginx would hand its workers to `nobody`, who cannot enter tmp_path.
+        "user root;" if os.geteuid() == 0 else "",
+        "events { worker_connections 64; }",
+        "http {",
+        f"access_log {prefix / 'access.log'};",
+        *(f"{name}_temp_path {path};" for name, path in temp.items()),
+        documented_config(upstream, plain, tls, cert.cert_path, cert.key_path),
+        "}",
+    ]))
+    proxy = subprocess.Popen([nginx, "-e", str(prefix / "error.log"), "-p", str(prefix), "-c", str(conf)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_http(f"http://127.0.0.1:{upstream}/healthz", server)
+        wait_for_port(tls, proxy, prefix / "error.log")
+        yield {"upstream": upstream, "plain": plain, "tls": tls, "fingerprint": cert.fingerprint}
+    finally:
+        proxy.send_signal(signal.SIGQUIT)  # graceful: finish requests, then exit
+        try:
+            proxy.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proxy.kill()
+            proxy.wait()
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=15)
+        assert "Traceback" not in err
+
+
+def insecure() -> ssl.SSLContext:
+    # The test certificate is self-signed; what is under test is the proxying, not the PKI.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def join(url: str, name: str, *, source: str | None = None, origin: str | None = None,
+               headers: dict | None = None) -> ChatClient:
+    """A client joined from a chosen loopback source address (a second machine, as far as TCP goes)."""
+    client = ChatClient(url, name)
+    request = HTTPRequest(url, headers={**({"Origin": origin} if origin else {}), **(headers or {})},
+                          network_interface=source, ssl_options=insecure() if url.startswith("wss:") else None)
+    client.ws = await asyncio.wait_for(websocket_connect(request), 10)
+    await client.join()
+    return client
+
+
+async def close_all(clients: list[ChatClient]) -> None:
+    for client in clients:
+        client.close()
+        while await asyncio.wait_for(client.ws.read_message(), 5) is not None:
+            pass
+
+
+def test_chat_through_nginx_sees_the_real_client_and_ignores_spoofing(deployment):
+    tls, upstream = deployment["tls"], deployment["upstream"]
+    public = f"https://127.0.0.1:{tls}"
+
+    # The page loads through the proxy, with a policy for the public wss origin.
+    with urllib.request.urlopen(public + "/", context=insecure(), timeout=10) as page:
+        assert b"<html" in page.read().lower()
+        csp = page.headers["Content-Security-Policy"]
+    assert f"connect-src 'self' wss://127.0.0.1:{tls}" in csp and page.headers["Strict-Transport-Security"]
+
+    # Plain http on the proxy only redirects.
+    request = urllib.request.Request(f"http://127.0.0.1:{deployment['plain']}/")
+    opener = urllib.request.build_opener(NoRedirect)
+    with pytest.raises(urllib.error.HTTPError) as redirect:
+        opener.open(request, timeout=10)
+    assert redirect.value.code == 301 and redirect.value.headers["Location"].startswith("https://")
+
+    async def scenario():
+        wss = f"wss://127.0.0.1:{tls}/ws"
+        alice = await join(wss, "alice", source="127.0.0.5", origin=public)
+        bob = await join(wss, "bob", origin=public)
+        # A client that claims another address to nginx: nginx appends what it saw.
+        mallory = await join(wss, "mallory", source="127.0.0.7", origin=public,
+                             headers={"X-Forwarded-For": "1.2.3.4"})
+        # A client that skips the proxy and claims an address: not a trusted peer, not believed.
+        eve = await join(f"ws://127.0.0.1:{upstream}/ws", "eve", source="127.0.0.6",
+                         headers={"X-Forwarded-For": "1.2.3.4", "X-Forwarded-Proto": "https"})
+        clients = [alice, bob, mallory, eve]
+        try:
+            for client in clients:
+                while len(client.members) < 4:
+                    await client.recv()
+            await alice.send("hello through nginx")
+            await alice.expect("ack")
+            received = await bob.next_message()
+            roster = await asyncio.to_thread(AdminClient(f"http://127.0.0.1:{upstream}/", TOKEN).roster)
+        finally:
+            await close_all(clients)
+        return received, roster
+
+    received, roster = asyncio.run(scenario())
+    assert isinstance(received, Message) and received.text == "hello through nginx" and received.sender == "alice"
+    remotes = {p["username"]: p["remote"] for p in roster["participants"]}
+    assert remotes == {"alice": "127.0.0.5", "bob": "127.0.0.1", "mallory": "127.0.0.7", "eve": "127.0.0.6"}
+
+
+def test_a_forged_origin_is_refused_through_nginx(deployment):
+    async def scenario():
+        with pytest.raises(Exception, match="403"):
+            await join(f"wss://127.0.0.1:{deployment['tls']}/ws", "alice", origin="https://evil.example")
+
+    asyncio.run(scenario())
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def test_the_admin_api_through_the_proxy(deployment):
+    # The token travels inside nginx's TLS, after the admin client checked the certificate pin.
+    admin = AdminClient(f"https://127.0.0.1:{deployment['tls']}/", TOKEN, pin=deployment["fingerprint"])
+    assert admin.roster() == {"room": "lobby", "participants": []}
+    assert list(admin.logs()) == []
