@@ -161,6 +161,7 @@ def test_chat_through_nginx_sees_the_real_client_and_ignores_spoofing(deployment
     opener = urllib.request.build_opener(NoRedirect)
     with pytest.raises(urllib.error.HTTPError) as redirect:
         opener.open(request, timeout=10)
+    redirect.value.close()
     assert redirect.value.code == 301 and redirect.value.headers["Location"].startswith("https://")
 
     async def scenario():
