@@ -1,0 +1,58 @@
+"""make_app(config): the Tornado application with its routes and settings, nothing started."""
+
+from __future__ import annotations
+
+import tornado.web
+
+from . import __version__, resources
+from .ciphertext_log import CiphertextLog
+from .config import Config
+from .hub import Hub
+from .ws import ChatSocket
+
+
+class IndexHandler(tornado.web.RequestHandler):
+    def initialize(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def get(self) -> None:
+        self.render("index.html", room=self.hub.rooms.default, version=__version__)
+
+
+class HealthHandler(tornado.web.RequestHandler):
+    def initialize(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def get(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.write({"status": "ok", "version": __version__, "connections": len(self.hub.connections)})
+
+
+def open_log(config: Config) -> CiphertextLog:
+    return CiphertextLog(
+        config.log_dir,
+        max_bytes=config.log_max_bytes,
+        keep=config.log_keep,
+        fsync=config.log_fsync,
+        fsync_interval=config.log_fsync_interval,
+    )
+
+
+def make_app(config: Config, ciphertext_log: CiphertextLog | None = None) -> tornado.web.Application:
+    """Build the application; the caller owns the log (opened here when not given)."""
+    hub = Hub(config, ciphertext_log if ciphertext_log is not None else open_log(config))
+    routes = [
+        (r"/", IndexHandler, {"hub": hub}),
+        (r"/healthz", HealthHandler, {"hub": hub}),
+        (r"/ws", ChatSocket, {"hub": hub}),
+    ]
+    return tornado.web.Application(
+        routes,
+        hub=hub,
+        template_path=str(resources.template_dir()),
+        static_path=str(resources.static_dir()),
+        websocket_max_message_size=config.max_frame_bytes,
+        websocket_ping_interval=config.ping_interval,
+        websocket_ping_timeout=config.ping_timeout,
+        xsrf_cookies=False,
+    )

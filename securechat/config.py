@@ -1,0 +1,209 @@
+"""One typed configuration object, loaded from defaults < TOML file < SECURECHAT_* env < flags.
+
+Every setting lives in a section of the TOML file (`[server] port = 5000`) and has one
+environment variable (`SECURECHAT_PORT`, `SECURECHAT_LOG_MAX_BYTES`); config.example.toml
+documents them all. Anything unknown or mistyped is a ConfigError naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "SECURECHAT_"
+FSYNC_POLICIES = ("always", "interval", "never")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key."""
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "securechat"
+
+
+def _setting(section: str, default: Any, env: str | None = None, **extra):
+    return field(default=default, metadata={"section": section, "env": env, **extra})
+
+
+@dataclass(frozen=True)
+class Config:
+    # [server]
+    host: str = _setting("server", "127.0.0.1")
+    port: int = _setting("server", 5000, minimum=0, maximum=65535)
+    data_dir: Path = _setting("server", None)
+    room: str = _setting("server", "lobby")
+    allowed_origins: tuple[str, ...] = _setting("server", ())
+    # [tls]
+    tls: bool = _setting("tls", False, env="SECURECHAT_TLS", key="enabled")
+    cert: Path | None = _setting("tls", None, env="SECURECHAT_TLS_CERT")
+    key: Path | None = _setting("tls", None, env="SECURECHAT_TLS_KEY")
+    # [log]
+    log_max_bytes: int = _setting("log", 10 * 1024 * 1024, minimum=1024)
+    log_keep: int = _setting("log", 10, minimum=1)
+    log_fsync: str = _setting("log", "interval", choices=FSYNC_POLICIES)
+    log_fsync_interval: float = _setting("log", 1.0, minimum=0.01)
+    # [limits]
+    max_frame_bytes: int = _setting("limits", 1024 * 1024, minimum=4096)
+    max_participants: int = _setting("limits", 256, minimum=2, maximum=1024)
+    rate_per_second: float = _setting("limits", 10.0, minimum=0.1)
+    rate_burst: int = _setting("limits", 30, minimum=1)
+    max_clock_skew: float = _setting("limits", 300.0, minimum=1.0)
+    ping_interval: float = _setting("limits", 20.0, minimum=1.0)
+    ping_timeout: float = _setting("limits", 30.0, minimum=1.0)
+
+    def __post_init__(self):
+        if self.data_dir is None:
+            object.__setattr__(self, "data_dir", default_data_dir())
+
+    @property
+    def log_dir(self) -> Path:
+        return Path(self.data_dir)
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+def _fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(Config)}
+
+
+def toml_key(f: dataclasses.Field) -> str:
+    """`log_max_bytes` sits in [log] as `max_bytes`; [server] keys keep their names."""
+    section = f.metadata["section"]
+    key = f.metadata.get("key") or f.name
+    prefix = section + "_"
+    return key[len(prefix) :] if key.startswith(prefix) else key
+
+
+def env_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("env") or ENV_PREFIX + f.name.upper()
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the Config; `overrides` are CLI flags (None values mean "not given")."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update(_from_toml(Path(path)))
+    values.update(_from_env(env))
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = _coerce(_fields()[name], value, f"--{name.replace('_', '-')}")
+    return Config(**values)
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            document = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    by_key = {(f.metadata["section"], toml_key(f)): f for f in _fields().values()}
+    sections = {section for section, _ in by_key}
+    values = {}
+    for section, table in document.items():
+        if section not in sections or not isinstance(table, dict):
+            raise ConfigError(f"{path}: unknown section [{section}]")
+        for key, raw in table.items():
+            f = by_key.get((section, key))
+            if f is None:
+                raise ConfigError(f"{path}: unknown key {section}.{key}")
+            values[f.name] = _coerce(f, raw, f"{section}.{key}")
+    return values
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    values = {}
+    for f in _fields().values():
+        name = env_name(f)
+        if name in env:
+            values[f.name] = _coerce(f, _parse_env(f, env[name], name), name)
+    return values
+
+
+def _parse_env(f: dataclasses.Field, text: str, name: str) -> Any:
+    kind = _kind(f)
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{name} must be true or false, not {text!r}")
+    if kind is tuple:
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return text
+
+
+def _kind(f: dataclasses.Field):
+    annotation = str(f.type)
+    for name, kind in (("bool", bool), ("int", int), ("float", float), ("tuple", tuple), ("Path", Path)):
+        if annotation.startswith(name):
+            return kind
+    return str
+
+
+def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
+    kind = _kind(f)
+    try:
+        coerced = _convert(kind, value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be {_describe(kind)}, not {value!r}") from None
+    _check_range(f, coerced, where)
+    return coerced
+
+
+def _convert(kind, value):
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise TypeError
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise TypeError
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise TypeError
+        return float(value)
+    if kind is tuple:
+        if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+            raise TypeError
+        return tuple(value)
+    if kind is Path:
+        if not isinstance(value, (str, Path)) or not str(value):
+            raise TypeError
+        return Path(value).expanduser()
+    if not isinstance(value, str):
+        raise TypeError
+    return value
+
+
+def _describe(kind) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number",
+            tuple: "a list of strings", Path: "a path"}.get(kind, "a string")
+
+
+def _check_range(f: dataclasses.Field, value: Any, where: str) -> None:
+    meta = f.metadata
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{where} must be one of {', '.join(meta['choices'])}, not {value!r}")
+    if "minimum" in meta and value < meta["minimum"]:
+        raise ConfigError(f"{where} must be at least {meta['minimum']}, not {value!r}")
+    if "maximum" in meta and value > meta["maximum"]:
+        raise ConfigError(f"{where} must be at most {meta['maximum']}, not {value!r}")

@@ -1,0 +1,39 @@
+"""Per-connection budgets: a token bucket for frames and a strike counter for rejected ones."""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+class TokenBucket:
+    """`rate` frames per second on average, bursts of up to `burst`."""
+
+    def __init__(self, rate: float, burst: int, now: float):
+        self.rate = rate
+        self.capacity = float(burst)
+        self.tokens = float(burst)
+        self.stamp = now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class Strikes:
+    """Counts rejections; a client past `limit` within `window` seconds is treated as abusive."""
+
+    def __init__(self, limit: int = 20, window: float = 10.0):
+        self.limit = limit
+        self.window = window
+        self._times: deque[float] = deque()
+
+    def add(self, now: float) -> bool:
+        """Record one rejection; True when the client should be disconnected."""
+        self._times.append(now)
+        while self._times and self._times[0] < now - self.window:
+            self._times.popleft()
+        return len(self._times) >= self.limit

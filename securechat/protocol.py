@@ -1,0 +1,242 @@
+"""Frames of protocol v1 (docs/PROTOCOL.md §6): parse and validate client frames into typed
+objects, and build server frames. Pure: no sockets, no clock, no room state.
+
+Everything a client can get wrong raises ProtocolError with a stable code from §6.2.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import crypto
+
+VERSION = crypto.PROTOCOL_VERSION
+MAX_USERNAME = 32
+MAX_CT_BYTES = 65536 + 16
+MAX_INT = 2**53 - 1
+HEX32 = re.compile(r"[0-9a-f]{32}\Z")
+ROOM_NAME = re.compile(r"[a-z0-9-]{1,32}\Z")
+_FORBIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+class ProtocolError(Exception):
+    """A frame the server refuses; `code` is the machine-readable §6.2 code."""
+
+    def __init__(self, code: str, message: str, *, msg_id: str | None = None, stale=None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.msg_id = msg_id
+        self.stale = stale
+
+
+@dataclass(frozen=True)
+class Join:
+    username: str
+    identity_key: str
+    session_key: str
+    session_sig: str
+
+
+@dataclass(frozen=True)
+class Msg:
+    id: str
+    ts: int
+    counter: int
+    iv: str
+    ct: str
+    sig: str
+    keys: dict[str, str]
+
+
+@dataclass(frozen=True)
+class RosterRequest:
+    pass
+
+
+@dataclass(frozen=True)
+class Leave:
+    pass
+
+
+Frame = Join | Msg | RosterRequest | Leave
+
+
+# -- field checks ----------------------------------------------------------------------------
+
+
+def _string(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError("bad_frame", f"{name} must be a string")
+    return value
+
+
+def _integer(value: Any, name: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_INT:
+        raise ProtocolError("bad_frame", f"{name} must be an integer from {minimum} to 2^53-1")
+    return value
+
+
+def _b64(value: Any, name: str, *, size: int | None = None, max_size: int | None = None) -> str:
+    text = _string(value, name)
+    if size is not None and len(text) != crypto.b64_length(size):
+        raise ProtocolError("bad_frame", f"{name} must be base64 of {size} bytes")
+    if max_size is not None and len(text) > crypto.b64_length(max_size):
+        raise ProtocolError("bad_frame", f"{name} must be at most {max_size} bytes")
+    try:
+        data = crypto.b64decode(text)
+    except crypto.CryptoError as exc:
+        raise ProtocolError("bad_frame", f"{name} is {exc}") from None
+    if size is not None and len(data) != size:
+        raise ProtocolError("bad_frame", f"{name} must be base64 of {size} bytes")
+    return text
+
+
+def _hex32(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not HEX32.match(value):
+        raise ProtocolError("bad_frame", f"{name} must be 32 lowercase hex characters")
+    return value
+
+
+def check_username(username: str) -> str:
+    """§5: the exact rules, so every client and the server agree on what a name may be."""
+    if unicodedata.normalize("NFC", username) != username:
+        raise ProtocolError("bad_username", "the username must be NFC-normalised")
+    if username != username.strip():
+        raise ProtocolError("bad_username", "the username must not start or end with white space")
+    if not 1 <= len(username) <= MAX_USERNAME:
+        raise ProtocolError("bad_username", f"the username must be 1 to {MAX_USERNAME} characters")
+    for char in username:
+        if unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
+            raise ProtocolError(
+                "bad_username", f"the username must not contain U+{ord(char):04X}"
+            )
+    return username
+
+
+def check_room_name(name: str) -> str:
+    if not ROOM_NAME.match(name):
+        raise ValueError(f"room name {name!r} must be 1-32 characters of a-z, 0-9 and -")
+    return name
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+
+def parse_frame(text: str, *, max_recipients: int = 256) -> Frame:
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ProtocolError("bad_json", "the frame is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("bad_json", "the frame must be a JSON object")
+    if data.get("v") != VERSION or isinstance(data.get("v"), bool):
+        raise ProtocolError("unsupported_version", f"this server speaks protocol v{VERSION}")
+    parser = _PARSERS.get(data.get("type")) if isinstance(data.get("type"), str) else None
+    if parser is None:
+        raise ProtocolError("unknown_type", f"unknown frame type {str(data.get('type'))[:40]!r}")
+    fields, build = parser
+    _check_fields(data, fields)
+    return build(data, max_recipients)
+
+
+def _check_fields(data: dict, fields: frozenset[str]) -> None:
+    present = set(data) - {"v", "type"}
+    if present - fields:
+        raise ProtocolError("bad_frame", f"unknown field {sorted(present - fields)[0][:40]!r}")
+    if fields - present:
+        raise ProtocolError("bad_frame", f"missing field {sorted(fields - present)[0]!r}")
+
+
+def _join(data: dict, _max_recipients: int) -> Join:
+    return Join(
+        username=check_username(_string(data["username"], "username")),
+        identity_key=_b64(data["identity_key"], "identity_key", max_size=1024),
+        session_key=_b64(data["session_key"], "session_key", max_size=1024),
+        session_sig=_b64(data["session_sig"], "session_sig", size=crypto.SIGNATURE_BYTES),
+    )
+
+
+def _msg(data: dict, max_recipients: int) -> Msg:
+    msg_id = _hex32(data["id"], "id")
+    try:
+        return Msg(
+            id=msg_id,
+            ts=_integer(data["ts"], "ts"),
+            counter=_integer(data["counter"], "counter", minimum=1),
+            iv=_b64(data["iv"], "iv", size=crypto.IV_BYTES),
+            ct=_b64(data["ct"], "ct", max_size=MAX_CT_BYTES),
+            sig=_b64(data["sig"], "sig", size=crypto.SIGNATURE_BYTES),
+            keys=_keys(data["keys"], max_recipients),
+        )
+    except ProtocolError as exc:
+        exc.msg_id = msg_id
+        raise
+
+
+def _keys(value: Any, max_recipients: int) -> dict[str, str]:
+    if not isinstance(value, dict) or not 1 <= len(value) <= max_recipients:
+        raise ProtocolError("bad_frame", f"keys must map 1 to {max_recipients} session ids to keys")
+    for sid, wrapped in value.items():
+        _hex32(sid, "a keys entry's session id")
+        _b64(wrapped, f"the wrapped key for {sid}", max_size=crypto.RSA_MAX_BITS // 8)
+    return value
+
+
+_PARSERS: dict[str, tuple[frozenset[str], Callable[[dict, int], Frame]]] = {
+    "join": (frozenset({"username", "identity_key", "session_key", "session_sig"}), _join),
+    "msg": (frozenset({"id", "ts", "counter", "iv", "ct", "sig", "keys"}), _msg),
+    "roster": (frozenset(), lambda data, _: RosterRequest()),
+    "leave": (frozenset(), lambda data, _: Leave()),
+}
+
+
+# -- server frames ---------------------------------------------------------------------------
+
+
+def encode(frame: dict) -> str:
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+
+
+def error_frame(error: ProtocolError) -> str:
+    frame: dict[str, Any] = {"v": VERSION, "type": "error", "code": error.code, "message": error.message}
+    if error.msg_id is not None:
+        frame["id"] = error.msg_id
+    if error.stale is not None:
+        frame["stale"] = list(error.stale)
+    return encode(frame)
+
+
+def frame(kind: str, **fields) -> str:
+    return encode({"v": VERSION, "type": kind, **fields})
+
+
+# -- join verification -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerifiedJoin:
+    fingerprint: str
+    sid: str
+    wrapped_key_length: int
+
+
+def verify_join(join: Join, room: str) -> VerifiedJoin:
+    """Parse both keys and check the session-key signature (§4), as every client will again."""
+    try:
+        identity = crypto.load_identity_public_key(join.identity_key)
+        session = crypto.load_session_public_key(join.session_key)
+    except crypto.CryptoError as exc:
+        raise ProtocolError("bad_key", str(exc)) from None
+    text = crypto.session_text(room, join.username, join.session_key)
+    if not crypto.verify(identity, text, join.session_sig):
+        raise ProtocolError("bad_signature", "the session key's signature does not verify")
+    return VerifiedJoin(
+        fingerprint=crypto.fingerprint_of(crypto.spki_der(identity)),
+        sid=crypto.session_id_of(crypto.spki_der(session)),
+        wrapped_key_length=crypto.b64_length(session.key_size // 8),
+    )

@@ -1,0 +1,205 @@
+"""Rooms: who is in them, and which bytes each member receives for a message. No sockets.
+
+A Room holds its participants and decides routing; the WebSocket handler hands it parsed
+frames and writes what it returns. Members carry an opaque `connection` the room never calls,
+so the same Room works under tests with no server. Named rooms (`/r/<name>`) only need more
+entries in Rooms; a Room knows nothing of the others.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .protocol import VERSION, Msg, ProtocolError, encode
+
+
+@dataclass(eq=False)
+class Participant:
+    sid: str
+    username: str
+    fingerprint: str
+    identity_key: str
+    session_key: str
+    session_sig: str
+    wrapped_key_length: int  # base64 length of a key wrapped to this session's modulus
+    joined: int
+    remote: str = ""
+    connection: Any = None
+    last_counter: int = 0
+
+    def public(self) -> dict:
+        return {
+            "sid": self.sid,
+            "username": self.username,
+            "fingerprint": self.fingerprint,
+            "identity_key": self.identity_key,
+            "session_key": self.session_key,
+            "session_sig": self.session_sig,
+            "joined": self.joined,
+        }
+
+    def as_sender(self) -> dict:
+        return {"sid": self.sid, "username": self.username, "fingerprint": self.fingerprint}
+
+
+@dataclass
+class Relay:
+    """A message accepted for relay: one log record and one frame per recipient."""
+
+    sender: Participant
+    msg: Msg
+    record: dict
+    deliveries: list[tuple[Participant, str]]
+
+
+class ReplayGuard:
+    """Message ids seen per identity, remembered as long as their timestamp could still pass."""
+
+    def __init__(self, window_ms: int):
+        self.window_ms = window_ms
+        self._seen: dict[str, dict[str, int]] = {}
+
+    def seen(self, fingerprint: str, msg_id: str) -> bool:
+        return msg_id in self._seen.get(fingerprint, ())
+
+    def remember(self, fingerprint: str, msg_id: str, ts: int, now_ms: int) -> None:
+        ids = self._seen.setdefault(fingerprint, {})
+        ids[msg_id] = ts
+        if len(ids) % 256 == 0:
+            self._prune(ids, now_ms)
+
+    def _prune(self, ids: dict[str, int], now_ms: int) -> None:
+        # An id whose ts is outside the skew window is refused as clock_skew anyway.
+        oldest = now_ms - self.window_ms
+        for msg_id in [m for m, ts in ids.items() if ts < oldest]:
+            del ids[msg_id]
+
+
+@dataclass
+class Room:
+    name: str
+    max_participants: int = 256
+    max_clock_skew_ms: int = 300_000
+    members: dict[str, Participant] = field(default_factory=dict)
+    _by_name: dict[str, Participant] = field(default_factory=dict)
+    _replays: ReplayGuard = field(init=False)
+
+    def __post_init__(self):
+        self._replays = ReplayGuard(self.max_clock_skew_ms)
+
+    # -- membership ------------------------------------------------------------------------
+
+    def add(self, participant: Participant) -> Participant | None:
+        """Admit a participant; returns the older session of the same identity it replaces."""
+        holder = self._by_name.get(participant.username.casefold())
+        if holder is not None and holder.fingerprint != participant.fingerprint:
+            raise ProtocolError("username_taken", f"{participant.username!r} is already in the room")
+        if participant.sid in self.members and self.members[participant.sid] is not holder:
+            raise ProtocolError("bad_key", "this session key is already in use")
+        if holder is None and len(self.members) >= self.max_participants:
+            raise ProtocolError("room_full", f"the room is full ({self.max_participants} people)")
+        if holder is not None:
+            self.remove(holder)
+        self.members[participant.sid] = participant
+        self._by_name[participant.username.casefold()] = participant
+        return holder
+
+    def remove(self, participant: Participant) -> bool:
+        """Remove this exact participant; False if it was already gone or replaced."""
+        if self.members.get(participant.sid) is not participant:
+            return False
+        del self.members[participant.sid]
+        del self._by_name[participant.username.casefold()]
+        return True
+
+    def roster(self) -> list[dict]:
+        return [p.public() for p in self.members.values()]
+
+    def others(self, participant: Participant) -> list[Participant]:
+        return [p for p in self.members.values() if p is not participant]
+
+    def find(self, username: str) -> Participant | None:
+        return self._by_name.get(username.casefold())
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def prepare(self, sender: Participant, msg: Msg, now_ms: int) -> Relay:
+        """Check a message against the room (§7.5) and build what goes out; changes nothing."""
+        stale = sorted(sid for sid in msg.keys if sid not in self.members)
+        if stale:
+            raise ProtocolError(
+                "stale_recipients",
+                f"{len(stale)} recipient(s) are no longer in the room; refresh the roster and re-send",
+                msg_id=msg.id, stale=stale,
+            )
+        for sid, wrapped in msg.keys.items():
+            if len(wrapped) != self.members[sid].wrapped_key_length:
+                raise ProtocolError(
+                    "bad_recipient_key", f"the wrapped key for {sid} has the wrong length", msg_id=msg.id
+                )
+        if msg.counter <= sender.last_counter or self._replays.seen(sender.fingerprint, msg.id):
+            raise ProtocolError("replay", "this message was already sent", msg_id=msg.id)
+        if abs(msg.ts - now_ms) > self.max_clock_skew_ms:
+            raise ProtocolError(
+                "clock_skew", "the message time is too far from the server's clock; check the device clock",
+                msg_id=msg.id,
+            )
+        recipients = sorted(msg.keys)
+        return Relay(
+            sender=sender,
+            msg=msg,
+            record=self._record(sender, msg, recipients, now_ms),
+            deliveries=self._deliveries(sender, msg, recipients, now_ms),
+        )
+
+    def commit(self, relay: Relay, now_ms: int) -> None:
+        """The relay was logged: from now on its id and counter count as used."""
+        relay.sender.last_counter = relay.msg.counter
+        self._replays.remember(relay.sender.fingerprint, relay.msg.id, relay.msg.ts, now_ms)
+
+    def _record(self, sender: Participant, msg: Msg, recipients: list[str], now_ms: int) -> dict:
+        return {
+            "event": "msg", "t": now_ms, "room": self.name, "id": msg.id,
+            "from": sender.as_sender(), "ts": msg.ts, "counter": msg.counter,
+            "recipients": recipients, "iv": msg.iv, "ct": msg.ct, "sig": msg.sig,
+            "keys": msg.keys,
+        }
+
+    def _deliveries(self, sender, msg, recipients, now_ms) -> list[tuple[Participant, str]]:
+        # The part every recipient shares is serialised once; only the wrapped key differs.
+        shared = encode({
+            "v": VERSION, "type": "msg", "room": self.name, "from": sender.as_sender(),
+            "id": msg.id, "ts": msg.ts, "counter": msg.counter, "recipients": recipients,
+            "iv": msg.iv, "ct": msg.ct, "sig": msg.sig, "received": now_ms,
+        })
+        head = shared[:-1] + ',"key":'
+        return [
+            (self.members[sid], head + json.dumps(wrapped) + "}") for sid, wrapped in msg.keys.items()
+        ]
+
+    def membership_record(self, event: str, participant: Participant, now_ms: int) -> dict:
+        return {"event": event, "t": now_ms, "room": self.name, **participant.as_sender()}
+
+
+class Rooms:
+    """Every room of this server by name; today only the one shared room exists."""
+
+    def __init__(self, default: str, *, max_participants: int, max_clock_skew_ms: int):
+        self.default = default
+        self._options = {"max_participants": max_participants, "max_clock_skew_ms": max_clock_skew_ms}
+        self._rooms: dict[str, Room] = {}
+
+    def get(self, name: str | None = None) -> Room:
+        name = name or self.default
+        room = self._rooms.get(name)
+        if room is None:
+            room = self._rooms[name] = Room(name, **self._options)
+        return room
+
+    def __iter__(self):
+        return iter(list(self._rooms.values()))
+
+    def participants(self) -> list[Participant]:
+        return [p for room in self for p in room.members.values()]

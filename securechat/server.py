@@ -1,0 +1,88 @@
+"""Running the server: listen, shut down gracefully on SIGINT/SIGTERM, close the log last."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import ssl
+from dataclasses import dataclass, field
+
+import tornado.httpserver
+import tornado.ioloop
+import tornado.netutil
+import tornado.web
+
+from .app import make_app, open_log
+from .config import Config
+from .hub import Hub
+
+log = logging.getLogger("securechat")
+
+GOING_AWAY = 1001
+
+
+@dataclass
+class RunningServer:
+    """A started server: the pieces shutdown needs, in the order it needs them."""
+
+    config: Config
+    app: tornado.web.Application
+    http: tornado.httpserver.HTTPServer
+    port: int
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    flusher: tornado.ioloop.PeriodicCallback | None = None
+
+    @property
+    def hub(self) -> Hub:
+        return self.app.settings["hub"]
+
+    async def shutdown(self) -> None:
+        self.http.stop()
+        if self.flusher is not None:
+            self.flusher.stop()
+        for connection in list(self.hub.connections):
+            connection.close(GOING_AWAY, "the server is shutting down")
+        await asyncio.sleep(0.2)  # let the close frames leave before the loop ends
+        await self.http.close_all_connections()
+        self.hub.log.close()
+        self.stopped.set()
+
+
+async def start(config: Config, ssl_context: ssl.SSLContext | None = None) -> RunningServer:
+    """Open the log, build the app and listen; the returned port is the real one (port 0 works)."""
+    ciphertext_log = open_log(config)
+    try:
+        app = make_app(config, ciphertext_log)
+        http = tornado.httpserver.HTTPServer(app, ssl_options=ssl_context, xheaders=False)
+        sockets = tornado.netutil.bind_sockets(config.port, address=config.host)
+    except BaseException:
+        ciphertext_log.close()
+        raise
+    http.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+    server = RunningServer(config, app, http, port)
+    if config.log_fsync == "interval":
+        # The log fsyncs on append; this covers the records written just before a quiet spell.
+        server.flusher = tornado.ioloop.PeriodicCallback(ciphertext_log.flush, config.log_fsync_interval * 1000)
+        server.flusher.start()
+    return server
+
+
+def install_signal_handlers(server: RunningServer) -> None:
+    """First SIGINT/SIGTERM shuts down gracefully; a second one exits at once."""
+    loop = asyncio.get_running_loop()
+    state = {"stopping": False}
+
+    def on_signal() -> None:
+        if state["stopping"]:
+            log.warning("second interrupt: exiting without a clean shutdown")
+            os._exit(130)
+        state["stopping"] = True
+        log.info("shutting down: closing connections and the ciphertext log")
+        loop.create_task(server.shutdown())
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+

@@ -1,0 +1,98 @@
+"""ChatSocket: one WebSocket per participant. Parse, check the budget, hand the frame to the Hub.
+
+Bad input never escapes as a traceback: a ProtocolError becomes an `error` frame, repeated abuse
+closes the connection with 1008, and only genuine server faults reach the server log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from urllib.parse import urlsplit
+
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
+
+from . import protocol
+from .hub import Hub
+from .limits import Strikes, TokenBucket
+from .protocol import Join, Leave, Msg, ProtocolError, RosterRequest
+
+log = logging.getLogger("securechat")
+
+POLICY_VIOLATION = 1008
+MAX_RATE_LIMITED_IN_A_ROW = 60
+
+
+class ChatSocket(WebSocketHandler):
+    def initialize(self, hub: Hub) -> None:
+        self.hub = hub
+        self.participant = None
+
+    @property
+    def remote(self) -> str:
+        return self.request.remote_ip or ""
+
+    def check_origin(self, origin: str) -> bool:
+        allowed = self.hub.config.allowed_origins
+        if origin in allowed:
+            return True
+        # Same origin means same scheme-less host:port as the request (what Tornado checks too).
+        return urlsplit(origin).netloc.lower() == self.request.host.lower()
+
+    def open(self) -> None:
+        self.bucket = TokenBucket(self.hub.config.rate_per_second, self.hub.config.rate_burst, time.monotonic())
+        self.strikes = Strikes()
+        self.rate_limited_in_a_row = 0
+        self.hub.connections.add(self)
+
+    def on_message(self, message: str | bytes) -> None:
+        try:
+            self._handle(message)
+        except ProtocolError as error:
+            self._reject(error)
+        except Exception:
+            log.exception("internal error while handling a frame from %s", self.remote)
+            self._reject(ProtocolError("server_error", "the server failed to handle this frame"))
+
+    def _handle(self, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            raise ProtocolError("binary_unsupported", "send JSON text frames, not binary frames")
+        if not self.bucket.take(time.monotonic()):
+            self.rate_limited_in_a_row += 1
+            if self.rate_limited_in_a_row >= MAX_RATE_LIMITED_IN_A_ROW:
+                self.close(POLICY_VIOLATION, "sending too fast")
+                return
+            raise ProtocolError("rate_limited", "slow down: this frame was dropped, send it again later")
+        self.rate_limited_in_a_row = 0
+        self._dispatch(protocol.parse_frame(message, max_recipients=self.hub.config.max_participants))
+
+    def _dispatch(self, frame) -> None:
+        if isinstance(frame, Join):
+            if self.participant is not None:
+                raise ProtocolError("already_joined", "this connection has already joined")
+            self.participant = self.hub.join(self, frame)
+        elif self.participant is None:
+            raise ProtocolError("not_joined", "join the room first")
+        elif isinstance(frame, Msg):
+            self.hub.relay(self.participant, frame)
+        elif isinstance(frame, RosterRequest):
+            self.hub.roster(self.participant)
+        elif isinstance(frame, Leave):
+            self.close(1000, "left the room")
+
+    def _reject(self, error: ProtocolError) -> None:
+        self.send(protocol.error_frame(error))
+        if self.strikes.add(time.monotonic()):
+            self.close(POLICY_VIOLATION, "too many rejected frames")
+
+    def send(self, text: str) -> None:
+        try:
+            self.write_message(text)
+        except WebSocketClosedError:
+            pass  # on_close removes this member; the others must not notice
+
+    def on_close(self) -> None:
+        self.hub.connections.discard(self)
+        if self.participant is not None:
+            self.hub.leave(self.participant)
+            self.participant = None

@@ -1,0 +1,71 @@
+"""Shared fixtures: a real server on a loopback port (pytest-tornado) and real protocol clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from securechat.app import make_app, open_log
+from securechat.client import ChatClient
+from securechat.config import Config
+
+VECTORS = json.loads((Path(__file__).parent / "vectors" / "v1.json").read_text())
+
+
+@pytest.fixture
+def config(tmp_path) -> Config:
+    return Config(data_dir=tmp_path / "data", port=0, log_fsync="never")
+
+
+@pytest.fixture
+def ciphertext_log(config):
+    log = open_log(config)
+    yield log
+    log.close()
+
+
+@pytest.fixture
+def app(config, ciphertext_log):
+    return make_app(config, ciphertext_log)
+
+
+@pytest.fixture
+def hub(app):
+    return app.settings["hub"]
+
+
+@pytest.fixture
+def ws_url(http_server, http_port) -> str:
+    return f"ws://127.0.0.1:{http_port}/ws"
+
+
+@pytest.fixture
+def connect(ws_url):
+    """`await connect("alice")` joins a new client; all are closed after the test."""
+    clients: list[ChatClient] = []
+
+    async def _connect(username: str, **kwargs) -> ChatClient:
+        client = ChatClient(ws_url, username, **kwargs)
+        clients.append(client)
+        await client.connect()
+        return client
+
+    yield _connect
+    for client in clients:
+        client.close()
+
+
+async def settle(*clients: ChatClient, members: int) -> None:
+    """Wait until every client's roster has `members` entries (joined/left frames arrived)."""
+    for client in clients:
+        for _ in range(200):
+            if len(client.members) == members:
+                break
+            try:
+                await client.recv(timeout=0.05)
+            except asyncio.TimeoutError:
+                pass
+        assert len(client.members) == members, f"{client.username} sees {len(client.members)} members"

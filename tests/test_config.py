@@ -1,0 +1,76 @@
+"""Configuration precedence and errors: flag > SECURECHAT_* > TOML file > default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from securechat.config import Config, ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "securechat.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    config = load_config(env={})
+    assert (config.host, config.port, config.tls) == ("127.0.0.1", 5000, False)
+    assert config.data_dir == tmp_path / "securechat"
+
+
+def test_precedence(tmp_path):
+    path = write(tmp_path, "[server]\nport = 6000\nhost = '0.0.0.0'\n[log]\nkeep = 3\n")
+    env = {"SECURECHAT_PORT": "7000", "SECURECHAT_LOG_KEEP": "4"}
+    config = load_config(path, env=env, overrides={"port": 8000, "host": None})
+    assert (config.port, config.host, config.log_keep) == (8000, "0.0.0.0", 4)
+    assert load_config(path, env=env).port == 7000
+    assert load_config(path, env={}).port == 6000
+
+
+def test_example_file_documents_every_key_and_loads():
+    example = ROOT / "config.example.toml"
+    config = load_config(example, env={})
+    assert isinstance(config, Config)
+    text = example.read_text()
+    from securechat.config import _fields, toml_key
+
+    for f in _fields().values():
+        assert f"{toml_key(f)} =" in text, f"config.example.toml does not document {f.name}"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[server]\nprot = 1\n", "unknown key server.prot"),
+    ("[srever]\nport = 1\n", "unknown section [srever]"),
+    ("[server]\nport = 'x'\n", "server.port must be an integer"),
+    ("[server]\nport = 70000\n", "server.port must be at most 65535"),
+    ("[log]\nfsync = 'sometimes'\n", "log.fsync must be one of always, interval, never"),
+    ("[tls]\nenabled = 'yes'\n", "tls.enabled must be true or false"),
+    ("[server]\nallowed_origins = 'https://a'\n", "server.allowed_origins must be a list of strings"),
+    ("[server\n", "is not valid TOML"),
+])
+def test_errors_name_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_config(write(tmp_path, text), env={})
+
+
+def test_env_errors_name_the_variable():
+    with pytest.raises(ConfigError, match="SECURECHAT_PORT must be an integer"):
+        load_config(env={"SECURECHAT_PORT": "five"})
+    with pytest.raises(ConfigError, match="SECURECHAT_TLS must be true or false"):
+        load_config(env={"SECURECHAT_TLS": "maybe"})
+
+
+def test_env_lists_and_booleans():
+    config = load_config(env={"SECURECHAT_ALLOWED_ORIGINS": "https://a, https://b", "SECURECHAT_TLS": "on"})
+    assert config.allowed_origins == ("https://a", "https://b") and config.tls is True
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml", env={})

@@ -1,0 +1,122 @@
+"""Frame validation without a server: every bad shape maps to its §6.2 code."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from securechat import protocol
+from securechat.protocol import ProtocolError, parse_frame
+
+from conftest import VECTORS
+
+MSG = VECTORS["message"]["frame_out"]
+SESSION, IDENTITY = VECTORS["session"], VECTORS["identity"]
+JOIN = {"v": 1, "type": "join", "username": "alice", "identity_key": IDENTITY["spki"],
+        "session_key": SESSION["spki"], "session_sig": SESSION["sig"]}
+
+
+def code_of(frame) -> str:
+    with pytest.raises(ProtocolError) as info:
+        parse_frame(frame if isinstance(frame, str) else json.dumps(frame))
+    return info.value.code
+
+
+def with_(base: dict, **changes) -> dict:
+    frame = copy.deepcopy(base)
+    for key, value in changes.items():
+        if value is ...:
+            del frame[key]
+        else:
+            frame[key] = value
+    return frame
+
+
+def test_valid_frames_parse():
+    msg = parse_frame(json.dumps(MSG))
+    assert isinstance(msg, protocol.Msg) and msg.id == MSG["id"] and msg.keys == MSG["keys"]
+    join = parse_frame(json.dumps(JOIN))
+    assert isinstance(join, protocol.Join) and join.username == "alice"
+    assert isinstance(parse_frame('{"v":1,"type":"roster"}'), protocol.RosterRequest)
+    assert isinstance(parse_frame('{"v":1,"type":"leave"}'), protocol.Leave)
+
+
+@pytest.mark.parametrize("frame, code", [
+    ("{", "bad_json"),
+    ("null", "bad_json"),
+    ('"msg"', "bad_json"),
+    ({"type": "msg"}, "unsupported_version"),
+    ({"v": True, "type": "roster"}, "unsupported_version"),
+    ({"v": "1", "type": "roster"}, "unsupported_version"),
+    ({"v": 1}, "unknown_type"),
+    ({"v": 1, "type": ["msg"]}, "unknown_type"),
+    (with_(MSG, id="XYZ"), "bad_frame"),
+    (with_(MSG, id=MSG["id"].upper()), "bad_frame"),
+    (with_(MSG, ts=-1), "bad_frame"),
+    (with_(MSG, ts=1.5), "bad_frame"),
+    (with_(MSG, ts=True), "bad_frame"),
+    (with_(MSG, ts=2**53), "bad_frame"),
+    (with_(MSG, counter=0), "bad_frame"),
+    (with_(MSG, iv="AAAA"), "bad_frame"),
+    (with_(MSG, iv=MSG["iv"][:-1] + "!"), "bad_frame"),
+    (with_(MSG, ct="not base64"), "bad_frame"),
+    (with_(MSG, ct="A" * 100000), "bad_frame"),
+    (with_(MSG, sig=MSG["sig"][:40]), "bad_frame"),
+    (with_(MSG, keys={}), "bad_frame"),
+    (with_(MSG, keys=[]), "bad_frame"),
+    (with_(MSG, keys={"nothex": "AAAA"}), "bad_frame"),
+    (with_(MSG, keys={MSG["id"]: "@@@@"}), "bad_frame"),
+    (with_(MSG, keys={MSG["id"]: 5}), "bad_frame"),
+    (with_(MSG, sig=...), "bad_frame"),
+    (with_(MSG, sender="bob"), "bad_frame"),
+    (with_(MSG, **{"from": {"username": "bob"}}), "bad_frame"),
+    (with_(JOIN, username=5), "bad_frame"),
+    (with_(JOIN, session_sig="short"), "bad_frame"),
+    (with_(JOIN, username="a\u0000b"), "bad_username"),
+])
+def test_rejections(frame, code):
+    assert code_of(frame) == code
+
+
+def test_msg_errors_carry_the_message_id():
+    with pytest.raises(ProtocolError) as info:
+        parse_frame(json.dumps(with_(MSG, iv="AAAA")))
+    assert info.value.msg_id == MSG["id"]
+    assert json.loads(protocol.error_frame(info.value))["id"] == MSG["id"]
+
+
+def test_too_many_recipients():
+    keys = {f"{i:032x}": next(iter(MSG["keys"].values())) for i in range(5)}
+    with pytest.raises(ProtocolError):
+        parse_frame(json.dumps(with_(MSG, keys=keys)), max_recipients=4)
+
+
+def test_deep_nesting_is_bad_json_not_a_crash():
+    assert code_of("[" * 200000 + "]" * 200000) == "bad_json"
+
+
+@pytest.mark.parametrize("case", VECTORS["invalid"]["usernames"], ids=lambda c: c["why"])
+def test_username_rules(case):
+    with pytest.raises(ProtocolError) as info:
+        protocol.check_username(case["username"])
+    assert info.value.code == case["code"]
+
+
+@pytest.mark.parametrize("name", VECTORS["invalid"]["valid_usernames"])
+def test_valid_usernames(name):
+    assert protocol.check_username(name) == name
+
+
+def test_verify_join_checks_signature_and_derives_ids():
+    verified = protocol.verify_join(parse_frame(json.dumps(JOIN)), "lobby")
+    assert verified.fingerprint == IDENTITY["fingerprint"] and verified.sid == SESSION["sid"]
+    assert verified.wrapped_key_length == 344
+    with pytest.raises(ProtocolError, match="signature") as info:
+        protocol.verify_join(parse_frame(json.dumps(JOIN)), "another-room")
+    assert info.value.code == "bad_signature"
+    swapped = with_(JOIN, identity_key=SESSION["spki"])
+    with pytest.raises(ProtocolError) as info:
+        protocol.verify_join(parse_frame(json.dumps(swapped)), "lobby")
+    assert info.value.code == "bad_key"

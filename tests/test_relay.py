@@ -1,0 +1,110 @@
+"""The relay end to end: real server on loopback, real WebSocket clients, real crypto."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from securechat.client import ChatClient, Message, Rejected
+from securechat.ciphertext_log import LogRecord, read_log
+
+from conftest import settle
+
+pytestmark = pytest.mark.gen_test(timeout=30)
+
+
+async def test_three_clients_exchange_messages(connect):
+    alice, bob, carol = [await connect(name) for name in ("alice", "bob", "carol")]
+    await settle(alice, bob, carol, members=3)
+    msg_id = await alice.send("hello, room")
+    for client in (alice, bob, carol):
+        received = await client.next_message()
+        assert isinstance(received, Message)
+        assert (received.id, received.sender, received.text) == (msg_id, "alice", "hello, room")
+        assert received.fingerprint == alice.fingerprint
+    await alice.expect("ack")
+    assert alice.acks[msg_id] == 3
+
+
+async def test_each_recipient_gets_only_its_own_wrapped_key(connect):
+    clients = [await connect(f"user{i}") for i in range(4)]
+    await settle(*clients, members=4)
+    frame = clients[0].seal("fan out")
+    await clients[0].send_frame(frame)
+    for client in clients:
+        relayed = await client.expect("msg")
+        assert "keys" not in relayed
+        assert relayed["key"] == frame["keys"][client.sid]
+        # O(N) egress: a delivery is the shared part plus one key, not every envelope.
+        assert len(json.dumps(relayed)) < len(json.dumps(frame)) - 2 * 344
+
+
+async def test_late_joiner_cannot_read_earlier_messages(connect, config):
+    alice = await connect("alice")
+    bob = await connect("bob")
+    await settle(alice, bob, members=2)
+    await alice.send("before carol")
+    await bob.next_message()
+    carol = await connect("carol")
+    await settle(alice, bob, carol, members=3)
+    records = [r.record for r in read_log(config.log_dir) if isinstance(r, LogRecord)]
+    earlier = next(r for r in records if r["event"] == "msg")
+    assert carol.sid not in earlier["keys"]
+    for wrapped in earlier["keys"].values():
+        with pytest.raises(Exception):
+            carol.session.unwrap(wrapped)
+    await alice.send("after carol")
+    assert (await carol.next_message()).text == "after carol"
+
+
+async def test_log_holds_every_message_and_no_plaintext(connect, config, ciphertext_log):
+    alice, bob = await connect("alice"), await connect("bob")
+    await settle(alice, bob, members=2)
+    secrets = [f"plaintext secret number {i} ✓" for i in range(5)]
+    for secret in secrets:
+        await alice.send(secret)
+        assert (await bob.next_message()).text == secret
+    ciphertext_log.flush()
+    raw = b"".join(p.read_bytes() for p in config.log_dir.iterdir() if p.is_file())
+    for secret in secrets:
+        assert secret.encode() not in raw
+        assert json.dumps(secret).encode() not in raw
+    events = [r.record["event"] for r in read_log(config.log_dir) if isinstance(r, LogRecord)]
+    assert events.count("msg") == 5 and events.count("join") == 2
+
+
+async def test_leave_is_announced_and_logged(connect, config):
+    alice, bob = await connect("alice"), await connect("bob")
+    await settle(alice, bob, members=2)
+    await bob.send_frame({"v": 1, "type": "leave"})
+    left = await alice.expect("left")
+    assert (left["username"], left["fingerprint"]) == ("bob", bob.fingerprint)
+    assert list(alice.members) == [alice.sid]
+
+
+async def test_rejoin_with_same_identity_replaces_old_session(connect, ws_url):
+    alice = await connect("alice")
+    bob = await connect("bob")
+    await settle(alice, bob, members=2)
+    again = ChatClient(ws_url, "alice", identity=alice.identity)
+    await again.connect()
+    while (await alice.ws.read_message()) is not None:
+        pass
+    assert alice.ws.close_code == 4001
+    assert (await bob.expect("left"))["sid"] == alice.sid
+    assert (await bob.expect("joined"))["participant"]["sid"] == again.sid
+    assert set(bob.members) == {bob.sid, again.sid}
+    again.close()
+
+
+async def test_tampered_ciphertext_is_rejected_by_recipient(connect):
+    alice, bob = await connect("alice"), await connect("bob")
+    await settle(alice, bob, members=2)
+    frame = alice.seal("original")
+    ct = bytearray(__import__("base64").b64decode(frame["ct"]))
+    ct[0] ^= 1
+    frame["ct"] = __import__("base64").b64encode(bytes(ct)).decode()
+    await alice.send_frame(frame)
+    result = await bob.next_message()
+    assert isinstance(result, Rejected) and "signature" in result.reason

@@ -1,0 +1,121 @@
+"""Room membership and routing as pure logic: no server, no sockets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from securechat.protocol import Msg, ProtocolError
+from securechat.room import Participant, Room
+
+NOW = 1_764_097_200_000
+WRAPPED = "A" * 344
+
+
+def person(name: str, n: int, fingerprint: str | None = None) -> Participant:
+    return Participant(sid=f"{n:032x}", username=name, fingerprint=fingerprint or f"{n:064x}",
+                       identity_key="ik", session_key="sk", session_sig="sig",
+                       wrapped_key_length=344, joined=NOW)
+
+
+def message(*sids: str, msg_id: str = "f" * 32, counter: int = 1, ts: int = NOW) -> Msg:
+    return Msg(id=msg_id, ts=ts, counter=counter, iv="iv", ct="ct", sig="sig",
+               keys={sid: WRAPPED for sid in sids})
+
+
+@pytest.fixture
+def room():
+    r = Room("lobby", max_participants=3)
+    for i, name in enumerate(["alice", "bob", "carol"], start=1):
+        r.add(person(name, i))
+    return r
+
+
+def test_roster_is_in_join_order(room):
+    assert [p["username"] for p in room.roster()] == ["alice", "bob", "carol"]
+
+
+def test_names_are_unique_case_insensitively(room):
+    with pytest.raises(ProtocolError) as info:
+        room.add(person("ALICE", 9))
+    assert info.value.code == "username_taken"
+
+
+def test_same_identity_replaces_its_older_session(room):
+    alice = room.find("alice")
+    newer = person("alice", 7, fingerprint=alice.fingerprint)
+    assert room.add(newer) is alice
+    assert room.find("alice") is newer and alice.sid not in room.members
+    assert room.remove(alice) is False
+
+
+def test_full_room(room):
+    with pytest.raises(ProtocolError) as info:
+        room.add(person("dave", 4))
+    assert info.value.code == "room_full"
+
+
+def test_each_recipient_gets_its_own_key_and_nothing_else(room):
+    alice, bob, carol = (room.find(n) for n in ("alice", "bob", "carol"))
+    msg = Msg(id="f" * 32, ts=NOW, counter=1, iv="iv", ct="ct", sig="sig",
+              keys={alice.sid: "a" * 344, bob.sid: "b" * 344, carol.sid: "c" * 344})
+    relay = room.prepare(alice, msg, NOW)
+    frames = {p.username: json.loads(text) for p, text in relay.deliveries}
+    assert frames["bob"]["key"] == "b" * 344 and frames["carol"]["key"] == "c" * 344
+    assert frames["bob"]["from"] == {"sid": alice.sid, "username": "alice", "fingerprint": alice.fingerprint}
+    assert frames["bob"]["recipients"] == sorted(msg.keys)
+    assert all("keys" not in f for f in frames.values())
+    assert relay.record["keys"] == msg.keys and relay.record["t"] == NOW
+
+
+def test_stale_recipients_reject_the_whole_message(room):
+    alice = room.find("alice")
+    gone = "9" * 32
+    with pytest.raises(ProtocolError) as info:
+        room.prepare(alice, message(alice.sid, gone), NOW)
+    assert info.value.code == "stale_recipients" and info.value.stale == [gone]
+
+
+def test_wrapped_key_length_must_match_recipient_modulus(room):
+    alice = room.find("alice")
+    msg = Msg(id="f" * 32, ts=NOW, counter=1, iv="iv", ct="ct", sig="sig", keys={alice.sid: "A" * 684})
+    with pytest.raises(ProtocolError) as info:
+        room.prepare(alice, msg, NOW)
+    assert info.value.code == "bad_recipient_key"
+
+
+def test_replay_by_id_and_by_counter(room):
+    alice = room.find("alice")
+    first = message(alice.sid, counter=1)
+    room.commit(room.prepare(alice, first, NOW), NOW)
+    for replay in (first, message(alice.sid, msg_id="e" * 32, counter=1)):
+        with pytest.raises(ProtocolError) as info:
+            room.prepare(alice, replay, NOW)
+        assert info.value.code == "replay"
+    room.prepare(alice, message(alice.sid, msg_id="e" * 32, counter=2), NOW)
+
+
+def test_ids_are_remembered_across_sessions_of_the_same_identity(room):
+    alice = room.find("alice")
+    room.commit(room.prepare(alice, message(alice.sid, counter=5), NOW), NOW)
+    newer = person("alice", 8, fingerprint=alice.fingerprint)
+    room.add(newer)
+    with pytest.raises(ProtocolError) as info:
+        room.prepare(newer, message(newer.sid, counter=1), NOW)
+    assert info.value.code == "replay"
+
+
+def test_prepare_changes_nothing_until_commit(room):
+    alice = room.find("alice")
+    room.prepare(alice, message(alice.sid), NOW)
+    room.prepare(alice, message(alice.sid), NOW)
+
+
+@pytest.mark.parametrize("offset", [-300_001, 300_001])
+def test_clock_skew_window(room, offset):
+    alice = room.find("alice")
+    with pytest.raises(ProtocolError) as info:
+        room.prepare(alice, message(alice.sid, ts=NOW + offset), NOW)
+    assert info.value.code == "clock_skew"
+    room.prepare(alice, message(alice.sid, ts=NOW + offset // 2), NOW)
