@@ -28,7 +28,9 @@ def browser(tmp_path_factory):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = launch(playwright, config_home=tmp_path_factory.mktemp("chromium-home"))
+        # chat.lan resolves to loopback but is not a secure context: the insecure-page test.
+        browser = launch(playwright, config_home=tmp_path_factory.mktemp("chromium-home"),
+                         extra_args=["--host-resolver-rules=MAP chat.lan 127.0.0.1"])
         yield browser
         browser.close()
 
