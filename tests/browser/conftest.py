@@ -7,14 +7,9 @@ Chromium fails loudly: these tests must not skip in CI.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from harness import ServerThread, chromium_path, join, launch, open_page  # noqa: E402
+from .harness import ServerThread, chromium_path, join, launch, open_page
 
 TIMEOUT_MS = 20_000
 

@@ -95,6 +95,14 @@ class ServerThread:
         """Run a coroutine on the server's loop (the Python client, reads of the hub)."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
+    def on_loop(self, function, *args):
+        """Call a plain function on the server's loop: Tornado objects are not thread-safe."""
+
+        async def run():
+            return function(*args)
+
+        return self.call(run())
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"

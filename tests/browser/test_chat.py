@@ -6,7 +6,7 @@ import re
 
 from playwright.sync_api import expect
 
-from harness import messages, participant, participants, send
+from .harness import messages, participant, participants, send
 
 
 def test_three_people_exchange_messages(people, server):
@@ -30,7 +30,7 @@ def test_three_people_exchange_messages(people, server):
         expect(log.locator(".log-warning")).to_have_count(0)
     # Line breaks survive as text; the sender's own copy is confirmed by the server.
     expect(alice.locator("article .text").filter(has_text="Green here.")).to_have_text("Green here.\nAll 412 tests pass.")
-    expect(alice.locator("article.mine .delivery")).to_have_text("Delivered")
+    expect(alice.locator("article.mine .delivery")).to_have_text("Delivered · to 2 others")
     # Every message went to exactly the three sessions in the room.
     msgs = [r for r in server.log_records() if r["event"] == "msg"]
     assert len(msgs) == 3

@@ -8,7 +8,7 @@ from playwright.sync_api import expect
 
 from securechat.client import ChatClient, Message
 
-from harness import group, messages, own_fingerprint, participant, participants, send
+from .harness import group, messages, own_fingerprint, participant, participants, send
 
 
 def test_python_client_and_browser_read_each_other(people, server):
@@ -32,7 +32,7 @@ def test_python_client_and_browser_read_each_other(people, server):
         assert group(received.fingerprint) == own_fingerprint(alice)
         expect(messages(alice).locator(".log-warning")).to_have_count(0)
     finally:
-        bot.close()
+        server.on_loop(bot.close)
     expect(participants(alice)).to_have_count(1)
 
 
@@ -52,7 +52,7 @@ def test_the_ciphertext_log_holds_no_plaintext(people, server):
             for text in texts:
                 expect(messages(page).locator(".text").filter(has_text=text)).to_have_count(1)
     finally:
-        bot.close()
+        server.on_loop(bot.close)
     log = server.log_text()
     records = [json.loads(line) for line in log.splitlines()]
     assert [r["event"] for r in records].count("msg") == 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from harness import messages, own_fingerprint, participants, send
+from .harness import messages, own_fingerprint, participants, send
 
 
 def test_reconnects_after_a_server_restart_and_sends_what_was_typed_offline(people, server):
@@ -23,7 +23,7 @@ def test_reconnects_after_a_server_restart_and_sends_what_was_typed_offline(peop
     for page in (alice, bob):
         expect(page.get_by_role("status")).to_have_text("Connected", timeout=30_000)
         expect(participants(page)).to_have_count(2)
-    expect(pending.locator(".delivery")).to_have_text("Delivered")
+    expect(pending.locator(".delivery")).to_have_text("Delivered · to 1 other")
     expect(messages(bob).locator(".text")).to_have_text(["before the restart", "typed while the server was down"])
     assert (own_fingerprint(alice), own_fingerprint(bob)) == fingerprints
     # Re-joined with fresh session keys: both joins are in the log twice.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from harness import GROUPED_FINGERPRINT, group, join, messages, own_fingerprint, participant, participants, send
+from .harness import GROUPED_FINGERPRINT, group, join, messages, own_fingerprint, participant, participants, send
 
 KEY_CHANGED = "Key changed"
 
@@ -92,7 +92,7 @@ def test_new_identity_raises_a_key_change_warning_until_accepted(people):
     expect(flagged.locator(".msg-warning")).to_contain_text("key changed")
     expect(alice.locator("#withheld")).to_contain_text("bob")
     send(alice, "prove it first")
-    expect(messages(alice).locator("article.mine .delivery")).to_have_text("Delivered")
+    expect(messages(alice).locator("article.mine .delivery")).to_have_text("Delivered · only you can read it")
     expect(messages(bob)).not_to_contain_text("prove it first")
     entry.get_by_role("button", name="Accept new key").click()
     expect(entry).not_to_contain_text(KEY_CHANGED)

@@ -3,7 +3,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 
 import * as c from "../../static/js/crypto.js";
-import { ChatClient } from "../../static/js/chat.js";
+import { ChatClient, REJOIN_GRACE_MS } from "../../static/js/chat.js";
 import { memoryStore } from "../../static/js/store.js";
 import { FakeServer, until } from "./fake_server.mjs";
 
@@ -282,4 +282,48 @@ test("messages over 16,000 characters are refused locally", async () => {
   assert.match(p.client.send("x".repeat(16001)), /16000/);
   assert.equal(p.client.send("   "), null);
   assert.equal(p.of("outgoing").length, 0);
+});
+
+test("after a restart, queued messages wait for the people who were there to rejoin", async () => {
+  const server = new FakeServer();
+  const aliceTimers = [];
+  const bobTimers = [];
+  const alice = person(server, { timers: aliceTimers });
+  const bob = person(server, { timers: bobTimers });
+  const carol = person(server, { timers: [] });
+  await joined(alice, "alice");
+  await joined(bob, "bob");
+  await joined(carol, "carol");
+  await until(() => alice.last("roster")?.participants.length === 3);
+  for (const p of [alice, bob, carol]) server.drop(p.client.connection.socket, 1001);
+  await until(() => alice.last("status")?.state === "reconnecting" && bob.last("status")?.state === "reconnecting");
+  alice.client.send("written during the restart");
+  aliceTimers.shift().fn(); // alice is back first, alone
+  await until(() => alice.last("status")?.state === "connected");
+  assert.equal(server.received.filter((f) => f.type === "msg").length, 0, "not sent to an empty room");
+  const grace = aliceTimers.find((t) => t.ms === REJOIN_GRACE_MS);
+  assert.ok(grace, "a grace timer bounds the wait");
+  bobTimers.shift().fn(); // bob is back; carol is not yet
+  await until(() => alice.last("roster")?.participants.length === 2);
+  assert.equal(server.received.filter((f) => f.type === "msg").length, 0, "still waiting for carol");
+  grace.fn(); // carol never comes back: send to whoever is here
+  await until(() => texts(bob).includes("alice: written during the restart"));
+  await until(() => alice.last("outgoing")?.state === "delivered");
+  assert.equal(alice.last("outgoing").reason, "to 1 other");
+});
+
+test("a rejoin where everyone is back sends the queue at once", async () => {
+  const server = new FakeServer();
+  const timers = [];
+  const alice = person(server, { timers });
+  const bob = person(server);
+  await joined(alice, "alice");
+  await joined(bob, "bob");
+  await until(() => alice.last("roster")?.participants.length === 2);
+  server.drop(alice.client.connection.socket, 1006);
+  await until(() => alice.last("status")?.state === "reconnecting");
+  alice.client.send("quick blip");
+  timers.shift().fn();
+  await until(() => texts(bob).includes("alice: quick blip"));
+  assert.equal(timers.filter((t) => t.ms === REJOIN_GRACE_MS).length, 0);
 });
