@@ -119,3 +119,16 @@ def test_long_words_wrap_and_the_log_follows_new_messages(people):
     send(alice, "one more")
     expect(log.locator("article")).to_have_count(27)
     assert bob.evaluate("() => document.getElementById('messages').scrollTop") == 0
+
+
+def test_leave_then_join_again_in_the_same_tab(people):
+    alice = people.join("alice")
+    bob = people.join("bob")
+    bob.get_by_role("button", name="Leave chat").click()
+    expect(participants(alice)).to_have_count(1)
+    bob.get_by_role("button", name="Join chat").click()
+    expect(bob.get_by_role("status")).to_have_text("Connected")
+    expect(participants(alice)).to_have_count(2)
+    expect(participant(alice, "bob")).not_to_contain_text("Key changed")
+    send(bob, "back again")
+    expect(messages(alice).locator(".text")).to_have_text(["back again"])

@@ -70,3 +70,29 @@ def test_works_on_a_360_px_wide_screen(people):
         expect(locator).to_be_in_viewport()
     send(page, "from the phone")
     expect(messages(other).locator(".text").filter(has_text="from the phone")).to_have_count(1)
+
+
+def test_the_page_works_under_a_strict_content_security_policy(people, server):
+    """No inline script, style or handler: the page must run under `default-src 'self'`."""
+    context = people.context()
+    # Set by the test, not by route.fulfill(): Chromium's local-network checks treat a
+    # Playwright-fulfilled page as public and would block its loopback WebSocket.
+    server.add_response_header("Content-Security-Policy",
+                               "default-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    context.add_init_script("""
+        window.__violations = [];
+        document.addEventListener('securitypolicyviolation',
+            (e) => window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));
+    """)
+    alice = people.join("alice", context)
+    bob = people.join("bob")
+    send(alice, "under CSP")
+    expect(messages(bob).locator(".text")).to_have_text(["under CSP"])
+    send(bob, "reply under CSP")
+    expect(messages(alice).locator(".text").filter(has_text="reply under CSP")).to_have_count(1)
+    assert alice.evaluate("() => document.querySelector('meta[http-equiv]')") is None
+    assert alice.evaluate("() => window.__violations") == []
+    # The header really was applied: an inline script is refused.
+    alice.evaluate("() => { const s = document.createElement('script'); s.textContent = 'window.__ran = 1'; document.body.append(s); }")
+    assert alice.evaluate("() => window.__ran") is None
+    assert alice.evaluate("() => window.__violations.length") == 1
