@@ -103,17 +103,6 @@ class ServerThread:
 
         return self.call(run())
 
-    def add_response_header(self, name: str, value: str) -> None:
-        """Send an extra header on every HTTP response (e.g. a CSP the server does not set yet)."""
-        import tornado.web
-
-        class AddHeader(tornado.web.OutputTransform):
-            def transform_first_chunk(self, status_code, headers, chunk, finishing):
-                headers[name] = value
-                return status_code, headers, chunk
-
-        self.on_loop(self.server.app.transforms.append, AddHeader)
-
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
