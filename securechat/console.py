@@ -26,11 +26,16 @@ ALL_INTERFACES = (None, "", "0.0.0.0", "::")
 
 
 def make_console(stderr: bool = False) -> Console:
-    """Colour only on a terminal (rich itself honours NO_COLOR); wide when piped, so no wrapping."""
+    """Colour only on a terminal (rich itself honours NO_COLOR); wide when piped, so no wrapping.
+
+    soft_wrap keeps a URL or fingerprint on one line even in a narrow terminal or a CI log
+    with COLUMNS set: a fingerprint split in two cannot be compared or copied.
+    """
     stream = sys.stderr if stderr else sys.stdout
     terminal = stream.isatty()
     width = None if terminal or os.environ.get("COLUMNS") else 200
-    return Console(stderr=stderr, highlight=False, color_system="auto" if terminal else None, width=width)
+    return Console(stderr=stderr, highlight=False, color_system="auto" if terminal else None, width=width,
+                   soft_wrap=True)
 
 
 # -- URLs ---------------------------------------------------------------------------------

@@ -23,8 +23,11 @@ def local_time(ms: int) -> str:
 def roster_table(roster: dict) -> Table:
     table = Table(title=f"room {roster.get('room', '?')}: {len(roster['participants'])} connected",
                   title_justify="left", box=None, header_style="bold", pad_edge=False)
-    for column in ("username", "fingerprint", "connected since", "remote address"):
-        table.add_column(column, no_wrap=True)
+    table.add_column("username", overflow="fold")
+    # Never ellipsised: a fingerprint people cannot read in full is useless to compare.
+    table.add_column("fingerprint", min_width=79, no_wrap=True)
+    for column in ("connected since", "remote address"):
+        table.add_column(column, overflow="fold")
     for person in roster["participants"]:
         table.add_row(person["username"], group_fingerprint(person["fingerprint"]),
                       local_time(person["joined"]), person.get("remote") or "-")

@@ -74,3 +74,10 @@ async def settle(*clients: ChatClient, members: int) -> None:
             except asyncio.TimeoutError:
                 pass
         assert len(client.members) == members, f"{client.username} sees {len(client.members)} members"
+
+
+@pytest.fixture(autouse=True)
+def _fixed_terminal(monkeypatch):
+    """Output checks must not depend on the caller's terminal width (CI logs set COLUMNS)."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
