@@ -99,3 +99,15 @@ def test_the_page_works_under_the_servers_strict_content_security_policy(people,
     alice.evaluate("() => { const s = document.createElement('script'); s.textContent = 'window.__ran = 1'; document.body.append(s); }")
     assert alice.evaluate("() => window.__ran") is None
     assert alice.evaluate("() => window.__violations.length") == 1
+
+
+def test_the_page_says_so_when_its_scripts_cannot_run(people, server):
+    context = people.context(java_script_enabled=False)
+    page = context.new_page()
+    page.goto(server.url)
+    expect(page.locator("#loading")).to_be_visible()
+    expect(page.locator("#loading")).to_contain_text("could not")
+    expect(page.get_by_role("button", name="Join chat")).to_be_hidden()
+    # With scripts the hint disappears.
+    ok = people.page()
+    expect(ok.locator("#loading")).to_be_hidden()
