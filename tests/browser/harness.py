@@ -50,9 +50,11 @@ def launch(playwright, *, extra_args=(), config_home: Path):
 class ServerThread:
     """securechat's own start()/shutdown() on a loop in a thread; restartable on one port."""
 
-    def __init__(self, data_dir: Path, port: int = 0):
+    def __init__(self, data_dir: Path, port: int = 0, ssl_context=None, hostname: str = "127.0.0.1"):
         self.data_dir = data_dir
         self.port = port
+        self.ssl_context = ssl_context
+        self.hostname = hostname
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
         self.server = None
@@ -66,7 +68,7 @@ class ServerThread:
             asyncio.set_event_loop(self.loop)
             try:
                 config = Config(data_dir=self.data_dir, port=self.port, log_fsync="never")
-                self.server = self.loop.run_until_complete(start(config))
+                self.server = self.loop.run_until_complete(start(config, self.ssl_context))
                 self.port = self.server.port
             except BaseException as exc:  # reported to the starting thread
                 failure.append(exc)
@@ -105,7 +107,8 @@ class ServerThread:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
+        scheme = "https" if self.ssl_context else "http"
+        return f"{scheme}://{self.hostname}:{self.port}/"
 
     @property
     def ws_url(self) -> str:

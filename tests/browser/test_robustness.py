@@ -111,3 +111,34 @@ def test_the_page_says_so_when_its_scripts_cannot_run(people, server):
     # With scripts the hint disappears.
     ok = people.page()
     expect(ok.locator("#loading")).to_be_hidden()
+
+
+def test_over_https_on_a_lan_name_the_page_uses_wss(browser, tmp_path):
+    """The deployment the insecure page recommends: `serve --tls`, opened by a LAN name."""
+    from securechat import tls
+
+    from .harness import ServerThread, join
+
+    status = tls.ensure_self_signed(tmp_path / "data", hostname="chat.lan", addresses=[])
+    context_ssl = tls.server_ssl_context(status.cert_path, status.key_path)
+    server = ServerThread(tmp_path / "data", ssl_context=context_ssl, hostname="chat.lan").start()
+    contexts = []
+    try:
+        pages = []
+        sockets = []
+        for name in ("alice", "bob"):
+            context = browser.new_context(ignore_https_errors=True)
+            contexts.append(context)
+            page = context.new_page()
+            page.on("websocket", lambda ws: sockets.append(ws.url))
+            page.goto(server.url)
+            assert page.evaluate("() => isSecureContext && !!crypto.subtle")
+            join(page, name)
+            pages.append(page)
+        assert sockets == [f"wss://chat.lan:{server.port}/ws"] * 2
+        send(pages[0], "over TLS")
+        expect(messages(pages[1]).locator(".text")).to_have_text(["over TLS"])
+    finally:
+        for context in contexts:
+            context.close()
+        server.stop()
