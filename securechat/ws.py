@@ -65,6 +65,7 @@ class ChatSocket(SecureHeadersMixin, WebSocketHandler):
         self.strikes = Strikes()
         self.rate_limited_in_a_row = 0
         self.hub.connected(self)
+        self.hub.hello(self)
 
     def on_message(self, message: str | bytes) -> None:
         try:

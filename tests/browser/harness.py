@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import threading
 from pathlib import Path
 
@@ -27,9 +28,28 @@ CHROMIUM_ARGS = [
 GROUPED_FINGERPRINT = re.compile(r"^([0-9a-f]{4} ){15}[0-9a-f]{4}$")
 
 
+def _find_chromium() -> str | None:
+    return shutil.which(CHROMIUM) or (CHROMIUM if os.access(CHROMIUM, os.X_OK) else None)
+
+
+def _install_chromium() -> None:
+    """The README's one test command must work on a fresh Debian machine: install the browser
+    from Debian when we are root and apt-get exists (never `playwright install`)."""
+    if os.geteuid() != 0 or not shutil.which("apt-get") or os.environ.get("SECURECHAT_CHROMIUM"):
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    print("\nChromium is missing: installing Debian's chromium for the browser tests…", flush=True)
+    subprocess.run(["apt-get", "update", "-qq"], env=env, check=False)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, check=False,
+                   stdout=subprocess.DEVNULL)
+
+
 def chromium_path() -> str:
-    """The browser to drive; a missing one is a failure with instructions, never a skip."""
-    path = shutil.which(CHROMIUM) or (CHROMIUM if os.access(CHROMIUM, os.X_OK) else None)
+    """The browser to drive; a missing one is installed if we can, else a failure, never a skip."""
+    path = _find_chromium()
+    if not path:
+        _install_chromium()
+        path = _find_chromium()
     if not path:
         raise RuntimeError(
             f"Chromium was not found at {CHROMIUM}. The browser tests need it and never skip: "
