@@ -40,6 +40,9 @@ class ChatSocket(WebSocketHandler):
         return urlsplit(origin).netloc.lower() == self.request.host.lower()
 
     def open(self) -> None:
+        # Chat frames are small and latency-bound: without TCP_NODELAY, Nagle + delayed ACKs
+        # held deliveries back by 40-400 ms under load (bench: p99 at N=100).
+        self.set_nodelay(True)
         self.bucket = TokenBucket(self.hub.config.rate_per_second, self.hub.config.rate_burst, time.monotonic())
         self.strikes = Strikes()
         self.rate_limited_in_a_row = 0
