@@ -396,8 +396,8 @@ class Settings:
     sizes: tuple[int, ...] = (10, 50, 100, 250)
     senders: int = 10
     rate: float = 20.0
-    open_seconds: float = 6.0
-    closed_seconds: float = 6.0
+    open_seconds: float = 5.0
+    closed_seconds: float = 5.0
     warmup: float = 1.0
     window: int = 2
     text_bytes: int = 200
