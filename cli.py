@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 from pathlib import Path
@@ -50,30 +51,268 @@ def main() -> None:
     """
 
 
+def config_options(command):
+    """--config and --data-dir: how every command finds the configuration and the data."""
+    command = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+                           help="Where the ciphertext log lives.  [default: ~/.local/share/securechat]")(command)
+    return click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+                        envvar="SECURECHAT_CONFIG", help="A TOML file (see config.example.toml).")(command)
+
+
+def server_options(command):
+    """--url and --token: reach a server that left no runtime file here (another machine)."""
+    command = click.option("--token", help="The server's admin token; prefer SECURECHAT_TOKEN "
+                           "(a flag shows up in `ps`).")(command)
+    return click.option("--url", help="The server's base URL, e.g. https://192.168.1.20:5000/.  "
+                        "[default: the running server found through its runtime file]")(command)
+
+
+class TimeParam(click.ParamType):
+    name = "TIME"
+
+    def convert(self, value, param, ctx):
+        from securechat.dump import parse_time
+
+        try:
+            return parse_time(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 @main.command(context_settings=CONTEXT)
-@click.option("--host", help="Address to listen on.  [default: 127.0.0.1]")
+@click.option("--host", help="Address to listen on.  [default: 127.0.0.1; every interface with --tls]")
 @click.option("--port", type=int, help="Port to listen on.  [default: 5000]")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where the ciphertext log lives.  [default: ~/.local/share/securechat]")
-@click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              envvar="SECURECHAT_CONFIG", help="A TOML file (see config.example.toml).")
+@click.option("--tls/--no-tls", default=None,
+              help="Serve https/wss, with a self-signed certificate unless --cert/--key.  [default: off]")
+@click.option("--cert", type=click.Path(dir_okay=False, path_type=Path),
+              help="Your certificate chain (PEM); needs --key and turns TLS on.")
+@click.option("--key", type=click.Path(dir_okay=False, path_type=Path), help="The key of --cert (PEM).")
+@config_options
 @click.option("-v", "--verbose", is_flag=True, help="Log debugging detail.")
-def serve(host, port, data_dir, config_file, verbose) -> None:
+def serve(host, port, tls, cert, key, data_dir, config_file, verbose) -> None:
     """Start the chat server.
+
+    Without --tls it serves http://127.0.0.1:5000, this machine only. With --tls it serves
+    https on every interface so phones and laptops on the LAN can join, and prints each URL
+    and the certificate fingerprint to compare on the browser's warning page.
 
     \b
     Examples:
       securechat serve
-      securechat serve --port 8443 --data-dir /var/lib/securechat
+      securechat serve --tls
+      securechat serve --tls --cert chat.pem --key chat-key.pem --port 8443
+      securechat serve --port 8000 --data-dir /var/lib/securechat
     """
-    config = build_config(config_file, host=host, port=port, data_dir=data_dir)
+    if (cert is None) != (key is None):
+        raise click.UsageError("--cert and --key go together: give both or neither")
+    config = build_config(config_file, host=host, port=port, tls=tls, cert=cert, key=key, data_dir=data_dir)
     setup_logging(verbose)
     from securechat.console import run_server
 
     try:
         asyncio.run(run_server(config))
+    except click.ClickException as exc:
+        raise UserError(exc.format_message()) from None
     except KeyboardInterrupt:
         pass
+
+
+@main.group(context_settings=CONTEXT)
+def tls() -> None:
+    """Inspect the TLS certificate `serve --tls` uses.
+
+    \b
+    Example:
+      securechat tls show
+    """
+
+
+@tls.command("show", context_settings=CONTEXT)
+@config_options
+def tls_show(data_dir, config_file) -> None:
+    """Print the certificate's names, validity and SHA-256 fingerprint.
+
+    It is the configured --cert if there is one, else the self-signed one in the data dir.
+    People compare the fingerprint with what their browser shows before trusting it.
+
+    \b
+    Examples:
+      securechat tls show
+      securechat tls show --data-dir /var/lib/securechat
+    """
+    from securechat import tls as tls_module
+    from securechat.console import make_console
+    from securechat.views import print_certificate
+
+    config = build_config(config_file, data_dir=data_dir)
+    path = config.cert or config.data_dir / "tls" / "cert.pem"
+    if not path.exists() and config.cert is None:
+        raise UserError(f"no certificate yet in {path.parent}; `securechat serve --tls` makes one")
+    try:
+        status = tls_module.describe_certificate(path)
+    except tls_module.TLSConfigError as exc:
+        raise UserError(str(exc)) from None
+    print_certificate(make_console(), status)
+
+
+def admin_client(config, url, token, *, exact: bool):
+    from securechat.admin_client import AdminError, find_server
+
+    try:
+        return find_server(config, url=url, token=token, exact=exact)
+    except AdminError as exc:
+        raise UserError(str(exc)) from None
+
+
+def admin_call(call):
+    from securechat.admin_client import AdminError
+
+    try:
+        return call()
+    except AdminError as exc:
+        raise UserError(str(exc)) from None
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@server_options
+@config_options
+def roster(as_json, url, token, data_dir, config_file) -> None:
+    """List who is connected: name, fingerprint, since when, from where.
+
+    The fingerprint is grouped exactly as the browser shows it, for comparing out of band.
+
+    \b
+    Examples:
+      securechat roster
+      securechat roster --json | jq -r '.participants[].username'
+      SECURECHAT_TOKEN=... securechat roster --url https://192.168.1.20:5000/
+    """
+    config = build_config(config_file, data_dir=data_dir)
+    client = admin_client(config, url, token, exact=False)
+    if client is None:
+        raise UserError("no running securechat server found; start one with `securechat serve`, "
+                        "or pass --url and --token")
+    answer = admin_call(client.roster)
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return
+    from securechat.console import make_console
+    from securechat.views import roster_table
+
+    make_console().print(roster_table(answer))
+
+
+@main.group(context_settings=CONTEXT)
+def logs() -> None:
+    """Read and rotate the ciphertext log.
+
+    \b
+    Examples:
+      securechat logs dump --since 10m
+      securechat logs rotate --keep 5
+    """
+
+
+@logs.command("dump", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print the records as stored (JSON Lines).")
+@click.option("--since", type=TimeParam(), help="Only records from this time: ISO 8601 or an age (10m, 2h, 1d).")
+@click.option("--until", type=TimeParam(), help="Only records before this time: ISO 8601 or an age.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new records, like tail -f; Ctrl-C stops.")
+@click.option("--follow-for", type=float, hidden=True, help="Follow for this many seconds (tests).")
+@config_options
+def dump(as_json, since, until, follow, follow_for, data_dir, config_file) -> None:
+    """Print the ciphertext log, oldest first, across rotated files.
+
+    Only metadata is readable (who, when, to how many, how big); the content is ciphertext.
+    A torn or corrupt line is reported on stderr with its file and line, and skipped.
+
+    \b
+    Examples:
+      securechat logs dump --since 1h
+      securechat logs dump --since 2026-11-25T09:00 --until 2026-11-25T17:00
+      securechat logs dump --json | jq -c 'select(.event == "join")'
+      securechat logs dump --follow
+    """
+    import time
+
+    from securechat import dump as dump_module
+    from securechat.ciphertext_log import read_log
+
+    config = build_config(config_file, data_dir=data_dir)
+    if not config.log_dir.is_dir():
+        raise UserError(f"no ciphertext log in {config.log_dir}; check --data-dir")
+    if follow or follow_for is not None:
+        deadline = time.monotonic() + follow_for if follow_for is not None else None
+        items = dump_module.follow(config.log_dir, since=since, until=until,
+                                   keep_going=lambda: deadline is None or time.monotonic() < deadline)
+    else:
+        items = read_log(config.log_dir, since=since, until=until)
+    try:
+        print_items(items, as_json=as_json, chunk=1 if follow or follow_for else 500)
+    except KeyboardInterrupt:
+        pass
+
+
+def print_items(items, *, as_json: bool, chunk: int) -> None:
+    from securechat.ciphertext_log import LogProblem
+    from securechat.console import make_console
+    from securechat.dump import row
+    from securechat.views import dump_table
+
+    console, rows, header = make_console(), [], True
+    for item in items:
+        if isinstance(item, LogProblem):
+            click.echo(f"securechat: {item.path}:{item.line_no}: {item.reason}; skipped", err=True)
+        elif as_json:
+            click.echo(item.raw)
+        else:
+            rows.append(row(item.record))
+            if len(rows) >= chunk:
+                console.print(dump_table(rows, header))
+                rows, header = [], False
+    if rows or (header and not as_json):
+        console.print(dump_table(rows, header))
+
+
+@logs.command("rotate", context_settings=CONTEXT)
+@click.option("--keep", type=click.IntRange(min=1), help="Rotated files to keep.  [default: log.keep, 10]")
+@server_options
+@config_options
+def rotate(keep, url, token, data_dir, config_file) -> None:
+    """Start a new live log now; gzip the old one and delete the oldest beyond --keep.
+
+    Through the running server when there is one (so no record is lost), else directly on
+    the files in the data dir.
+
+    \b
+    Examples:
+      securechat logs rotate
+      securechat logs rotate --keep 3
+    """
+    from securechat.ciphertext_log import LogError, LogLocked, rotate_offline
+
+    config = build_config(config_file, data_dir=data_dir)
+    keep = keep or config.log_keep
+    client = admin_client(config, url, token, exact=True)
+    if client is not None:
+        rotated = admin_call(lambda: client.rotate(keep))["rotated"]
+        where = f"by the server at {client.url}"
+    elif not config.log_dir.is_dir():
+        raise UserError(f"no ciphertext log in {config.log_dir} and no server using it; check --data-dir")
+    else:
+        try:
+            path = rotate_offline(config.log_dir, keep)
+        except LogLocked:
+            raise UserError(f"a securechat server is using {config.log_dir} but left no runtime file here; "
+                            "rotate through it with --url URL and --token (or SECURECHAT_TOKEN)") from None
+        except (LogError, OSError) as exc:
+            raise UserError(f"cannot rotate the log in {config.log_dir}: {exc}") from None
+        rotated, where = (path.name if path else None), "(no server running)"
+    if rotated is None:
+        click.echo(f"nothing to rotate: the live log is empty {where}; kept at most {keep} rotated files")
+    else:
+        click.echo(f"rotated to {rotated} {where}; kept at most {keep} rotated files")
 
 
 if __name__ == "__main__":

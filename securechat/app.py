@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import tornado.web
 
-from . import __version__, resources
+from . import __version__, admin, resources
 from .ciphertext_log import CiphertextLog
 from .config import Config
+from .http_security import NotFoundHandler, SecureHeadersMixin, SecureStaticFileHandler, integrity_table
 from .hub import Hub
 from .ws import ChatSocket
 
 
-class IndexHandler(tornado.web.RequestHandler):
+class IndexHandler(SecureHeadersMixin, tornado.web.RequestHandler):
     def initialize(self, hub: Hub) -> None:
         self.hub = hub
 
     def get(self) -> None:
-        self.render("index.html", room=self.hub.rooms.default, version=__version__)
+        sri = self.settings["sri"]
+        modules = [name for name in sri if name.startswith("js/") and name != "js/main.js"]
+        self.set_header("Cache-Control", "no-cache")
+        self.render("index.html", room=self.hub.rooms.default, version=__version__, sri=sri, modules=modules)
 
 
-class HealthHandler(tornado.web.RequestHandler):
+class HealthHandler(SecureHeadersMixin, tornado.web.RequestHandler):
     def initialize(self, hub: Hub) -> None:
         self.hub = hub
 
@@ -45,12 +49,17 @@ def make_app(config: Config, ciphertext_log: CiphertextLog | None = None) -> tor
         (r"/", IndexHandler, {"hub": hub}),
         (r"/healthz", HealthHandler, {"hub": hub}),
         (r"/ws", ChatSocket, {"hub": hub}),
+        *admin.routes(hub, config.admin_token),
     ]
+    static_dir = resources.static_dir()
     return tornado.web.Application(
         routes,
         hub=hub,
+        sri=integrity_table(static_dir),
         template_path=str(resources.template_dir()),
-        static_path=str(resources.static_dir()),
+        static_path=str(static_dir),
+        static_handler_class=SecureStaticFileHandler,
+        default_handler_class=NotFoundHandler,
         websocket_max_message_size=config.max_frame_bytes,
         websocket_ping_interval=config.ping_interval,
         websocket_ping_timeout=config.ping_timeout,

@@ -46,8 +46,11 @@ __all__ = [
     "LogProblem",
     "LogRecord",
     "log_files",
+    "parse_line",
     "read_log",
+    "read_rotated",
     "rotate_offline",
+    "rotated_stamps",
 ]
 
 log = logging.getLogger(__name__)
@@ -350,18 +353,24 @@ class CiphertextLog:
 
     # -- rotation ----------------------------------------------------------
 
-    def rotate(self) -> Path | None:
+    def rotate(self, keep: int | None = None) -> Path | None:
         """Rotate now; return the final .gz path, or None if the live file is empty.
 
+        ``keep`` overrides the retention for this rotation only (an admin's
+        one-off clean-up); later automatic rotations use the configured keep.
         With gzip_in_background the .gz may not exist yet when this returns;
         wait_for_background() waits for it.
         """
+        keep = self._keep if keep is None else keep
+        _validate(self._max_bytes, keep, self._fsync_policy, self._fsync_interval)
         with self._lock:
             self._check_open()
             rotated = self._rotate_locked()
         if rotated is None:
+            # Nothing new, but an admin asking for a smaller keep still expects it applied.
+            self._schedule(lambda: self._prune(keep))
             return None
-        self._schedule(lambda: self._compress_and_prune(rotated))
+        self._schedule(lambda: self._compress_and_prune(rotated, keep))
         return rotated.with_name(rotated.name + ".gz")
 
     def _rotate_locked(self) -> Path | None:
@@ -406,13 +415,17 @@ class CiphertextLog:
         except Exception:
             log.exception("ciphertext log maintenance failed")
 
-    def _compress_and_prune(self, rotated: Path) -> None:
+    def _compress_and_prune(self, rotated: Path, keep: int | None = None) -> None:
         with self._maint_lock:
             stamp = _ROTATED_RE.match(rotated.name).group(1)
             # Retention may already have deleted an older queued file.
             if rotated.exists():
                 _gzip_file(rotated, _gz_path(self._dir, stamp), _tmp_path(self._dir, stamp))
-            _apply_retention(self._dir, self._keep)
+            _apply_retention(self._dir, self._keep if keep is None else keep)
+
+    def _prune(self, keep: int) -> None:
+        with self._maint_lock:
+            _apply_retention(self._dir, keep)
 
     def _recover(self) -> None:
         with self._maint_lock:
@@ -534,6 +547,22 @@ def read_log(directory: Path, *, since: float | None = None,
                 continue
             yield from _filter(_read_lines(live, f), since, until)
         return
+
+
+def rotated_stamps(directory: Path) -> list[str]:
+    """The stamps of readable rotated files (plain or gzipped), oldest first."""
+    return sorted(s for s, suffixes in _rotated_stamps(Path(directory)).items()
+                  if suffixes & {"", ".gz"})
+
+
+def read_rotated(directory: Path, stamp: str) -> Iterator[LogRecord | LogProblem]:
+    """Every line of one rotated file, wherever gzip has got to; nothing if retention removed it."""
+    return _read_rotated(Path(directory), stamp)
+
+
+def parse_line(path: Path, line_no: int, raw: bytes) -> LogRecord | LogProblem:
+    """One complete line (without its newline) as a record, or the problem with it."""
+    return _parse_line(path, line_no, raw)
 
 
 def _next_rotated_stamp(directory: Path, after: str | None) -> str | None:

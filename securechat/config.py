@@ -27,14 +27,16 @@ def default_data_dir() -> Path:
     return Path(base) / "securechat"
 
 
-def _setting(section: str, default: Any, env: str | None = None, **extra):
-    return field(default=default, metadata={"section": section, "env": env, **extra})
+def _setting(section: str, default: Any, env: str | None = None, *, secret: bool = False, **extra):
+    # A secret is kept out of repr() and out of error messages, which both end up in logs.
+    return field(default=default, repr=not secret, metadata={"section": section, "env": env, "secret": secret, **extra})
 
 
 @dataclass(frozen=True)
 class Config:
     # [server]
-    host: str = _setting("server", "127.0.0.1")
+    # None means "decide from tls": see listen_host.
+    host: str | None = _setting("server", None)
     port: int = _setting("server", 5000, minimum=0, maximum=65535)
     data_dir: Path = _setting("server", None)
     room: str = _setting("server", "lobby")
@@ -55,11 +57,41 @@ class Config:
     rate_burst: int = _setting("limits", 30, minimum=1)
     max_clock_skew: float = _setting("limits", 300.0, minimum=1.0)
     ping_interval: float = _setting("limits", 20.0, minimum=1.0)
-    ping_timeout: float = _setting("limits", 30.0, minimum=1.0)
+    ping_timeout: float = _setting("limits", 10.0, minimum=1.0)
+    max_connections: int = _setting("limits", 10000, minimum=1)
+    max_connections_per_address: int = _setting("limits", 32, minimum=1)
+    joins_per_minute: int = _setting("limits", 20, minimum=1)
+    max_outbound_bytes: int = _setting("limits", 4 * 1024 * 1024, minimum=65536)
+    # [admin]
+    admin_token: str | None = _setting("admin", None, env="SECURECHAT_TOKEN", secret=True, min_length=16)
 
     def __post_init__(self):
+        if self.ping_timeout > self.ping_interval:
+            # Tornado would silently cap it; say so instead of running with another value.
+            raise ConfigError(
+                f"limits.ping_timeout ({self.ping_timeout}) must not exceed limits.ping_interval "
+                f"({self.ping_interval})"
+            )
         if self.data_dir is None:
             object.__setattr__(self, "data_dir", default_data_dir())
+        if (self.cert is None) != (self.key is None):
+            raise ConfigError("tls.cert and tls.key go together: give both or neither")
+
+    @property
+    def uses_tls(self) -> bool:
+        """A certificate you bring implies TLS: nobody configures one to serve plain http."""
+        return self.tls or self.cert is not None
+
+    @property
+    def listen_host(self) -> str | None:
+        """The address to bind; None binds every interface, IPv4 and IPv6.
+
+        Plain http is a secure context only on localhost, so it stays there unless asked;
+        TLS exists to serve the LAN, so it listens everywhere. An explicit host always wins.
+        """
+        if self.host is not None:
+            return self.host
+        return None if self.uses_tls else "127.0.0.1"
 
     @property
     def log_dir(self) -> Path:
@@ -160,11 +192,12 @@ def _kind(f: dataclasses.Field):
 
 def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
     kind = _kind(f)
+    shown = "the value given" if f.metadata.get("secret") else repr(value)
     try:
         coerced = _convert(kind, value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{where} must be {_describe(kind)}, not {value!r}") from None
-    _check_range(f, coerced, where)
+        raise ConfigError(f"{where} must be {_describe(kind)}, not {shown}") from None
+    _check_range(f, coerced, where, shown)
     return coerced
 
 
@@ -199,11 +232,13 @@ def _describe(kind) -> str:
             tuple: "a list of strings", Path: "a path"}.get(kind, "a string")
 
 
-def _check_range(f: dataclasses.Field, value: Any, where: str) -> None:
+def _check_range(f: dataclasses.Field, value: Any, where: str, shown: str) -> None:
     meta = f.metadata
     if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"{where} must be one of {', '.join(meta['choices'])}, not {value!r}")
+        raise ConfigError(f"{where} must be one of {', '.join(meta['choices'])}, not {shown}")
     if "minimum" in meta and value < meta["minimum"]:
-        raise ConfigError(f"{where} must be at least {meta['minimum']}, not {value!r}")
+        raise ConfigError(f"{where} must be at least {meta['minimum']}, not {shown}")
     if "maximum" in meta and value > meta["maximum"]:
-        raise ConfigError(f"{where} must be at most {meta['maximum']}, not {value!r}")
+        raise ConfigError(f"{where} must be at most {meta['maximum']}, not {shown}")
+    if "min_length" in meta and len(value) < meta["min_length"]:
+        raise ConfigError(f"{where} must be at least {meta['min_length']} characters long")

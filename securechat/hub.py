@@ -13,6 +13,7 @@ from typing import Protocol
 from . import protocol
 from .ciphertext_log import CiphertextLog
 from .config import Config
+from .limits import SlidingWindow
 from .protocol import Join, Msg, ProtocolError
 from .room import Participant, Rooms
 
@@ -41,7 +42,30 @@ class Hub:
             max_clock_skew_ms=int(config.max_clock_skew * 1000),
         )
         self.connections: set[Connection] = set()
+        self.per_address: dict[str, int] = {}
+        self.joins = SlidingWindow(config.joins_per_minute, 60.0)
         self.started = now_ms()
+
+    # -- admission -------------------------------------------------------------------------
+
+    def refusal(self, remote: str) -> tuple[int, str] | None:
+        """Why a new WebSocket from `remote` may not open now, as (HTTP status, message)."""
+        if len(self.connections) >= self.config.max_connections:
+            return 503, "the server has too many connections; try again later"
+        if self.per_address.get(remote, 0) >= self.config.max_connections_per_address:
+            return 429, "too many connections from your address"
+        return None
+
+    def connected(self, connection: Connection) -> None:
+        self.connections.add(connection)
+        self.per_address[connection.remote] = self.per_address.get(connection.remote, 0) + 1
+
+    def disconnected(self, connection: Connection) -> None:
+        if connection in self.connections:
+            self.connections.discard(connection)
+            left = self.per_address.pop(connection.remote, 1) - 1
+            if left:
+                self.per_address[connection.remote] = left
 
     def limits(self) -> dict:
         return {
@@ -53,6 +77,8 @@ class Hub:
         }
 
     def join(self, connection: Connection, join: Join) -> Participant:
+        if not self.joins.allow(connection.remote, time.monotonic()):
+            raise ProtocolError("rate_limited", "too many joins from your address; wait a minute")
         room = self.rooms.get()
         verified = protocol.verify_join(join, room.name)
         participant = Participant(

@@ -37,3 +37,25 @@ class Strikes:
         while self._times and self._times[0] < now - self.window:
             self._times.popleft()
         return len(self._times) >= self.limit
+
+
+class SlidingWindow:
+    """At most `limit` events per key in the last `window` seconds (joins per address)."""
+
+    def __init__(self, limit: int, window: float = 60.0):
+        self.limit = limit
+        self.window = window
+        self._events: dict[str, deque[float]] = {}
+
+    def allow(self, key: str, now: float) -> bool:
+        events = self._events.setdefault(key, deque())
+        while events and events[0] <= now - self.window:
+            events.popleft()
+        if len(events) >= self.limit:
+            return False
+        events.append(now)
+        return True
+
+    def forget_idle(self, now: float) -> None:
+        for key in [k for k, e in self._events.items() if not e or e[-1] <= now - self.window]:
+            del self._events[key]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import ssl
 from dataclasses import dataclass, field
@@ -52,11 +53,15 @@ class RunningServer:
 
 async def start(config: Config, ssl_context: ssl.SSLContext | None = None) -> RunningServer:
     """Open the log, build the app and listen; the returned port is the real one (port 0 works)."""
+    if config.admin_token is None:
+        # A fresh token per start: it only ever lives in memory and the owner-only runtime file.
+        config = config.replace(admin_token=secrets.token_urlsafe(32))
     ciphertext_log = open_log(config)
     try:
         app = make_app(config, ciphertext_log)
         http = tornado.httpserver.HTTPServer(app, ssl_options=ssl_context, xheaders=False)
-        sockets = tornado.netutil.bind_sockets(config.port, address=config.host)
+        # listen_host None binds every interface of both families (0.0.0.0 and ::).
+        sockets = tornado.netutil.bind_sockets(config.port, address=config.listen_host)
     except BaseException:
         ciphertext_log.close()
         raise

@@ -12,6 +12,11 @@ from securechat.app import make_app, open_log
 from securechat.client import ChatClient
 from securechat.config import Config
 
+# pytest-tornado's io_loop fixture saves asyncio.get_event_loop() to restore it later; with no
+# loop set yet, that call creates one nobody closes, and its garbage collection later fails an
+# unrelated test with "unclosed event loop". Saying "no loop" up front makes the call a no-op.
+asyncio.set_event_loop(None)
+
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "v1.json").read_text())
 
 
@@ -69,3 +74,10 @@ async def settle(*clients: ChatClient, members: int) -> None:
             except asyncio.TimeoutError:
                 pass
         assert len(client.members) == members, f"{client.username} sees {len(client.members)} members"
+
+
+@pytest.fixture(autouse=True)
+def _fixed_terminal(monkeypatch):
+    """Output checks must not depend on the caller's terminal width (CI logs set COLUMNS)."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)

@@ -35,6 +35,7 @@ def fetch(url: str) -> bytes:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURECHAT_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SECURECHAT_") and k not in ("COLUMNS", "LINES")}
     env.update(NO_COLOR="1", **extra)
     return env

@@ -20,8 +20,35 @@ def write(tmp_path, text: str) -> Path:
 def test_defaults(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     config = load_config(env={})
-    assert (config.host, config.port, config.tls) == ("127.0.0.1", 5000, False)
+    assert (config.host, config.port, config.tls) == (None, 5000, False)
+    assert config.listen_host == "127.0.0.1"
     assert config.data_dir == tmp_path / "securechat"
+
+
+@pytest.mark.parametrize("settings, listen", [
+    ({}, "127.0.0.1"),                                   # plain http: this machine only
+    ({"tls": True}, None),                               # TLS: every interface, both families
+    ({"cert": Path("c.pem"), "key": Path("k.pem")}, None),  # a certificate implies TLS
+    ({"tls": True, "host": "192.168.1.20"}, "192.168.1.20"),  # an explicit host always wins
+    ({"host": "0.0.0.0"}, "0.0.0.0"),
+])
+def test_listen_host_follows_tls_unless_given(settings, listen):
+    assert Config(**settings).listen_host == listen
+
+
+def test_cert_and_key_go_together(tmp_path):
+    with pytest.raises(ConfigError, match="tls.cert and tls.key go together"):
+        load_config(env={"SECURECHAT_TLS_CERT": str(tmp_path / "cert.pem")})
+
+
+def test_admin_token_is_secret():
+    token = "s3cret-token-0123456789"
+    config = load_config(env={"SECURECHAT_TOKEN": token})
+    assert config.admin_token == token
+    assert token not in repr(config)
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"SECURECHAT_TOKEN": "short"})
+    assert "at least 16 characters" in str(info.value) and "short" not in str(info.value)
 
 
 def test_precedence(tmp_path):

@@ -14,8 +14,10 @@ pytestmark = pytest.mark.gen_test(timeout=30)
 async def test_index_uses_versioned_static_urls(http_client, base_url):
     response = await http_client.fetch(base_url + "/")
     assert response.code == 200 and "text/html" in response.headers["Content-Type"]
-    assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', response.body.decode())
-    assert assets and all("?v=" in url for url in assets)
+    page = response.body.decode()
+    entry_points = re.findall(r'<(?:script|link rel="stylesheet")[^>]*(?:src|href)="(/static/[^"]+)"', page)
+    assert len(entry_points) == 2 and all("?v=" in url for url in entry_points)
+    assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', page)
     for url in assets:
         static = await http_client.fetch(base_url + url.replace("&amp;", "&"))
         assert static.code == 200 and static.body
