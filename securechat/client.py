@@ -76,21 +76,19 @@ class ChatClient:
     # -- connecting ------------------------------------------------------------------------
 
     async def connect(self, *, origin: str | None = None, ssl_options=None, timeout: float = 10) -> dict:
-        """Open the socket, join, and return the welcome frame."""
+        """Open the socket, read the server's hello, join, and return the welcome frame."""
         headers = {"Origin": origin} if origin else {}
         request = HTTPRequest(self.url, headers=headers, ssl_options=ssl_options)
         self.ws = await asyncio.wait_for(websocket_connect(request), timeout)
+        self.room = (await self.expect("hello", timeout=timeout))["room"]
         return await self.join(timeout=timeout)
 
-    async def join(self, *, room: str = "lobby", timeout: float = 10) -> dict:
-        """Join with a fresh session key. The room name is re-read from the welcome frame."""
+    async def join(self, *, timeout: float = 10) -> dict:
+        """Join the room the hello named, with a fresh session key."""
         self.session = crypto.SessionKey.generate()
         self.counter = 0
-        await self.send_frame(self.join_frame(room))
+        await self.send_frame(self.join_frame(self.room))
         welcome = await self.expect("welcome", timeout=timeout)
-        self.room = welcome["room"]
-        if self.room != room:
-            return await self.join(room=self.room, timeout=timeout)
         self.members = {}
         for entry in welcome["participants"]:
             self._add_member(entry)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__, runtime, tls
 from .ciphertext_log import LogError
@@ -28,6 +29,8 @@ ALL_INTERFACES = (None, "", "0.0.0.0", "::")
 def make_console(stderr: bool = False) -> Console:
     """Colour only on a terminal (rich itself honours NO_COLOR); wide when piped, so no wrapping.
 
+    emoji=False: rich would turn ":CD:" inside a certificate fingerprint into an emoji.
+
     soft_wrap keeps a URL or fingerprint on one line even in a narrow terminal or a CI log
     with COLUMNS set: a fingerprint split in two cannot be compared or copied.
     """
@@ -35,7 +38,7 @@ def make_console(stderr: bool = False) -> Console:
     terminal = stream.isatty()
     width = None if terminal or os.environ.get("COLUMNS") else 200
     return Console(stderr=stderr, highlight=False, color_system="auto" if terminal else None, width=width,
-                   soft_wrap=True)
+                   soft_wrap=True, emoji=False)
 
 
 # -- URLs ---------------------------------------------------------------------------------
@@ -111,8 +114,8 @@ def print_banner(console: Console, config: Config, urls: list[str], cert: tls.Ce
                           " use --tls")
     else:
         _print_certificate(console, cert, yours=config.cert is not None)
-    console.print(f"  data dir   {config.data_dir}")
-    console.print(f"  log file   {config.log_dir / 'ciphertext.jsonl'}")
+    console.print(f"  data dir   {config.data_dir}", markup=False)
+    console.print(f"  log file   {config.log_dir / 'ciphertext.jsonl'}", markup=False)
     console.print("  admin      securechat roster | securechat logs dump | securechat logs rotate")
     lan = [u for u in urls if "//127.0.0.1:" not in u and "//localhost:" not in u]
     if lan and console.is_terminal:
@@ -123,12 +126,12 @@ def print_banner(console: Console, config: Config, urls: list[str], cert: tls.Ce
 def _print_certificate(console: Console, cert: tls.CertStatus, yours: bool) -> None:
     kind = "your certificate" if yours else "self-signed"
     console.print(f"  TLS        [green]on[/green] ({kind}, valid until {cert.not_after:%Y-%m-%d})")
-    console.print(f"  SHA-256    {cert.fingerprint}")
+    console.print(f"  SHA-256    {cert.fingerprint}", markup=False)
     console.print("             compare this on the browser's certificate warning page", style="dim")
     if cert.generated:
-        console.print(f"  new certificate made: {cert.reason}")
+        console.print(f"  new certificate made: {cert.reason}", markup=False)
     for warning in cert.warnings:
-        console.print(f"  [yellow]warning[/yellow]    {warning}")
+        console.print(f"  [yellow]warning[/yellow]    {escape(warning)}")
 
 
 def _is_loopback(host: str | None) -> bool:

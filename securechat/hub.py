@@ -89,26 +89,37 @@ class Hub:
         )
         replaced = room.add(participant)
         if replaced is not None:
-            self._announce_leave(replaced)
             replaced.connection.close(4001, "replaced by a newer session")
+        # welcome first: the joiner's first frame answers its join, and its roster already
+        # lacks the session it replaced, so only the others hear that one left.
         connection.send(protocol.frame(
             "welcome", room=room.name, you=participant.public(), participants=room.roster(),
             server_time=now_ms(), limits=self.limits(),
         ))
+        if replaced is not None:
+            self._announce_leave(replaced, skip=participant)
         joined = protocol.frame("joined", participant=participant.public())
         for other in room.others(participant):
             other.connection.send(joined)
         self.log.append(room.membership_record("join", participant, now_ms()))
         return participant
 
+    def hello(self, connection: Connection) -> None:
+        """The first frame on every socket: which room this is, before the client signs a join."""
+        connection.send(protocol.frame(
+            "hello", room=self.rooms.default, server_time=now_ms(), limits=self.limits()
+        ))
+
     def leave(self, participant: Participant) -> None:
         if self.rooms.get().remove(participant):
             self._announce_leave(participant)
 
-    def _announce_leave(self, participant: Participant) -> None:
+    def _announce_leave(self, participant: Participant, skip: Participant | None = None) -> None:
         room = self.rooms.get()
         left = protocol.frame("left", **participant.as_sender())
         for other in room.members.values():
+            if other is skip:
+                continue
             other.connection.send(left)
         self.log.append(room.membership_record("leave", participant, now_ms()))
 

@@ -6,6 +6,8 @@ Everything a client can get wrong raises ProtocolError with a stable code from Â
 
 from __future__ import annotations
 
+import binascii
+import functools
 import json
 import re
 import unicodedata
@@ -181,10 +183,41 @@ def _msg(data: dict, max_recipients: int) -> Msg:
 def _keys(value: Any, max_recipients: int) -> dict[str, str]:
     if not isinstance(value, dict) or not 1 <= len(value) <= max_recipients:
         raise ProtocolError("bad_frame", f"keys must map 1 to {max_recipients} session ids to keys")
+    if _all_hex32(value) and _all_canonical_b64(list(value.values()), crypto.RSA_MAX_BITS // 8):
+        return value
+    # Something is wrong: the per-entry checks name the first bad entry and say why.
     for sid, wrapped in value.items():
         _hex32(sid, "a keys entry's session id")
         _b64(wrapped, f"the wrapped key for {sid}", max_size=crypto.RSA_MAX_BITS // 8)
     return value
+
+
+_a2b_strict = functools.partial(binascii.a2b_base64, strict_mode=True)
+_b2a = functools.partial(binascii.b2a_base64, newline=False)
+
+
+def _all_hex32(sids) -> bool:
+    # JSON object keys are always strings.
+    return all(map(HEX32.match, sids))
+
+
+def _all_canonical_b64(texts: list, max_size: int) -> bool:
+    """True only if every text is canonical padded base64 of at most max_size bytes.
+
+    The same decode + re-encode test as crypto.b64decode, done with C-level map() over all
+    wrapped keys of a message at once (a message carries up to 256); False sends the caller
+    to the per-entry checks, which find and describe the culprit.
+    """
+    try:
+        if max(map(len, texts)) > crypto.b64_length(max_size):
+            return False
+        decoded = list(map(_a2b_strict, texts))  # TypeError/ValueError for non-ASCII or non-str
+    except (binascii.Error, TypeError, ValueError):
+        return False
+    encoded = list(map(_b2a, decoded))
+    # Equal lengths element-wise plus equal concatenations means equal element-wise.
+    return list(map(len, encoded)) == list(map(len, texts)) and \
+        b"".join(encoded) == "".join(texts).encode("ascii")
 
 
 _PARSERS: dict[str, tuple[frozenset[str], Callable[[dict, int], Frame]]] = {

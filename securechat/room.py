@@ -8,7 +8,6 @@ entries in Rooms; a Room knows nothing of the others.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,10 +173,11 @@ class Room:
             "id": msg.id, "ts": msg.ts, "counter": msg.counter, "recipients": recipients,
             "iv": msg.iv, "ct": msg.ct, "sig": msg.sig, "received": now_ms,
         })
-        head = shared[:-1] + ',"key":'
-        return [
-            (self.members[sid], head + json.dumps(wrapped) + "}") for sid, wrapped in msg.keys.items()
-        ]
+        # protocol.parse_frame admitted each wrapped key only as canonical base64, whose
+        # alphabet needs no JSON escaping: quoting it is exactly what json.dumps would produce.
+        head = shared[:-1] + ',"key":"'
+        members = self.members
+        return [(members[sid], head + wrapped + '"}') for sid, wrapped in msg.keys.items()]
 
     def membership_record(self, event: str, participant: Participant, now_ms: int) -> dict:
         return {"event": event, "t": now_ms, "room": self.name, **participant.as_sender()}

@@ -6,7 +6,9 @@ from __future__ import annotations
 import datetime as dt
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .crypto import group_fingerprint
 from .dump import COLUMNS
@@ -29,7 +31,8 @@ def roster_table(roster: dict) -> Table:
     for column in ("connected since", "remote address"):
         table.add_column(column, overflow="fold")
     for person in roster["participants"]:
-        table.add_row(person["username"], group_fingerprint(person["fingerprint"]),
+        # Text, not markup: a username like "[red]x" is someone's name, not a style.
+        table.add_row(Text(person["username"]), group_fingerprint(person["fingerprint"]),
                       local_time(person["joined"]), person.get("remote") or "-")
     return table
 
@@ -40,19 +43,19 @@ def dump_table(rows: list[tuple[str, ...]], header: bool) -> Table:
         justify = "right" if name in ("to", "bytes") else "left"
         table.add_column(name, width=width, no_wrap=True, overflow="ellipsis", justify=justify)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))
     return table
 
 
 def print_certificate(console: Console, cert: CertStatus, now: dt.datetime | None = None) -> None:
     now = now or dt.datetime.now(dt.timezone.utc)
     days = (cert.not_after - now).days
-    console.print(f"certificate  {cert.cert_path}")
-    console.print(f"subject      {cert.subject}")
-    console.print(f"names        {', '.join(cert.sans) or '(none)'}")
+    console.print(f"certificate  {cert.cert_path}", markup=False)
+    console.print(f"subject      {cert.subject}", markup=False)
+    console.print(f"names        {', '.join(cert.sans) or '(none)'}", markup=False)
     left = f"{days} days left" if now < cert.not_after else "expired"
     console.print(f"valid        {cert.not_before:%Y-%m-%d %H:%M} to {cert.not_after:%Y-%m-%d %H:%M} UTC ({left})")
     console.print(f"key          {cert.key_type}")
-    console.print(f"SHA-256      {cert.fingerprint}")
+    console.print(f"SHA-256      {cert.fingerprint}", markup=False)
     for warning in cert.warnings:
-        console.print(f"[yellow]warning[/yellow]      {warning}")
+        console.print(f"[yellow]warning[/yellow]      {escape(warning)}")

@@ -59,12 +59,16 @@ class ChatSocket(SecureHeadersMixin, WebSocketHandler):
         await super().get(*args, **kwargs)
 
     def open(self) -> None:
+        # Chat frames are small and latency-bound: without TCP_NODELAY, Nagle + delayed ACKs
+        # held deliveries back by 40-400 ms under load (bench: p99 at N=100).
+        self.set_nodelay(True)
         # Past this many unsent bytes Tornado raises instead of buffering: see send().
         self.ws_connection.stream.max_write_buffer_size = self.hub.config.max_outbound_bytes
         self.bucket = TokenBucket(self.hub.config.rate_per_second, self.hub.config.rate_burst, time.monotonic())
         self.strikes = Strikes()
         self.rate_limited_in_a_row = 0
         self.hub.connected(self)
+        self.hub.hello(self)
 
     def on_message(self, message: str | bytes) -> None:
         try:

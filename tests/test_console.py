@@ -59,3 +59,19 @@ def test_no_colour_when_piped(monkeypatch):
     monkeypatch.delenv("COLUMNS", raising=False)
     console = make_console()  # pytest captures stdout: not a terminal
     assert console.color_system is None and console.width == 200
+
+
+def test_fingerprints_and_names_print_verbatim(capsys):
+    """rich would turn ":CD:" into an emoji and "[red]" into a style; neither may touch our data."""
+    from securechat.views import dump_table, roster_table
+
+    console = make_console()
+    fingerprint = "AB:CD:EF:" * 10 + "CD"
+    console.print(f"  SHA-256    {fingerprint}", markup=False)
+    roster = {"room": "lobby", "participants": [
+        {"username": "[red]mallory :cd:", "fingerprint": "cd" * 32, "joined": 0, "remote": "127.0.0.1"}]}
+    console.print(roster_table(roster))
+    console.print(dump_table([("t", "msg", "[bold]x", ":cd:", "1", "2", "id")], header=False))
+    out = capsys.readouterr().out
+    assert fingerprint in out
+    assert "[red]mallory :cd:" in out and "[bold]x" in out and "💿" not in out

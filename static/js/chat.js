@@ -8,6 +8,9 @@ import { Connection, CLOSE_REPLACED, joinFrame, leaveFrame, rosterFrame, wsUrl }
 export const DEFAULT_ROOM = "lobby";
 const DEFAULT_SKEW_MS = 300000;
 const SEEN_IDS_PER_SENDER = 2000;
+// After a drop, queued messages wait this long for the people who were here to rejoin too;
+// otherwise the first browser back after a server restart would send only to itself.
+export const REJOIN_GRACE_MS = 5000;
 
 // Join errors after which retrying the same join cannot help.
 const FATAL_JOIN_ERRORS = new Set(["bad_username", "username_taken", "bad_key", "bad_signature",
@@ -42,6 +45,10 @@ export class ChatClient {
     this.room = room;
     this.now = now;
     this.connOptions = { WebSocketImpl, setTimer, clearTimer, random };
+    this.setTimer = setTimer ?? ((fn, ms) => setTimeout(fn, ms));
+    this.clearTimer = clearTimer ?? ((id) => clearTimeout(id));
+    this.expectBack = new Set(); // fingerprints present before a drop, not yet back
+    this.graceTimer = null;
     this.identity = null;
     this.username = null;
     this.session = null;
@@ -120,6 +127,9 @@ export class ChatClient {
 
   leave() {
     const connection = this.connection;
+    this.expectBack.clear();
+    this.clearTimer(this.graceTimer);
+    this.graceTimer = null;
     this.connection = null;
     this.joined = false;
     this.roster.clear();
@@ -176,9 +186,23 @@ export class ChatClient {
     this.emit("welcome", { room: this.room, you: { sid: this.session.sid, username: this.username,
       fingerprint: this.identity.fingerprint } });
     this.emit("status", { state: "connected" });
+    if (!(await this.flushWhenComplete()) && this.graceTimer === null) {
+      this.graceTimer = this.setTimer(() => this.enqueue(() => this.flushWhenComplete(true)), REJOIN_GRACE_MS);
+    }
+  }
+
+  /** Send the queue once everyone from before the drop is back (or `force`). */
+  async flushWhenComplete(force = false) {
+    if (!this.joined) return false;
+    const present = new Set([...this.roster.values()].map((e) => e.fingerprint));
+    if (!force && [...this.expectBack].some((fp) => !present.has(fp))) return false;
+    this.expectBack.clear();
+    this.clearTimer(this.graceTimer);
+    this.graceTimer = null;
     for (const record of this.outbox.values()) {
       if (record.state === "queued") await this.transmit(record);
     }
+    return true;
   }
 
   async rebuildRoster(participants) {
@@ -230,6 +254,7 @@ export class ChatClient {
     }
     this.roster.set(entry.sid, entry);
     this.emitRoster();
+    if (this.expectBack.size) await this.flushWhenComplete();
   }
 
   onLeft(frame) {
@@ -279,23 +304,22 @@ export class ChatClient {
     this.seenIds.set(from.fingerprint, seen);
     this.lastCounter.set(from.sid, frame.counter);
     if (from.sid === this.session.sid && this.inflight.has(frame.id)) {
-      // Our own echo: the message reached every recipient; it is already on screen.
-      return this.markDelivered(frame.id);
+      return undefined; // our own echo: already on screen; the ack that follows confirms it
     }
     this.emit("message", { id: frame.id, sid: from.sid, username: sender.username,
       fingerprint: sender.fingerprint, ts: frame.ts, text, trust: sender.trust, verified: sender.verified });
   }
 
+  /** Relayed and logged (§6.2): delivered, and to how many others. */
   onAck(frame) {
-    this.markDelivered(frame.id);
-  }
-
-  markDelivered(id) {
-    const localId = this.inflight.get(id);
+    const localId = this.inflight.get(frame.id);
     const record = this.outbox.get(localId);
     if (!record) return;
-    this.inflight.delete(id);
-    this.setOutgoing(record, "delivered");
+    this.inflight.delete(frame.id);
+    const others = Number.isSafeInteger(frame.recipients) ? frame.recipients - 1 : null;
+    const reach = others === null ? null : others === 0 ? "only you can read it"
+      : `to ${others} other${others === 1 ? "" : "s"}`;
+    this.setOutgoing(record, "delivered", reach);
     this.outbox.delete(localId);
   }
 
@@ -335,6 +359,11 @@ export class ChatClient {
   }
 
   async onDrop({ code, reason, willRetry, delay }) {
+    if (this.joined && this.expectBack.size === 0) {
+      for (const e of this.roster.values()) {
+        if (e.ok && e.fingerprint !== this.identity.fingerprint) this.expectBack.add(e.fingerprint);
+      }
+    }
     this.joined = false;
     this.failInflight("The connection dropped before the server confirmed this message; it may or may not have arrived.");
     if (code === CLOSE_REPLACED) {
@@ -370,8 +399,9 @@ export class ChatClient {
     const record = { localId: `out-${this.nextLocalId++}`, text, ts: this.now(), state: "queued",
       reason: null, resent: false, id: null };
     this.outbox.set(record.localId, record);
-    this.setOutgoing(record, "queued", this.joined ? null : "Offline: it will be sent when the connection is back.");
-    if (this.joined) this.enqueue(() => this.transmit(record));
+    const now = this.joined && this.expectBack.size === 0;
+    this.setOutgoing(record, "queued", now ? null : "Offline: it will be sent when the connection is back.");
+    if (now) this.enqueue(() => this.transmit(record));
     return null;
   }
 
@@ -379,8 +409,9 @@ export class ChatClient {
     const record = this.outbox.get(localId);
     if (!record || record.state !== "failed") return;
     record.resent = false;
-    this.setOutgoing(record, "queued", this.joined ? null : "Offline: it will be sent when the connection is back.");
-    if (this.joined) this.enqueue(() => this.transmit(record));
+    const now = this.joined && this.expectBack.size === 0;
+    this.setOutgoing(record, "queued", now ? null : "Offline: it will be sent when the connection is back.");
+    if (now) this.enqueue(() => this.transmit(record));
   }
 
   /** Who a message is wrapped to: verified sessions whose key is not in a pending key change. */

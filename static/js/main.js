@@ -13,6 +13,7 @@ const JOIN_ERRORS = {
 
 async function main() {
   const ui = createUi(document);
+  ui.parts.loading.hidden = true; // the scripts run: the "could not load" hint goes
   // Without a secure context the browser hides crypto.subtle: say why instead of breaking.
   if (!globalThis.isSecureContext || !hasWebCrypto()) {
     ui.showInsecure();

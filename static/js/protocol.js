@@ -59,7 +59,9 @@ export function backoffDelay(attempt, random = Math.random) {
  */
 export class Connection {
   constructor({ url, onOpen, onFrame, onDrop, WebSocketImpl = globalThis.WebSocket,
-    setTimer = setTimeout, clearTimer = clearTimeout, random = Math.random }) {
+    // Wrapped: the browser's timer functions throw "Illegal invocation" as methods of another object.
+    setTimer = (fn, ms) => setTimeout(fn, ms), clearTimer = (id) => clearTimeout(id),
+    random = Math.random }) {
     Object.assign(this, { url, onOpen, onFrame, onDrop, WebSocketImpl, setTimer, clearTimer, random });
     this.socket = null;
     this.attempt = 0;

@@ -39,7 +39,7 @@ export function createUi(doc = document) {
   const $ = (id) => doc.getElementById(id);
   const parts = {
     status: $("status"), ownFingerprint: $("own-fingerprint"), newIdentity: $("new-identity"),
-    insecure: $("insecure"), secureLink: $("secure-link"), join: $("join"), joinForm: $("join-form"),
+    loading: $("loading"), insecure: $("insecure"), secureLink: $("secure-link"), join: $("join"), joinForm: $("join-form"),
     username: $("username"), joinButton: $("join-button"), joinError: $("join-error"),
     chat: $("chat"), participants: $("participants"), leave: $("leave"), messages: $("messages"),
     withheld: $("withheld"), composer: $("composer"), message: $("message"),

@@ -36,6 +36,7 @@ class RawWebSocket:
         self.sock.connect((host, port))
         self._buffer = b""
         self._handshake(host, port, path, origin)
+        self.hello = self.recv_json()  # the server speaks first (PROTOCOL.md §6.2)
 
     def _handshake(self, host, port, path, origin) -> None:
         key = base64.b64encode(os.urandom(16)).decode()

@@ -1,0 +1,72 @@
+"""python -m bench: the securechat fan-out benchmark (see docs/PERFORMANCE.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+from . import report
+from .runner import Settings, run_all
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Fan-out benchmark: securechat vs a bare Tornado reference relay, on 127.0.0.1.",
+    )
+    parser.add_argument("--quick", action="store_true", help="a run of seconds: N=10,50, short phases, 200 idle")
+    parser.add_argument("--sizes", type=_ints, help="room sizes N, e.g. 10,50,100,250")
+    parser.add_argument("--senders", type=int, help="senders per room (default 10)")
+    parser.add_argument("--rate", type=float, help="open-loop offered messages/s (default 20)")
+    parser.add_argument("--seconds", type=float, help="length of each measured phase")
+    parser.add_argument("--idle", type=_ints, help="idle connection counts (default 1000,5000; 0 skips)")
+    parser.add_argument("--slow-size", type=int, help="N for the slow-consumer test (0 skips)")
+    parser.add_argument("--slow-rate", type=float, help="offered msg/s in the slow-consumer test")
+    parser.add_argument("--repeats", type=int, help="alternating repeats per N (default 3; medians reported)")
+    parser.add_argument("--only", choices=["securechat", "reference"], help="run one relay only")
+    parser.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
+    args = parser.parse_args(argv)
+
+    s = Settings()
+    if args.quick:
+        s = Settings(sizes=(10, 50), open_seconds=1.5, closed_seconds=1.5, warmup=0.5, idle=(200,),
+                     slow_size=20, slow_seconds=1.5, slow_rate=50.0, expected_msg_rate=20000, repeats=1)
+    if args.sizes:
+        s.sizes = args.sizes
+    if args.senders:
+        s.senders = args.senders
+    if args.rate:
+        s.rate = args.rate
+    if args.seconds:
+        s.open_seconds = s.closed_seconds = s.slow_seconds = args.seconds
+    if args.idle is not None:
+        s.idle = tuple(i for i in args.idle if i > 0)
+    if args.slow_size is not None:
+        s.slow_size = args.slow_size
+    if args.slow_rate:
+        s.slow_rate = args.slow_rate
+    if args.repeats:
+        s.repeats = args.repeats
+    if args.only:
+        s.relays = (args.only,)
+    started = time.monotonic()
+    results = asyncio.run(run_all(s))
+    results["wall_seconds"] = time.monotonic() - started
+    results["command"] = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1)
+    print(report.markdown(results))
+    print(f"(wall time {results['wall_seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

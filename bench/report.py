@@ -1,0 +1,90 @@
+"""Markdown tables from run_all()'s results, with securechat's figures as ratios to the reference."""
+
+from __future__ import annotations
+
+import math
+
+
+def _f(value, digits=1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def _ratio(ours, ref) -> float | None:
+    if ours is None or ref is None or not ref or math.isnan(ours) or math.isnan(ref):
+        return None
+    return ours / ref
+
+
+def _r(value) -> str:
+    return "–" if value is None else f"{value:.2f}×"
+
+
+def ratios(results: dict) -> list[dict]:
+    by = {(r["relay"], r["n"]): r for r in results["runs"]}
+    rows = []
+    for (kind, n), ours in sorted(by.items(), key=lambda kv: kv[0][1]):
+        ref = by.get(("reference", n))
+        if kind != "securechat" or ref is None:
+            continue
+        rows.append({
+            "n": n,
+            "cpu": _ratio(ours["closed"]["server_cpu_ms_per_msg"], ref["closed"]["server_cpu_ms_per_msg"]),
+            "throughput": _ratio(ours["closed"]["messages_per_s"], ref["closed"]["messages_per_s"]),
+            "egress": _ratio(ours["closed"]["egress_bytes_per_msg"], ref["closed"]["egress_bytes_per_msg"]),
+            "p99": _ratio(ours["open"]["p99_ms"], ref["open"]["p99_ms"]),
+            "p50": _ratio(ours["open"]["p50_ms"], ref["open"]["p50_ms"]),
+        })
+    return rows
+
+
+def markdown(results: dict) -> str:
+    s = results["settings"]
+    out = []
+    out.append(f"Generator: {results['generator']}; relays pinned with taskset; "
+               f"{s['senders']} senders (fewer if N is smaller); {s['text_bytes']}-character messages.\n")
+    out.append(f"### Throughput (closed loop, {s['window']} in flight per sender, {s['closed_seconds']} s) "
+               f"and latency (open loop, {s['rate']:g} msg/s offered, {s['open_seconds']} s)\n")
+    out.append("| relay | N | msgs/s | deliveries/s | server CPU ms/msg | CPU µs/delivery | egress B/msg "
+               "| p50 ms | p99 ms | RSS MB (joined) | RSS MB (end) |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in sorted(results["runs"], key=lambda r: (r["n"], r["relay"] != "securechat")):
+        c, o = r["closed"], r["open"]
+        out.append(
+            f"| {r['relay']} | {r['n']} | {_f(c['messages_per_s'], 0)} | {_f(c['deliveries_per_s'], 0)} "
+            f"| {_f(c['server_cpu_ms_per_msg'], 3)} | {_f(c['server_cpu_ms_per_msg'] * 1000 / r['n'], 1)} "
+            f"| {_f(c['egress_bytes_per_msg'], 0)} | {_f(o['p50_ms'], 2)} | {_f(o['p99_ms'], 2)} "
+            f"| {_f(r['rss_joined_mb'], 1)} | {_f(c['rss_mb'], 1)} |"
+        )
+    rows = ratios(results)
+    if rows:
+        out.append("\n### securechat ÷ reference relay\n")
+        out.append("| N | CPU/msg (target ≤ 1.25× at 50, 250) | msgs/s | egress/msg (≤ 1.1×) | p50 | p99 (≤ 1.5× at 100) |")
+        out.append("|---:|---:|---:|---:|---:|---:|")
+        for row in rows:
+            out.append(f"| {row['n']} | {_r(row['cpu'])} | {_r(row['throughput'])} | {_r(row['egress'])} "
+                       f"| {_r(row['p50'])} | {_r(row['p99'])} |")
+    if results.get("slow"):
+        out.append(f"\n### Slow consumer (open loop, one non-sending client stops reading)\n")
+        out.append("| relay | N | offered msg/s | p50 / p99 ms, all reading | p50 / p99 ms, one stalled "
+                   "| p99 ratio (≤ 1.2×) | RSS growth MB while stalled | stalled client closed with |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---|")
+        for r in results["slow"]:
+            b, st = r["baseline"], r["stalled"]
+            out.append(
+                f"| {r['relay']} | {r['n']} | {r['offered_per_s']:g} | {_f(b['p50_ms'], 2)} / {_f(b['p99_ms'], 2)} "
+                f"| {_f(st['p50_ms'], 2)} / {_f(st['p99_ms'], 2)} | {_r(_ratio(st['p99_ms'], b['p99_ms']))} "
+                f"| {_f(st['rss_growth_mb'], 1)} | {st['stalled_closed_with'] or 'not closed'} |"
+            )
+    if results.get("idle"):
+        out.append("\n### Idle connections (WebSocket open, no join)\n")
+        out.append("| relay | connections | still open | RSS before MB | RSS with them MB | KiB per connection |")
+        out.append("|---|---:|---:|---:|---:|---:|")
+        for r in results["idle"]:
+            out.append(f"| {r['relay']} | {r['connections']:,} | {r['open']:,} | {_f(r['rss_base_mb'])} "
+                       f"| {_f(r['rss_mb'])} | {_f(r['kib_per_connection'])} |")
+    errors = {f"{r['relay']} N={r['n']}": r["errors"] for r in results["runs"] if r.get("errors")}
+    if errors:
+        out.append(f"\nError frames seen: {errors}")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,547 @@
+"""The fan-out benchmark: servers in subprocesses, one load generator, figures per run.
+
+Layout of one invocation (every loop is bounded by a count or a deadline):
+
+  for each relay (securechat, reference) and each room size N:
+      start the relay in a subprocess pinned to core 0 (taskset), N clients join one room,
+      (a) open loop: S senders share a fixed offered rate R for D seconds -> p50/p99 latency
+      (b) closed loop: S senders each keep W messages in flight for D seconds -> throughput,
+          server CPU per message (from /proc/<pid>/stat), egress bytes, RSS
+  slow consumer: N = 100 open loop with and without one client that stops reading
+  idle: 1,000 and 5,000 connections that only open the WebSocket (no join) -> RSS / connection
+
+The generator runs in this process, pinned to core 1. Latency = time the delivery's bytes were
+read by the recipient's socket minus the time the frame was written by the sender, both on this
+process's perf_counter; the generator keeps id -> send time (nothing is added to frames).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from securechat import crypto
+
+from . import keys as bench_keys
+from .wsclient import WSClient, connect, encode_frame
+
+HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+# The per-connection token bucket is raised so the benchmark measures the relay, not the limit.
+BENCH_ENV = {
+    "SECURECHAT_RATE_PER_SECOND": "1000000",
+    "SECURECHAT_RATE_BURST": "1000000",
+    "SECURECHAT_MAX_PARTICIPANTS": "1024",
+    # All load comes from 127.0.0.1: lift the per-address connection and join budgets too.
+    "SECURECHAT_MAX_CONNECTIONS": "20000",
+    "SECURECHAT_MAX_CONNECTIONS_PER_ADDRESS": "20000",
+    "SECURECHAT_JOINS_PER_MINUTE": "100000",
+}
+NOFILE = 65536
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+def raise_nofile(target: int = NOFILE) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = target if hard == resource.RLIM_INFINITY else min(target, hard)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+def pin_generator() -> str:
+    """Put the generator on the second core; the relay gets the first."""
+    available = cpus()
+    if len(available) >= 2:
+        os.sched_setaffinity(0, {available[1]})
+        return f"core {available[1]}"
+    return "unpinned (one core)"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Relay:
+    kind: str  # "securechat" or "reference"
+    proc: subprocess.Popen
+    port: int
+    data_dir: Path | None
+    pinned: str
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+    def rss_bytes(self) -> int:
+        return int(Path(f"/proc/{self.pid}/statm").read_text().split()[1]) * PAGE
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+def start_relay(kind: str, workdir: Path, log_fsync: str | None = None) -> Relay:
+    port = free_port()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    data_dir = None
+    if kind == "securechat":
+        data_dir = Path(tempfile.mkdtemp(prefix="data-", dir=workdir))
+        env.update(BENCH_ENV)
+        if log_fsync:
+            env["SECURECHAT_LOG_FSYNC"] = log_fsync
+        # The real `securechat serve` (cli.py's Click command), from this checkout.
+        argv = [sys.executable, "-m", "cli", "serve", "--port", str(port), "--data-dir", str(data_dir)]
+    else:
+        argv = [sys.executable, "-m", "bench.reference_relay", "--port", str(port)]
+    core = cpus()[0]
+    pinned = "unpinned"
+    if shutil.which("taskset") and len(cpus()) >= 2:
+        argv = ["taskset", "-c", str(core), *argv]
+        pinned = f"core {core}"
+    proc = subprocess.Popen(
+        argv, cwd=str(REPO), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        preexec_fn=lambda: raise_nofile(NOFILE),
+        # taskset execs the command, so the child pid is the relay's pid
+    )
+    relay = Relay(kind, proc, port, data_dir, pinned)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{kind} exited at start-up: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{port}/healthz", timeout=1) as reply:
+                if reply.status == 200:
+                    return relay
+        except OSError:
+            time.sleep(0.05)
+    relay.stop()
+    raise RuntimeError(f"{kind} did not come up on port {port}")
+
+
+# -- frames ------------------------------------------------------------------------------------
+
+
+class FrameFactory:
+    """Builds one sender's msg frames: real AES-GCM ciphertext bound to the header, a real
+    ECDSA signature, and message keys really RSA-OAEP-wrapped to every recipient.
+
+    To keep the generator cheap the sender keeps one message key and wraps it once per
+    recipient (fresh random IV and id per frame, so every frame is still distinct and valid);
+    a browser would draw a new key per message. The `keys` JSON is therefore serialised once.
+    """
+
+    def __init__(self, sender: bench_keys.BenchMember, recipients: list[bench_keys.BenchMember],
+                 text_bytes: int, room: str = "lobby"):
+        self.sender = sender
+        self.room = room
+        self.key = AESGCM.generate_key(bit_length=256)
+        self.aes = AESGCM(self.key)
+        self.plaintext = crypto.encode_plaintext("x" * text_bytes)
+        self.counter = 0
+        self.pool: deque[tuple[str, bytes]] = deque()
+        self.built_live = 0
+        self._wrapped = {r.sid: crypto.wrap_key(r.session.private_key.public_key(), self.key)
+                         for r in recipients}
+        self._rekey()
+
+    def _rekey(self) -> None:
+        self.sids = sorted(self._wrapped)
+        self.keys_json = json.dumps(self._wrapped, separators=(",", ":"))
+
+    def drop_recipient(self, sid: str) -> None:
+        if self._wrapped.pop(sid, None) is not None:
+            self._rekey()
+            self.pool.clear()
+
+    def build(self) -> tuple[str, bytes]:
+        self.counter += 1
+        msg_id = os.urandom(16).hex()
+        ts = time.time_ns() // 1_000_000
+        s = self.sender
+        header = crypto.message_header(self.room, s.fingerprint, s.sid, msg_id, ts, self.counter, self.sids)
+        iv = os.urandom(crypto.IV_BYTES)
+        iv_b64 = crypto.b64encode(iv)
+        ct_b64 = crypto.b64encode(self.aes.encrypt(iv, self.plaintext, header.encode()))
+        sig = s.identity.sign(crypto.signed_text(header, iv_b64, ct_b64))
+        text = (f'{{"v":1,"type":"msg","id":"{msg_id}","ts":{ts},"counter":{self.counter},'
+                f'"iv":"{iv_b64}","ct":"{ct_b64}","sig":"{sig}","keys":{self.keys_json}}}')
+        return msg_id, encode_frame(text.encode())
+
+    def prebuild(self, count: int) -> None:
+        for _ in range(count):
+            self.pool.append(self.build())
+
+    def next(self) -> tuple[str, bytes]:
+        if self.pool:
+            return self.pool.popleft()
+        self.built_live += 1
+        return self.build()
+
+
+# -- the room of clients -------------------------------------------------------------------------
+
+
+_MSG = b'{"v":1,"type":"msg"'
+_ACK = b'{"v":1,"type":"ack","id":"'
+_WELCOME = b'{"v":1,"type":"welcome"'
+_LEFT = b'{"v":1,"type":"left"'
+_ERROR = b'{"v":1,"type":"error"'
+_ID = b',"id":"'
+
+
+class Room:
+    """N joined clients of one relay and the counters the phases read."""
+
+    def __init__(self, relay: Relay, members: list[bench_keys.BenchMember], senders: int, text_bytes: int):
+        self.relay = relay
+        self.members = members
+        self.clients: list[WSClient] = []
+        self.by_client: dict[WSClient, int] = {}
+        self.welcomes: dict[int, asyncio.Future] = {}
+        self.factories = [FrameFactory(m, members, text_bytes) for m in members[:senders]]
+        self.sent: dict[str, int] = {}  # id -> perf_counter_ns at write
+        self.sender_of: dict[str, int] = {}
+        self.latencies: list[int] = []
+        self.record = False
+        self.exclude: set[int] = set()  # client indexes whose deliveries are not recorded
+        self.deliveries = 0
+        self.acks = 0
+        self.errors: dict[str, int] = {}
+        self.on_ack = None
+        self.left: list[str] = []
+
+    def _on_text(self, client: WSClient, payload: bytes, now: int) -> None:
+        if payload.startswith(_MSG):
+            self.deliveries += 1
+            if self.record:
+                at = payload.find(_ID)
+                sent = self.sent.get(payload[at + 7: at + 39].decode())
+                if sent is not None and self.by_client[client] not in self.exclude:
+                    self.latencies.append(now - sent)
+        elif payload.startswith(_ACK):
+            self.acks += 1
+            if self.on_ack is not None:
+                self.on_ack(payload[26:58].decode())
+        elif payload.startswith(_WELCOME):
+            future = self.welcomes.get(self.by_client[client])
+            if future is not None and not future.done():
+                future.set_result(True)
+        elif payload.startswith(_LEFT):
+            sid = json.loads(payload)["sid"]
+            self.left.append(sid)
+            for factory in self.factories:
+                factory.drop_recipient(sid)
+        elif payload.startswith(_ERROR):
+            code = json.loads(payload).get("code", "?")
+            self.errors[code] = self.errors.get(code, 0) + 1
+            for i, future in self.welcomes.items():
+                if self.clients[i] is client and not future.done():
+                    future.set_exception(RuntimeError(f"join refused: {payload[:200]!r}"))
+
+    async def join_all(self, timeout: float = 120) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + timeout
+        for i, member in enumerate(self.members):
+            client = await connect(HOST, self.relay.port, on_text=self._on_text)
+            self.clients.append(client)
+            self.by_client[client] = i
+            self.welcomes[i] = loop.create_future()
+            client.send_text(json.dumps(member.join_frame()))
+            await asyncio.wait_for(self.welcomes[i], max(0.1, deadline - time.monotonic()))
+        await asyncio.sleep(0.2)  # let the last joined frames land
+
+    def send(self, sender: int) -> None:
+        msg_id, frame = self.factories[sender].next()
+        self.sent[msg_id] = time.perf_counter_ns()
+        self.sender_of[msg_id] = sender
+        self.clients[sender].send_raw(frame)
+
+    def received_bytes(self) -> int:
+        return sum(c.bytes_received for c in self.clients)
+
+    async def drain(self, expected_deliveries: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.deliveries < expected_deliveries and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+
+def percentile(values: list[int], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def open_loop(room: Room, rate: float, duration: float, warmup: float, exclude: set[int] = frozenset()) -> dict:
+    """Offer `rate` messages/s (round robin over the senders) for warmup + duration seconds."""
+    senders = len(room.factories)
+    total_warm = int(rate * warmup)
+    total = total_warm + int(rate * duration)
+    per_sender = total // senders + 1
+    for factory in room.factories:
+        factory.prebuild(per_sender)
+    room.exclude = set(exclude)
+    room.latencies = []
+    start_deliveries = room.deliveries
+    t0 = time.perf_counter()
+    late = 0
+    for k in range(total):
+        target = t0 + k / rate
+        delay = target - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -0.005:
+            late += 1
+        room.record = k >= total_warm
+        room.send(k % senders)
+    room.record = True
+    expected = start_deliveries + total * len(room.members)
+    await room.drain(expected, timeout=10)
+    room.record = False
+    lat = room.latencies
+    return {
+        "offered_per_s": rate,
+        "messages": total - total_warm,
+        "latency_samples": len(lat),
+        "p50_ms": percentile(lat, 50) / 1e6,
+        "p99_ms": percentile(lat, 99) / 1e6,
+        "max_ms": (max(lat) / 1e6) if lat else float("nan"),
+        "late_sends": late,
+        "missing_deliveries": max(0, expected - room.deliveries),
+    }
+
+
+async def closed_loop(room: Room, duration: float, warmup: float, window: int) -> dict:
+    """Every sender keeps `window` messages in flight; a sender's ack releases its next one."""
+    senders = len(room.factories)
+    relay = room.relay
+    running = True
+
+    def on_ack(msg_id: str) -> None:
+        sender = room.sender_of.pop(msg_id, None)
+        room.sent.pop(msg_id, None)
+        if running and sender is not None:
+            room.send(sender)
+
+    room.on_ack = on_ack
+    room.record = False
+    for sender in range(senders):
+        for _ in range(window):
+            room.send(sender)
+    await asyncio.sleep(warmup)
+    a0, d0, b0, c0, t0 = room.acks, room.deliveries, room.received_bytes(), relay.cpu_seconds(), time.perf_counter()
+    g0 = time.process_time()
+    await asyncio.sleep(duration)
+    a1, d1, b1, c1, t1 = room.acks, room.deliveries, room.received_bytes(), relay.cpu_seconds(), time.perf_counter()
+    g1 = time.process_time()
+    rss = relay.rss_bytes()
+    running = False
+    await asyncio.sleep(0.5)
+    room.on_ack = None
+    elapsed = t1 - t0
+    messages = max(1, a1 - a0)
+    return {
+        "seconds": elapsed,
+        "messages_per_s": (a1 - a0) / elapsed,
+        "deliveries_per_s": (d1 - d0) / elapsed,
+        "server_cpu_ms_per_msg": (c1 - c0) * 1000 / messages,
+        "server_cpu_util": (c1 - c0) / elapsed,
+        "generator_cpu_util": (g1 - g0) / elapsed,
+        "egress_bytes_per_msg": (b1 - b0) / messages,
+        "rss_mb": rss / 2**20,
+        "built_live": sum(f.built_live for f in room.factories),
+    }
+
+
+@dataclass
+class Settings:
+    sizes: tuple[int, ...] = (10, 50, 100, 250)
+    senders: int = 10
+    rate: float = 20.0
+    open_seconds: float = 5.0
+    closed_seconds: float = 5.0
+    warmup: float = 1.0
+    window: int = 2
+    text_bytes: int = 200
+    idle: tuple[int, ...] = (1000, 5000)
+    slow_size: int = 100
+    slow_rate: float = 100.0
+    slow_seconds: float = 8.0
+    relays: tuple[str, ...] = ("securechat", "reference")
+    repeats: int = 3
+    pin: bool = True  # move this process to the second core (off for the test suite)
+    expected_msg_rate: float = 40000.0  # deliveries/s guess used to size the prebuilt pools
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """Per-field median over repeats (the machine may be shared; medians resist outliers)."""
+    out = {}
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = statistics.median(r[key] for r in runs)
+        else:
+            out[key] = value
+    out["repeats"] = len(runs)
+    return out
+
+
+async def run_size(n: int, s: Settings, workdir: Path) -> list[dict]:
+    """All relays at room size N, measured in alternation (A B A B ...) so both see the same
+    machine conditions; each figure is the median over `repeats`."""
+    members = bench_keys.members(n)
+    senders = min(s.senders, n)
+    relays, rooms = {}, {}
+    try:
+        for kind in s.relays:
+            relays[kind] = start_relay(kind, workdir)
+            rooms[kind] = Room(relays[kind], members, senders, s.text_bytes)
+            await rooms[kind].join_all()
+        results = {kind: {"relay": kind, "n": n, "senders": senders, "pinned": relays[kind].pinned,
+                          "rss_joined_mb": relays[kind].rss_bytes() / 2**20} for kind in s.relays}
+        opens: dict[str, list] = {kind: [] for kind in s.relays}
+        closeds: dict[str, list] = {kind: [] for kind in s.relays}
+        expect = int(s.expected_msg_rate / n * (s.closed_seconds + s.warmup + 1) / senders) + s.window
+        for _ in range(s.repeats):
+            for kind in s.relays:
+                opens[kind].append(await open_loop(rooms[kind], s.rate, s.open_seconds, s.warmup))
+        for _ in range(s.repeats):
+            for kind in s.relays:
+                for factory in rooms[kind].factories:
+                    factory.pool.clear()
+                    factory.prebuild(min(expect, 4000))
+                closeds[kind].append(await closed_loop(rooms[kind], s.closed_seconds, s.warmup, s.window))
+                for factory in rooms[kind].factories:
+                    factory.pool.clear()  # free the memory before the other relay's turn
+        for kind in s.relays:
+            results[kind]["open"] = _median_run(opens[kind])
+            results[kind]["closed"] = _median_run(closeds[kind])
+            results[kind]["closed_repeats"] = closeds[kind]
+            results[kind]["errors"] = dict(rooms[kind].errors)
+        return [results[kind] for kind in s.relays]
+    finally:
+        for room in rooms.values():
+            room.close()
+        await asyncio.sleep(0.1)
+        for relay in relays.values():
+            relay.stop()
+
+
+async def run_slow(kind: str, s: Settings, workdir: Path) -> dict:
+    """Open loop at N = slow_size, first with every client reading, then with one stalled."""
+    n = s.slow_size
+    members = bench_keys.members(n)
+    senders = min(s.senders, n)
+    out = {"relay": kind, "n": n, "offered_per_s": s.slow_rate}
+    for label in ("baseline", "stalled"):
+        relay = start_relay(kind, workdir)
+        room = Room(relay, members, senders, s.text_bytes)
+        try:
+            await room.join_all()
+            stalled = n - 1  # a non-sender
+            if label == "stalled":
+                room.clients[stalled].stop_reading()
+            rss0 = relay.rss_bytes()
+            res = await open_loop(room, s.slow_rate, s.slow_seconds, s.warmup, exclude={stalled})
+            res["rss_growth_mb"] = (relay.rss_bytes() - rss0) / 2**20
+            res["stalled_closed_with"] = room.clients[stalled].close_code if label == "stalled" else None
+            res["left_frames"] = len(room.left)
+            res["errors"] = dict(room.errors)
+            out[label] = res
+        finally:
+            room.close()
+            await asyncio.sleep(0.1)
+            relay.stop()
+    return out
+
+
+async def run_idle(kind: str, count: int, workdir: Path, concurrency: int = 100) -> dict:
+    relay = start_relay(kind, workdir)
+    clients: list[WSClient] = []
+    try:
+        await asyncio.sleep(0.3)
+        rss0 = relay.rss_bytes()
+        for start in range(0, count, concurrency):
+            batch = await asyncio.gather(*[
+                connect(HOST, relay.port) for _ in range(min(concurrency, count - start))
+            ])
+            clients.extend(batch)
+        await asyncio.sleep(1.0)
+        open_now = sum(1 for c in clients if not c.closed.done())
+        rss1 = relay.rss_bytes()
+        return {"relay": kind, "connections": count, "open": open_now, "rss_base_mb": rss0 / 2**20,
+                "rss_mb": rss1 / 2**20, "kib_per_connection": (rss1 - rss0) / 1024 / count}
+    finally:
+        for client in clients:
+            client.close()
+        await asyncio.sleep(0.2)
+        relay.stop()
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+async def run_all(s: Settings) -> dict:
+    raise_nofile(NOFILE)
+    log(f"generating keys for {max(s.sizes + (s.slow_size,))} members ...")
+    bench_keys.members(max(s.sizes + (s.slow_size,)))
+    pinned = pin_generator() if s.pin else "unpinned"
+    results: dict = {"settings": s.__dict__.copy(), "generator": pinned, "runs": [], "idle": [], "slow": []}
+    with tempfile.TemporaryDirectory(prefix="securechat-bench-") as tmp:
+        workdir = Path(tmp)
+        for n in s.sizes:
+            log(f"N={n}: {' vs '.join(s.relays)}, {s.repeats} repeats ...")
+            results["runs"].extend(await run_size(n, s, workdir))
+        if s.slow_size:
+            for kind in s.relays:
+                log(f"{kind}: slow consumer at N={s.slow_size} ...")
+                results["slow"].append(await run_slow(kind, s, workdir))
+        for count in s.idle:
+            for kind in s.relays:
+                log(f"{kind}: {count} idle connections ...")
+                results["idle"].append(await run_idle(kind, count, workdir))
+    return results

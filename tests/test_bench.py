@@ -1,0 +1,43 @@
+"""The benchmark machinery in its smallest form: structure and sanity, never timing thresholds."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from bench import report
+from bench.runner import Settings, run_all
+
+
+# Transports the generator closes are finalised by the event loop after asyncio.run returns.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_tiny_benchmark_run_produces_sane_figures():
+    settings = Settings(
+        sizes=(3,), senders=2, rate=20.0, open_seconds=0.5, closed_seconds=0.5, warmup=0.2,
+        window=1, idle=(10,), slow_size=3, slow_rate=20.0, slow_seconds=0.5, repeats=1,
+        expected_msg_rate=2000.0, pin=False,
+    )
+    results = asyncio.run(run_all(settings))
+
+    assert {r["relay"] for r in results["runs"]} == {"securechat", "reference"}
+    for run in results["runs"]:
+        assert run["n"] == 3 and run["errors"] == {}
+        opened, closed = run["open"], run["closed"]
+        assert opened["latency_samples"] > 0 and opened["missing_deliveries"] == 0
+        assert 0 < opened["p50_ms"] <= opened["p99_ms"] <= opened["max_ms"]
+        assert closed["messages_per_s"] > 0
+        # every acknowledged message reaches all 3 members (the sender's echo included)
+        assert closed["deliveries_per_s"] > closed["messages_per_s"]
+        assert closed["server_cpu_ms_per_msg"] >= 0 and closed["egress_bytes_per_msg"] > 0
+        assert closed["rss_mb"] > 0 and run["rss_joined_mb"] > 0
+    for slow in results["slow"]:
+        assert slow["baseline"]["latency_samples"] > 0 and slow["stalled"]["latency_samples"] > 0
+    for idle in results["idle"]:
+        assert idle["open"] == 10 and not math.isnan(idle["kib_per_connection"])
+
+    text = report.markdown(results)
+    assert "| securechat | 3 |" in text and "| reference | 3 |" in text
+    assert "securechat ÷ reference relay" in text
