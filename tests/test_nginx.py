@@ -135,6 +135,7 @@ async def join(url: str, name: str, *, source: str | None = None, origin: str | 
     request = HTTPRequest(url, headers={**({"Origin": origin} if origin else {}), **(headers or {})},
                           network_interface=source, ssl_options=insecure() if url.startswith("wss:") else None)
     client.ws = await asyncio.wait_for(websocket_connect(request), 10)
+    client.room = (await client.expect("hello"))["room"]  # the server speaks first
     await client.join()
     return client
 
