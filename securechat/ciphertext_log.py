@@ -267,7 +267,9 @@ class CiphertextLog:
         self._size = 0
         self._needs_newline = False
         self._last_fsync = time.monotonic()
+        self._dirty = False
         self._closed = False
+        self._syncer: _IntervalSync | None = None
 
         _ensure_private_dir(self._dir)
         self._lock_fd = _take_lock(self._dir)
@@ -279,6 +281,9 @@ class CiphertextLog:
         # Finish work a crash may have interrupted (un-gzipped rotated files,
         # stale .tmp files) without delaying start-up when running in background.
         self._schedule(lambda: self._logged(self._recover))
+        if fsync == "interval" and self._fsync_interval > 0:
+            self._syncer = _IntervalSync(self, self._fsync_interval)
+            self._syncer.start()
 
     # -- context manager ---------------------------------------------------
 
@@ -334,16 +339,31 @@ class CiphertextLog:
                 self._needs_newline = written < len(view)
 
     def _maybe_fsync(self) -> None:
-        if self._fsync_policy == "always":
+        self._dirty = True
+        # "interval" with a positive interval is the syncer thread's job: an append (on the
+        # server's event loop) never waits for the disk. "always" must, before the ack.
+        if self._fsync_policy == "always" or (self._fsync_policy == "interval" and self._syncer is None):
             self._fsync_locked()
-        elif self._fsync_policy == "interval":
-            if time.monotonic() - self._last_fsync >= self._fsync_interval:
-                self._fsync_locked()
 
     def _fsync_locked(self) -> None:
         if self._fd is not None:
             os.fsync(self._fd)
+        self._dirty = False
         self._last_fsync = time.monotonic()
+
+    def sync_in_background(self) -> None:
+        """fsync what was appended so far without holding the writer lock during the fsync."""
+        with self._lock:
+            if not self._dirty or self._fd is None:
+                return
+            # A duplicate descriptor stays valid even if rotation closes the original meanwhile.
+            fd = os.dup(self._fd)
+            self._dirty = False
+        try:
+            os.fsync(fd)
+            self._last_fsync = time.monotonic()
+        finally:
+            os.close(fd)
 
     def flush(self) -> None:
         """Force everything appended so far to disk."""
@@ -457,6 +477,8 @@ class CiphertextLog:
 
     def close(self) -> None:
         """Flush, fsync, finish background gzip and release the directory lock."""
+        if self._syncer is not None:
+            self._syncer.stop()
         with self._lock:
             if self._closed:
                 return
@@ -471,6 +493,27 @@ class CiphertextLog:
                 self._executor.shutdown(wait=True)
         finally:
             os.close(self._lock_fd)  # closing the fd releases the flock
+
+
+class _IntervalSync(threading.Thread):
+    """fsyncs the live file every `interval` seconds, off the thread that appends."""
+
+    def __init__(self, log: CiphertextLog, interval: float) -> None:
+        super().__init__(name="ciphertext-fsync", daemon=True)
+        self._log = log
+        self._interval = interval
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            try:
+                self._log.sync_in_background()
+            except OSError as exc:
+                log.error("could not fsync the ciphertext log: %s", exc)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join()
 
 
 def rotate_offline(directory: Path, keep: int) -> Path | None:

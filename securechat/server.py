@@ -11,7 +11,6 @@ import ssl
 from dataclasses import dataclass, field
 
 import tornado.httpserver
-import tornado.ioloop
 import tornado.netutil
 import tornado.web
 
@@ -34,7 +33,6 @@ class RunningServer:
     http: tornado.httpserver.HTTPServer
     port: int
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
-    flusher: tornado.ioloop.PeriodicCallback | None = None
 
     @property
     def hub(self) -> Hub:
@@ -42,8 +40,6 @@ class RunningServer:
 
     async def shutdown(self) -> None:
         self.http.stop()
-        if self.flusher is not None:
-            self.flusher.stop()
         for connection in list(self.hub.connections):
             connection.close(GOING_AWAY, "the server is shutting down")
         await asyncio.sleep(0.2)  # let the close frames leave before the loop ends
@@ -68,12 +64,7 @@ async def start(config: Config, ssl_context: ssl.SSLContext | None = None) -> Ru
         raise
     http.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
-    server = RunningServer(config, app, http, port)
-    if config.log_fsync == "interval":
-        # The log fsyncs on append; this covers the records written just before a quiet spell.
-        server.flusher = tornado.ioloop.PeriodicCallback(ciphertext_log.flush, config.log_fsync_interval * 1000)
-        server.flusher.start()
-    return server
+    return RunningServer(config, app, http, port)
 
 
 def install_signal_handlers(server: RunningServer) -> None:

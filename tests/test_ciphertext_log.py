@@ -495,3 +495,22 @@ def test_writer_start_finishes_interrupted_gzip(tmp_path):
         log.wait_for_background()
     assert rotated_names(tmp_path) == [done + ".gz", undone + ".gz"]
     assert ids(read_log(tmp_path)) == [1, 2]
+
+
+def test_interval_fsync_happens_off_the_appending_thread(tmp_path, monkeypatch):
+    """The server appends on its event loop; with fsync="interval" the disk wait is elsewhere."""
+    import threading
+    import time as _time
+
+    threads = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (threads.append(threading.current_thread().name), real_fsync(fd)))
+    with CiphertextLog(tmp_path, fsync="interval", fsync_interval=0.05) as log:
+        for i in range(50):
+            log.append({"event": "msg", "id": str(i)})
+        assert threads == [], "append waited for an fsync"
+        deadline = _time.monotonic() + 5
+        while not threads and _time.monotonic() < deadline:
+            _time.sleep(0.02)
+        assert threads and set(threads) == {"ciphertext-fsync"}
+    assert [r.record["id"] for r in read_log(tmp_path) if isinstance(r, LogRecord)] == [str(i) for i in range(50)]
