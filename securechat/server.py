@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
+from tornado.iostream import StreamClosedError
+from tornado.websocket import WebSocketClosedError
 
 from .app import make_app, open_log
 from .ciphertext_log import LogError
@@ -64,7 +66,24 @@ async def start(config: Config, ssl_context: ssl.SSLContext | None = None) -> Ru
         raise
     http.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
+    quiet_closed_writes(asyncio.get_running_loop())
     return RunningServer(config, app, http, port)
+
+
+def quiet_closed_writes(loop: asyncio.AbstractEventLoop) -> None:
+    """A write to a peer that vanished fails inside a future nobody awaits; asyncio would log
+    each as "exception was never retrieved". That is a normal disconnect, not an error."""
+    default = loop.get_exception_handler()
+
+    def handler(loop, context) -> None:
+        if isinstance(context.get("exception"), (WebSocketClosedError, StreamClosedError)):
+            return
+        if default is not None:
+            default(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
 
 
 def install_signal_handlers(server: RunningServer) -> None:
