@@ -14,6 +14,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from cryptography.exceptions import UnsupportedAlgorithm
+
 from . import crypto
 
 VERSION = crypto.PROTOCOL_VERSION
@@ -263,7 +265,7 @@ def verify_join(join: Join, room: str) -> VerifiedJoin:
     try:
         identity = crypto.load_identity_public_key(join.identity_key)
         session = crypto.load_session_public_key(join.session_key)
-    except crypto.CryptoError as exc:
+    except (crypto.CryptoError, UnsupportedAlgorithm) as exc:  # e.g. an EC curve cryptography lacks
         raise ProtocolError("bad_key", str(exc)) from None
     text = crypto.session_text(room, join.username, join.session_key)
     if not crypto.verify(identity, text, join.session_sig):
