@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import (
@@ -112,6 +112,8 @@ def _load_spki(spki_b64: str):
     der = b64decode(spki_b64)
     try:
         key = serialization.load_der_public_key(der)
+    except UnsupportedAlgorithm as exc:  # e.g. an EC curve OpenSSL does not implement
+        raise CryptoError("the public key uses an unsupported algorithm or curve") from exc
     except (ValueError, TypeError) as exc:
         raise CryptoError("not a DER SubjectPublicKeyInfo public key") from exc
     # Re-encoding rejects trailing garbage and non-canonical DER, so the fingerprint is unique.

@@ -14,8 +14,6 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from cryptography.exceptions import UnsupportedAlgorithm
-
 from . import crypto
 
 VERSION = crypto.PROTOCOL_VERSION
@@ -265,7 +263,7 @@ def verify_join(join: Join, room: str) -> VerifiedJoin:
     try:
         identity = crypto.load_identity_public_key(join.identity_key)
         session = crypto.load_session_public_key(join.session_key)
-    except (crypto.CryptoError, UnsupportedAlgorithm) as exc:  # e.g. an EC curve cryptography lacks
+    except crypto.CryptoError as exc:
         raise ProtocolError("bad_key", str(exc)) from None
     text = crypto.session_text(room, join.username, join.session_key)
     if not crypto.verify(identity, text, join.session_sig):
