@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections import Counter
+from collections import Counter, deque
 
 import pytest
 from hypothesis import HealthCheck, configuration, given, settings
@@ -291,7 +291,7 @@ class FuzzConnection:
         self.joined = False
         self.counter = 0
         self.ping = 0
-        self.history: list = []
+        self.history: deque = deque(maxlen=64)  # for failure messages
         self.foreign = False
         # Fixed frames mutations are drawn from (see run_action); the join one is valid as is.
         self.join_template = self.join_frame()
@@ -542,7 +542,7 @@ def run_action(conn: FuzzConnection, data, kind: str, payload) -> None:
         frames = conn.exchange(lambda ws: ws.send_json(frame))
         if conn.ws is not None:
             if [f.get("code") for f in frames] != ["replay"]:
-                pytest.fail(f"a replayed msg got {frames}; we are {conn.session.sid[:6]}; recent: {conn.history[-40:]}")
+                pytest.fail(f"a replayed msg got {frames}; we are {conn.session.sid[:6]}; recent: {list(conn.history)[-40:]}")
     elif kind == "squat":
         # Another identity under the fuzzer's name (any case): username_taken, never a takeover.
         name = payload
