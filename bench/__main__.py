@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=_ints, help="idle connection counts (default 1000,5000; 0 skips)")
     parser.add_argument("--slow-size", type=int, help="N for the slow-consumer test (0 skips)")
     parser.add_argument("--slow-rate", type=float, help="offered msg/s in the slow-consumer test")
+    parser.add_argument("--window", type=int, help="closed loop: messages in flight per sender (default 2)")
     parser.add_argument("--repeats", type=int, help="alternating repeats per N (default 3; medians reported)")
     parser.add_argument("--only", choices=["securechat", "reference"], help="run one relay only")
     parser.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         s.slow_size = args.slow_size
     if args.slow_rate:
         s.slow_rate = args.slow_rate
+    if args.window:
+        s.window = args.window
     if args.repeats:
         s.repeats = args.repeats
     if args.only:

@@ -139,6 +139,6 @@ class Hub:
                 "server_error", "the server could not store the message; nothing was sent", msg_id=msg.id
             ) from None
         room.commit(relay, received)
-        for recipient, text in relay.deliveries:
+        for recipient, text in relay.deliveries():
             recipient.connection.send(text)
-        sender.connection.send(protocol.frame("ack", id=msg.id, recipients=len(relay.deliveries)))
+        sender.connection.send(protocol.frame("ack", id=msg.id, recipients=len(relay.targets)))

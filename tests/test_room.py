@@ -61,7 +61,7 @@ def test_each_recipient_gets_its_own_key_and_nothing_else(room):
     msg = Msg(id="f" * 32, ts=NOW, counter=1, iv="iv", ct="ct", sig="sig",
               keys={alice.sid: "a" * 344, bob.sid: "b" * 344, carol.sid: "c" * 344})
     relay = room.prepare(alice, msg, NOW)
-    frames = {p.username: json.loads(text) for p, text in relay.deliveries}
+    frames = {p.username: json.loads(text) for p, text in relay.deliveries()}
     assert frames["bob"]["key"] == "b" * 344 and frames["carol"]["key"] == "c" * 344
     assert frames["bob"]["from"] == {"sid": alice.sid, "username": "alice", "fingerprint": alice.fingerprint}
     assert frames["bob"]["recipients"] == sorted(msg.keys)
