@@ -189,7 +189,7 @@ class ChatClient:
                 raise ClientError(f"connection closed while waiting for {kind}")
             if frame.get("type") == kind:
                 return frame
-            if kind != "error" and frame.get("type") == "error" and kind in ("welcome",):
+            if kind == "welcome" and frame.get("type") == "error":  # the join was refused
                 raise ClientError(f"{frame['code']}: {frame['message']}")
             self.events.append(frame)
 
