@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import http.server
 import os
-import statistics
 import sys
 import tempfile
 import threading

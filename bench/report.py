@@ -66,7 +66,7 @@ def markdown(results: dict) -> str:
             out.append(f"| {row['n']} | {_r(row['cpu'])} | {_r(row['throughput'])} | {_r(row['egress'])} "
                        f"| {_r(row['p50'])} | {_r(row['p99'])} |")
     if results.get("slow"):
-        out.append(f"\n### Slow consumer (open loop, one non-sending client stops reading)\n")
+        out.append("\n### Slow consumer (open loop, one non-sending client stops reading)\n")
         out.append("| relay | N | offered msg/s | p50 / p99 ms, all reading | p50 / p99 ms, one stalled "
                    "| p99 ratio (≤ 1.2×) | RSS growth MB while stalled | stalled client closed with |")
         out.append("|---|---:|---:|---:|---:|---:|---:|---|")

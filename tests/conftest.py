@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 
@@ -81,3 +82,20 @@ def _fixed_terminal(monkeypatch):
     """Output checks must not depend on the caller's terminal width (CI logs set COLUMNS)."""
     monkeypatch.delenv("COLUMNS", raising=False)
     monkeypatch.delenv("LINES", raising=False)
+
+
+@contextlib.asynccontextmanager
+async def serving(config: Config):
+    """Another server on a loopback port, for a test that needs a config its module's does not."""
+    from tornado.httpserver import HTTPServer
+    from tornado.testing import bind_unused_port
+
+    log = open_log(config)
+    server = HTTPServer(make_app(config, log))
+    sock, port = bind_unused_port()
+    server.add_sockets([sock])
+    try:
+        yield port
+    finally:
+        server.stop()
+        log.close()

@@ -8,9 +8,8 @@ import pytest
 
 from securechat.ciphertext_log import LogRecord, read_log
 from securechat.config import Config
-from securechat.app import make_app, open_log
 
-from conftest import settle
+from conftest import settle, serving
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 
@@ -41,22 +40,12 @@ async def test_every_call_needs_the_token(http_client, base_url, path, method, t
 
 
 async def test_no_configured_token_refuses_everyone(tmp_path, io_loop):
-    from tornado.testing import bind_unused_port
-    from tornado.httpserver import HTTPServer
     from tornado.httpclient import AsyncHTTPClient
 
-    config = Config(data_dir=tmp_path / "other", port=0, log_fsync="never")
-    log = open_log(config)
-    server = HTTPServer(make_app(config, log))
-    sock, port = bind_unused_port()
-    server.add_sockets([sock])
-    try:
+    async with serving(Config(data_dir=tmp_path / "other", port=0, log_fsync="never")) as port:
         response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/api/admin/status", raise_error=False,
                                                  headers={"Authorization": "Bearer None"})
         assert response.code == 401
-    finally:
-        server.stop()
-        log.close()
 
 
 async def test_status(http_client, base_url, connect):

@@ -7,6 +7,8 @@ import pytest
 from securechat.config import Config, ConfigError, load_config
 from securechat.proxy import ClientView, client_view, parse_networks
 
+from conftest import serving
+
 LOCAL = parse_networks(["127.0.0.1", "10.0.0.0/8"])
 
 
@@ -97,21 +99,9 @@ async def test_the_server_sees_the_forwarded_client(http_client, base_url, http_
 @pytest.mark.gen_test(timeout=30)
 async def test_without_trusted_proxies_the_headers_are_ignored(tmp_path, io_loop):
     from tornado.httpclient import AsyncHTTPClient
-    from tornado.httpserver import HTTPServer
-    from tornado.testing import bind_unused_port
 
-    from securechat.app import make_app, open_log
-
-    config = Config(data_dir=tmp_path / "off", port=0, log_fsync="never")
-    log = open_log(config)
-    server = HTTPServer(make_app(config, log))
-    sock, port = bind_unused_port()
-    server.add_sockets([sock])
-    try:
+    async with serving(Config(data_dir=tmp_path / "off", port=0, log_fsync="never")) as port:
         page = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/", headers={
             "X-Forwarded-Proto": "https", "X-Forwarded-Host": "chat.example", "X-Forwarded-For": "1.2.3.4"})
         csp = page.headers["Content-Security-Policy"]
         assert f"connect-src 'self' ws://127.0.0.1:{port}" in csp and "Strict-Transport-Security" not in page.headers
-    finally:
-        server.stop()
-        log.close()
