@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import threading
 import time
 import zlib
@@ -188,6 +187,17 @@ def _next_stamp(directory: Path) -> str:
     return now.strftime(_STAMP_FORMAT)
 
 
+def _huffman_gzip():
+    """A gzip-format compressor that only Huffman-codes, without searching for repeats.
+
+    A rotated file is mostly base64 ciphertext whose one redundancy is 6 bits of information
+    per 8-bit character, which Huffman coding alone removes: on a log of 250-recipient messages
+    this keeps the file at 0.75 of its size against 0.73 for level 6, at a third of the CPU
+    (level 6 was a quarter of the server's CPU under load at N = 250, docs/PERFORMANCE.md).
+    """
+    return zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 9, zlib.Z_HUFFMAN_ONLY)
+
+
 def _gzip_file(source: Path, target: Path, tmp: Path) -> None:
     """Compress source to target crash-safely, then remove source.
 
@@ -196,8 +206,10 @@ def _gzip_file(source: Path, target: Path, tmp: Path) -> None:
     """
     fd = _open_private(tmp, os.O_WRONLY | os.O_TRUNC)
     with os.fdopen(fd, "wb") as raw, open(source, "rb") as src:
-        with gzip.GzipFile(filename=source.name, mode="wb", fileobj=raw, compresslevel=6) as gz:
-            shutil.copyfileobj(src, gz, 1024 * 1024)
+        deflate = _huffman_gzip()
+        while chunk := src.read(1024 * 1024):
+            raw.write(deflate.compress(chunk))
+        raw.write(deflate.flush())
         raw.flush()
         os.fsync(raw.fileno())
     os.rename(tmp, target)

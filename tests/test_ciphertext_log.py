@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import logging
@@ -193,6 +194,19 @@ def test_rotate_gzips_and_returns_final_path(tmp_path):
         assert log.path.read_bytes() == b""
         log.append(msg(2))
     assert ids(read_log(tmp_path)) == [1, 2]
+
+
+def test_rotated_ciphertext_shrinks_and_zcat_reads_it(tmp_path):
+    # More than one 1 MiB read of random base64, the shape of real ciphertext records.
+    records = [{"id": i, "ct": base64.b64encode(os.urandom(3000)).decode()} for i in range(1000)]
+    with CiphertextLog(tmp_path, gzip_in_background=False) as log:
+        for record in records:
+            log.append(record)
+        plain = log.path.read_bytes()
+        gz = log.rotate()
+    assert len(plain) > 3 * 1024 * 1024
+    assert len(gz.read_bytes()) < 0.8 * len(plain)  # base64 carries 6 bits per 8-bit byte
+    assert subprocess.run(["gzip", "-dc", str(gz)], capture_output=True, check=True).stdout == plain
 
 
 def test_inline_gzip_is_done_when_rotate_returns(tmp_path):
