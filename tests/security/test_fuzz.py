@@ -19,6 +19,7 @@ prints the exact falsifying example, which the regression tests below are built 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ from securechat.protocol import Join, Leave, Msg, ProtocolError, RosterRequest
 from securechat.server import start
 
 from fuzz_strategies import (
-    DOCUMENTED_CODES, SERVER_FRAME_TYPES, VECTORS, hostile_spki, hostile_text,
+    B64_ALPHABET, DOCUMENTED_CODES, SERVER_FRAME_TYPES, VECTORS, b64ish, hostile_spki, hostile_text,
     cut_fraction, invalid_utf8, json_values, mutated, random_text, valid_join, valid_msg,
 )
 from rawws import BINARY, CLOSE, PING, PONG, TEXT, RawWebSocket
@@ -151,6 +152,56 @@ def test_any_json_value(value):
     except ValueError:
         return
     check_parse(text)
+
+
+def admitted_by_b64(text: str, max_size: int) -> bool:
+    """What protocol._b64(..., max_size=...) admits: canonical base64, text no longer than that
+    of max_size bytes."""
+    try:
+        crypto.b64decode(text)
+    except crypto.CryptoError:
+        return False
+    return len(text) <= crypto.b64_length(max_size)
+
+
+@st.composite
+def one_char_off(draw) -> str:
+    """Canonical base64 with one character replaced, inserted or removed: near misses."""
+    good = base64.b64encode(draw(st.binary(max_size=8))).decode()
+    at = draw(st.integers(0, len(good)))
+    char = draw(st.sampled_from(B64_ALPHABET + "="))
+    edit = draw(st.sampled_from(["replace", "insert", "remove"]))
+    if edit == "insert":
+        return good[:at] + char + good[at:]
+    return good[:at] + (char if edit == "replace" else "") + good[at + 1:]
+
+
+@pytest.mark.parametrize("text", ["", "AA==", "AQ==", "AB==", "AAA=", "AAE=", "AAB=", "====", "A===",
+                                  "AA=A", "=AAA", "AAAA====", "AA==AA==", "AAAAAA==", "AAAAAAA"])
+def test_wrapped_key_fast_path_near_misses(text):
+    assert protocol._all_canonical_b64([text], 64) == admitted_by_b64(text, 64)
+    assert protocol._all_canonical_b64(["AAAA", text], 64) == admitted_by_b64(text, 64)
+
+
+def test_wrapped_key_fast_path_on_every_last_quad():
+    # Every way the last three characters of a quad can be alphabet or "=": all the padding
+    # and unused-bit cases, exhaustively (65^3 texts, about a second).
+    chars = B64_ALPHABET + "="
+    disagree = [text for text in ("Q" + x + y + z for x in chars for y in chars for z in chars)
+                if protocol._all_canonical_b64(["AAAA" + text], 64) != admitted_by_b64("AAAA" + text, 64)]
+    assert disagree == []
+
+
+@fuzz_settings(150)
+@given(texts=st.lists(st.one_of(b64ish(), one_char_off(), hostile_text), min_size=1, max_size=6),
+       max_size=st.integers(0, 64))
+def test_wrapped_key_fast_path_agrees_with_b64decode(texts, max_size):
+    # The all-keys-at-once check (protocol._all_canonical_b64) skips decoding for speed; it must
+    # accept exactly what the per-entry check accepts, or a relayed frame could carry what a
+    # recipient refuses (or the server could refuse what every client accepts).
+    COUNTS["validator:wrapped_keys"] += 1
+    expected = all(admitted_by_b64(text, max_size) for text in texts)
+    assert protocol._all_canonical_b64(texts, max_size) == expected
 
 
 @fuzz_settings(150)
