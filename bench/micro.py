@@ -52,7 +52,7 @@ def measure(n: int, count: int = 300) -> dict:
         with CiphertextLog(Path(tmp), fsync="never") as log:
             t = time.process_time()
             for relay in relays:
-                log.append(relay.record)
+                log.append_line(relay.log_line)
             out["log_append_us"] = (time.process_time() - t) / count * 1e6
     return out
 

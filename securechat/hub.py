@@ -132,7 +132,7 @@ class Hub:
         received = now_ms()
         relay = room.prepare(sender, msg, received)
         try:
-            self.log.append(relay.record)
+            self.log.append_line(relay.log_line)
         except OSError as exc:
             log.error("could not append to the ciphertext log: %s", exc)
             raise ProtocolError(

@@ -45,11 +45,11 @@ class Participant:
 
 @dataclass
 class Relay:
-    """A message accepted for relay: one log record and one frame per recipient."""
+    """A message accepted for relay: one log line and one frame per recipient."""
 
     sender: Participant
     msg: Msg
-    record: dict
+    log_line: str  # the ciphertext log record (§8), serialised
     head: str  # every recipient's frame up to its wrapped key, serialised once
     targets: list[tuple[Participant, str]]  # (recipient, its wrapped key)
 
@@ -64,6 +64,16 @@ class Relay:
             # protocol.parse_frame admitted each wrapped key only as canonical base64, whose
             # alphabet needs no JSON escaping: quoting it is exactly what json.dumps would do.
             yield recipient, head + wrapped + '"}'
+
+
+def _string_array(texts: list[str]) -> str:
+    """JSON for a list of strings that need no escaping (hex session ids)."""
+    return '["' + '","'.join(texts) + '"]' if texts else "[]"
+
+
+def _string_object(mapping: dict[str, str]) -> str:
+    """JSON for a str -> str map whose keys and values need no escaping (sid -> wrapped key)."""
+    return '{"' + '","'.join(map('":"'.join, mapping.items())) + '"}' if mapping else "{}"
 
 
 class ReplayGuard:
@@ -163,7 +173,7 @@ class Room:
         return Relay(
             sender=sender,
             msg=msg,
-            record=self._record(sender, msg, recipients, now_ms),
+            log_line=self._log_line(sender, msg, recipients, now_ms),
             head=self._shared_head(sender, msg, recipients, now_ms),
             targets=[(members[sid], wrapped) for sid, wrapped in msg.keys.items()],
         )
@@ -173,13 +183,20 @@ class Room:
         relay.sender.last_counter = relay.msg.counter
         self._replays.remember(relay.sender.fingerprint, relay.msg.id, relay.msg.ts, now_ms)
 
-    def _record(self, sender: Participant, msg: Msg, recipients: list[str], now_ms: int) -> dict:
-        return {
+    def _log_line(self, sender: Participant, msg: Msg, recipients: list[str], now_ms: int) -> str:
+        """The §8 record, byte for byte what json.dumps would write, in a fifth of the time.
+
+        The two lists that grow with the room are joined by hand: session ids are lowercase hex
+        and wrapped keys canonical base64 (protocol.parse_frame admitted nothing else), and
+        neither alphabet needs JSON escaping. At N = 250 json.dumps took ~0.36 ms of this.
+        """
+        before = encode({
             "event": "msg", "t": now_ms, "room": self.name, "id": msg.id,
             "from": sender.as_sender(), "ts": msg.ts, "counter": msg.counter,
-            "recipients": recipients, "iv": msg.iv, "ct": msg.ct, "sig": msg.sig,
-            "keys": msg.keys,
-        }
+        })
+        after = encode({"iv": msg.iv, "ct": msg.ct, "sig": msg.sig})
+        return (f'{before[:-1]},"recipients":{_string_array(recipients)},{after[1:-1]},'
+                f'"keys":{_string_object(msg.keys)}}}')
 
     def _shared_head(self, sender, msg, recipients, now_ms) -> str:
         shared = encode({

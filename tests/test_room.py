@@ -66,7 +66,22 @@ def test_each_recipient_gets_its_own_key_and_nothing_else(room):
     assert frames["bob"]["from"] == {"sid": alice.sid, "username": "alice", "fingerprint": alice.fingerprint}
     assert frames["bob"]["recipients"] == sorted(msg.keys)
     assert all("keys" not in f for f in frames.values())
-    assert relay.record["keys"] == msg.keys and relay.record["t"] == NOW
+
+
+
+def test_log_line_is_exactly_what_json_dumps_writes(room):
+    alice, bob = room.find("alice"), room.find("bob")
+    alice.username = 'al"ice ✓ \\'  # escaped by the JSON encoder, not by the hand-joined parts
+    keys = {bob.sid: "QUJD" * 86, alice.sid: "REVG" * 85 + "RA=="}
+    msg = Msg(id="e" * 32, ts=NOW, counter=3, iv="AAAAAAAAAAAAAAAA", ct="Y3Q=", sig="c2ln", keys=keys)
+    relay = room.prepare(alice, msg, NOW)
+    expected = {
+        "event": "msg", "t": NOW, "room": room.name, "id": msg.id,
+        "from": {"sid": alice.sid, "username": alice.username, "fingerprint": alice.fingerprint},
+        "ts": NOW, "counter": 3, "recipients": sorted(keys), "iv": msg.iv, "ct": msg.ct,
+        "sig": msg.sig, "keys": keys,
+    }
+    assert relay.log_line == json.dumps(expected, separators=(",", ":"), ensure_ascii=False)
 
 
 def test_stale_recipients_reject_the_whole_message(room):
