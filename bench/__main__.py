@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slow-rate", type=float, help="offered msg/s in the slow-consumer test")
     parser.add_argument("--window", type=int, help="closed loop: messages in flight per sender (default 2)")
     parser.add_argument("--repeats", type=int, help="alternating repeats per N (default 3; medians reported)")
+    parser.add_argument("--reference-gc", choices=["default", "securechat"], default="default",
+                        help="the reference relay's garbage-collector thresholds: Python's default "
+                        "(a bare Tornado app) or securechat's tuned ones (like for like)")
     parser.add_argument("--only", choices=["securechat", "reference"], help="run one relay only")
     parser.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
     args = parser.parse_args(argv)
@@ -57,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         s.window = args.window
     if args.repeats:
         s.repeats = args.repeats
+    if args.reference_gc == "securechat":
+        from securechat.server import GC_THRESHOLDS
+
+        s.reference_gc = GC_THRESHOLDS
     if args.only:
         s.relays = (args.only,)
     started = time.monotonic()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import hashlib
 import json
 import signal
@@ -95,4 +96,9 @@ async def main(port: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
-    asyncio.run(main(parser.parse_args().port))
+    parser.add_argument("--gc-thresholds", help="gc.set_threshold() values, e.g. 10000,10,10 "
+                        "(default: Python's own)")
+    args = parser.parse_args()
+    if args.gc_thresholds:
+        gc.set_threshold(*(int(x) for x in args.gc_thresholds.split(",")))
+    asyncio.run(main(args.port))

@@ -118,7 +118,8 @@ class Relay:
             self.proc.stderr.close()
 
 
-def start_relay(kind: str, workdir: Path, log_fsync: str | None = None) -> Relay:
+def start_relay(kind: str, workdir: Path, log_fsync: str | None = None,
+                reference_gc: tuple[int, ...] | None = None) -> Relay:
     port = free_port()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -132,6 +133,8 @@ def start_relay(kind: str, workdir: Path, log_fsync: str | None = None) -> Relay
         argv = [sys.executable, "-m", "cli", "serve", "--port", str(port), "--data-dir", str(data_dir)]
     else:
         argv = [sys.executable, "-m", "bench.reference_relay", "--port", str(port)]
+        if reference_gc:
+            argv += ["--gc-thresholds", ",".join(map(str, reference_gc))]
     core = cpus()[0]
     pinned = "unpinned"
     if shutil.which("taskset") and len(cpus()) >= 2:
@@ -413,6 +416,9 @@ class Settings:
     slow_seconds: float = 8.0
     relays: tuple[str, ...] = ("securechat", "reference")
     repeats: int = 3
+    # None: the reference runs with Python's default collector; a tuple gives it these
+    # gc.set_threshold() values (securechat's own, for a like-for-like comparison).
+    reference_gc: tuple[int, ...] | None = None
     pin: bool = True  # move this process to the second core (off for the test suite)
     expected_msg_rate: float = 40000.0  # deliveries/s guess used to size the prebuilt pools
 
@@ -437,7 +443,7 @@ async def run_size(n: int, s: Settings, workdir: Path) -> list[dict]:
     relays, rooms = {}, {}
     try:
         for kind in s.relays:
-            relays[kind] = start_relay(kind, workdir)
+            relays[kind] = start_relay(kind, workdir, reference_gc=s.reference_gc)
             rooms[kind] = Room(relays[kind], members, senders, s.text_bytes)
             await rooms[kind].join_all()
         results = {kind: {"relay": kind, "n": n, "senders": senders, "pinned": relays[kind].pinned,
@@ -477,7 +483,7 @@ async def run_slow(kind: str, s: Settings, workdir: Path) -> dict:
     senders = min(s.senders, n)
     out = {"relay": kind, "n": n, "offered_per_s": s.slow_rate}
     for label in ("baseline", "stalled"):
-        relay = start_relay(kind, workdir)
+        relay = start_relay(kind, workdir, reference_gc=s.reference_gc)
         room = Room(relay, members, senders, s.text_bytes)
         try:
             await room.join_all()

@@ -21,7 +21,7 @@ from rich.markup import escape
 from . import __version__, runtime, tls
 from .ciphertext_log import LogError
 from .config import Config
-from .server import RunningServer, install_signal_handlers, start
+from .server import RunningServer, install_signal_handlers, start, tune_garbage_collector
 
 ALL_INTERFACES = (None, "", "0.0.0.0", "::")
 
@@ -162,6 +162,7 @@ async def run_server(config: Config) -> None:
         raise
     try:
         install_signal_handlers(server)
+        tune_garbage_collector()
         print_banner(console, server.config, urls, cert)
         await server.stopped.wait()
     finally:

@@ -18,7 +18,7 @@ def test_tiny_benchmark_run_produces_sane_figures():
     settings = Settings(
         sizes=(3,), senders=2, rate=20.0, open_seconds=0.5, closed_seconds=0.5, warmup=0.2,
         window=1, idle=(10,), slow_size=3, slow_rate=20.0, slow_seconds=0.5, repeats=1,
-        expected_msg_rate=2000.0, pin=False,
+        expected_msg_rate=2000.0, pin=False, reference_gc=(10_000, 10, 10),
     )
     results = asyncio.run(run_all(settings))
 
@@ -41,3 +41,18 @@ def test_tiny_benchmark_run_produces_sane_figures():
     text = report.markdown(results)
     assert "| securechat | 3 |" in text and "| reference | 3 |" in text
     assert "securechat ÷ reference relay" in text
+    assert "securechat's gc thresholds (10000, 10, 10)" in text
+
+
+def test_cpu_ratio_shows_the_spread_of_back_to_back_pairs():
+    def run(relay, cpus):
+        closed = [{"server_cpu_ms_per_msg": c, "messages_per_s": 1.0, "egress_bytes_per_msg": 1.0}
+                  for c in cpus]
+        middle = sorted(cpus)[len(cpus) // 2]
+        return {"relay": relay, "n": 50, "closed": dict(closed[0], server_cpu_ms_per_msg=middle),
+                "closed_repeats": closed, "open": {"p50_ms": 1.0, "p99_ms": 2.0}}
+
+    results = {"runs": [run("securechat", [3.0, 2.4, 3.3]), run("reference", [2.5, 2.0, 3.0])]}
+    (row,) = report.ratios(results)
+    assert row["cpu"] == pytest.approx(3.0 / 2.5)
+    assert row["cpu_range"] == pytest.approx((1.1, 1.2))
