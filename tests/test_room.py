@@ -66,7 +66,8 @@ def test_each_recipient_gets_its_own_key_and_nothing_else(room):
     assert frames["bob"]["from"] == {"sid": alice.sid, "username": "alice", "fingerprint": alice.fingerprint}
     assert frames["bob"]["recipients"] == sorted(msg.keys)
     assert all("keys" not in f for f in frames.values())
-
+    record = json.loads(relay.log_line)
+    assert record["keys"] == msg.keys and record["t"] == NOW
 
 
 def test_log_line_is_exactly_what_json_dumps_writes(room):
