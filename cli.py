@@ -70,7 +70,7 @@ class TimeParam(click.ParamType):
     name = "TIME"
 
     def convert(self, value, param, ctx):
-        from securechat.dump import parse_time
+        from securechat.admin.dump import parse_time
 
         try:
             return parse_time(value)
@@ -140,8 +140,8 @@ def tls_show(data_dir, config_file) -> None:
       securechat tls show --data-dir /var/lib/securechat
     """
     from securechat import tls as tls_module
+    from securechat.admin.views import print_certificate
     from securechat.console import make_console
-    from securechat.views import print_certificate
 
     config = build_config(config_file, data_dir=data_dir)
     path = config.cert or config.data_dir / "tls" / "cert.pem"
@@ -155,7 +155,7 @@ def tls_show(data_dir, config_file) -> None:
 
 
 def admin_client(config, url, token, *, exact: bool):
-    from securechat.admin_client import AdminError, find_server
+    from securechat.admin.client import AdminError, find_server
 
     try:
         return find_server(config, url=url, token=token, exact=exact)
@@ -164,7 +164,7 @@ def admin_client(config, url, token, *, exact: bool):
 
 
 def admin_call(call):
-    from securechat.admin_client import AdminError
+    from securechat.admin.client import AdminError
 
     try:
         return call()
@@ -196,8 +196,8 @@ def roster(as_json, url, token, data_dir, config_file) -> None:
     if as_json:
         click.echo(json.dumps(answer, indent=2))
         return
+    from securechat.admin.views import roster_table
     from securechat.console import make_console
-    from securechat.views import roster_table
 
     make_console().print(roster_table(answer))
 
@@ -238,8 +238,8 @@ def dump(as_json, since, until, follow, follow_for, url, token, data_dir, config
     """
     import time
 
-    from securechat import dump as dump_module
-    from securechat.ciphertext_log import read_log
+    from securechat.admin import dump as dump_module
+    from securechat.storage.ciphertext_log import read_log
 
     config = build_config(config_file, data_dir=data_dir)
     if url is not None:
@@ -264,8 +264,8 @@ def dump(as_json, since, until, follow, follow_for, url, token, data_dir, config
 
 def remote_items(client, since, until):
     """The server's records as LogRecords, so remote and local dumps print alike."""
-    from securechat.admin_client import AdminError
-    from securechat.ciphertext_log import LogRecord
+    from securechat.admin.client import AdminError
+    from securechat.storage.ciphertext_log import LogRecord
 
     def skipped(count: int) -> None:
         click.echo(f"securechat: the server skipped {count} unreadable line(s) of its log", err=True)
@@ -296,10 +296,10 @@ def with_progress(items):
 
 
 def print_items(items, *, as_json: bool, chunk: int) -> None:
-    from securechat.ciphertext_log import LogProblem
+    from securechat.admin.dump import row
+    from securechat.admin.views import dump_table
     from securechat.console import make_console
-    from securechat.dump import row
-    from securechat.views import dump_table
+    from securechat.storage.ciphertext_log import LogProblem
 
     console, rows, header = make_console(), [], True
     for item in items:
@@ -331,7 +331,7 @@ def rotate(keep, url, token, data_dir, config_file) -> None:
       securechat logs rotate
       securechat logs rotate --keep 3
     """
-    from securechat.ciphertext_log import LogError, LogLocked, rotate_offline
+    from securechat.storage.ciphertext_log import LogError, LogLocked, rotate_offline
 
     config = build_config(config_file, data_dir=data_dir)
     keep = keep or config.log_keep

@@ -12,9 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from securechat import protocol
-from securechat.ciphertext_log import CiphertextLog
-from securechat.room import Participant, Room
+from securechat.relay import protocol
+from securechat.relay.room import Participant, Room
+from securechat.storage.ciphertext_log import CiphertextLog
 
 from . import keys as bench_keys
 from .runner import FrameFactory

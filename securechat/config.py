@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .proxy import parse_networks
+from .web.proxy import parse_networks
 
 ENV_PREFIX = "SECURECHAT_"
 FSYNC_POLICIES = ("always", "interval", "never")

@@ -18,10 +18,11 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from . import __version__, runtime, tls
-from .ciphertext_log import LogError
+from . import __version__, tls
+from .admin import runtime
 from .config import Config
 from .server import RunningServer, install_signal_handlers, start, tune_garbage_collector
+from .storage.ciphertext_log import LogError
 
 ALL_INTERFACES = (None, "", "0.0.0.0", "::")
 

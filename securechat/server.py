@@ -17,10 +17,10 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError
 
-from .app import make_app, open_log
-from .ciphertext_log import LogError
 from .config import Config
-from .hub import Hub
+from .relay.hub import Hub
+from .storage.ciphertext_log import LogError
+from .web.app import make_app, open_log
 
 log = logging.getLogger("securechat")
 

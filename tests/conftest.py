@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from securechat.app import make_app, open_log
 from securechat.client import ChatClient
 from securechat.config import Config
+from securechat.web.app import make_app, open_log
 
 # pytest-tornado's io_loop fixture saves asyncio.get_event_loop() to restore it later; with no
 # loop set yet, that call creates one nobody closes, and its garbage collection later fails an

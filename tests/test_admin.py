@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import serving, settle
 
-from securechat.ciphertext_log import LogRecord, read_log
 from securechat.config import Config
-
-from conftest import settle, serving
+from securechat.storage.ciphertext_log import LogRecord, read_log
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import clean_env, free_port, wait_for_http
 
 from cli import main
-from securechat.admin_client import AdminClient
-from securechat.ciphertext_log import LogRecord, read_log
+from securechat.admin.client import AdminClient
 from securechat.client import ChatClient
-
-from helpers import clean_env, free_port, wait_for_http
+from securechat.storage.ciphertext_log import LogRecord, read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 

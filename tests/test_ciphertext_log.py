@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from securechat.ciphertext_log import (
+from securechat.storage.ciphertext_log import (
     CiphertextLog,
     LogError,
     LogLocked,
@@ -382,7 +382,7 @@ def test_writer_in_another_process_is_locked_out(tmp_path):
         """
         import sys
         from pathlib import Path
-        from securechat.ciphertext_log import CiphertextLog, LogLocked
+        from securechat.storage.ciphertext_log import CiphertextLog, LogLocked
         try:
             CiphertextLog(Path(sys.argv[1]))
         except LogLocked:

@@ -9,13 +9,12 @@ import sys
 from pathlib import Path
 
 from click.testing import CliRunner
+from helpers import clean_env, free_port, wait_for_http
 
 from cli import main
 from securechat import __version__
-from securechat.ciphertext_log import LogRecord, read_log
 from securechat.client import ChatClient
-
-from helpers import clean_env, free_port, wait_for_http
+from securechat.storage.ciphertext_log import LogRecord, read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 

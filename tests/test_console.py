@@ -63,7 +63,7 @@ def test_no_colour_when_piped(monkeypatch):
 
 def test_fingerprints_and_names_print_verbatim(capsys):
     """rich would turn ":CD:" into an emoji and "[red]" into a style; neither may touch our data."""
-    from securechat.views import dump_table, roster_table
+    from securechat.admin.views import dump_table, roster_table
 
     console = make_console()
     fingerprint = "AB:CD:EF:" * 10 + "CD"

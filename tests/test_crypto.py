@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from conftest import VECTORS
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from securechat import crypto
-
-from conftest import VECTORS
 
 IDENTITY, SESSION, MESSAGE = VECTORS["identity"], VECTORS["session"], VECTORS["message"]
 

@@ -6,8 +6,8 @@ from datetime import datetime
 
 import pytest
 
-from securechat.ciphertext_log import CiphertextLog, LogProblem, LogRecord
-from securechat.dump import Follower, follow, parse_time, row
+from securechat.admin.dump import Follower, follow, parse_time, row
+from securechat.storage.ciphertext_log import CiphertextLog, LogProblem, LogRecord
 
 NOW = 1_764_097_200.0  # 2025-11-25T19:00:00Z
 FP = "3f1a09c2" * 8

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from securechat import log_pages
-from securechat.ciphertext_log import CiphertextLog, LogRecord, read_log
 from securechat.config import Config
-from securechat.log_pages import Position, decode, encode, measure, records
+from securechat.storage import log_pages
+from securechat.storage.ciphertext_log import CiphertextLog, LogRecord, read_log
+from securechat.storage.log_pages import Position, decode, encode, measure, records
 
 TOKEN = "log-pages-admin-token-0123456789"
 

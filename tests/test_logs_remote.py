@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 
-from securechat.admin_client import AdminClient
-from securechat.ciphertext_log import LogRecord, read_log
-
 from test_admin_cli import cli, close_all, joined, server  # noqa: F401 (server is a fixture)
+
+from securechat.admin.client import AdminClient
+from securechat.storage.ciphertext_log import LogRecord, read_log
 
 
 def test_remote_dump_equals_the_local_dump(server):

@@ -21,14 +21,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import clean_env, free_port, wait_for_http
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from securechat.admin_client import AdminClient
+from securechat.admin.client import AdminClient
 from securechat.client import ChatClient, Message
 from securechat.tls import ensure_self_signed
-
-from helpers import clean_env, free_port, wait_for_http
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "nginx-test-admin-token-0123456789"

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import clean_env, fetch, free_port, wait_for_http
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,11 +6,10 @@ import copy
 import json
 
 import pytest
-
-from securechat import protocol
-from securechat.protocol import ProtocolError, parse_frame
-
 from conftest import VECTORS
+
+from securechat.relay import protocol
+from securechat.relay.protocol import ProtocolError, parse_frame
 
 MSG = VECTORS["message"]["frame_out"]
 SESSION, IDENTITY = VECTORS["session"], VECTORS["identity"]

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from conftest import serving
 
 from securechat.config import Config, ConfigError, load_config
-from securechat.proxy import ClientView, client_view, parse_networks
-
-from conftest import serving
+from securechat.web.proxy import ClientView, client_view, parse_networks
 
 LOCAL = parse_networks(["127.0.0.1", "10.0.0.0/8"])
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import settle
 
 from securechat.client import ChatClient, Message, Rejected
-from securechat.ciphertext_log import LogRecord, read_log
-
-from conftest import settle
+from securechat.storage.ciphertext_log import LogRecord, read_log
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from securechat.protocol import Msg, ProtocolError
-from securechat.room import Participant, Room
+from securechat.relay.protocol import Msg, ProtocolError
+from securechat.relay.room import Participant, Room
 
 NOW = 1_764_097_200_000
 WRAPPED = "A" * 344

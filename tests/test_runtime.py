@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 
-from securechat import runtime
-from securechat.runtime import ServerInfo
+from securechat.admin import runtime
+from securechat.admin.runtime import ServerInfo
 
 
 def info(pid: int, data_dir, started: int = 1000, token: str = "t" * 43) -> ServerInfo:

@@ -19,12 +19,11 @@ from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from helpers import clean_env, free_port
 
 from cli import main
-from securechat.admin_client import AdminClient, AdminError
+from securechat.admin.client import AdminClient, AdminError
 from securechat.client import ChatClient, Message
-
-from helpers import clean_env, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,12 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import clean_env, free_port, wait_for_http
 
-from securechat.ciphertext_log import LogRecord, read_log
 from securechat.client import ChatClient
 from securechat.logfmt import LineFormatter, is_journal, priority
-
-from helpers import clean_env, free_port, wait_for_http
+from securechat.storage.ciphertext_log import LogRecord, read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "docs" / "deploy" / "securechat.service"

@@ -32,21 +32,33 @@ import warnings
 from collections import Counter, deque
 
 import pytest
+from fuzz_strategies import (
+    B64_ALPHABET,
+    DOCUMENTED_CODES,
+    SERVER_FRAME_TYPES,
+    VECTORS,
+    b64ish,
+    cut_fraction,
+    hostile_spki,
+    hostile_text,
+    invalid_utf8,
+    json_values,
+    mutated,
+    random_text,
+    valid_join,
+    valid_msg,
+)
 from hypothesis import HealthCheck, configuration, given, settings
 from hypothesis import strategies as st
+from rawws import BINARY, CLOSE, PING, PONG, TEXT, RawWebSocket
 
-from securechat import crypto, protocol
-from securechat.ciphertext_log import LogProblem, LogRecord, read_log
+from securechat import crypto
 from securechat.client import ChatClient, Message
 from securechat.config import Config
-from securechat.protocol import Join, Leave, Msg, ProtocolError, RosterRequest
+from securechat.relay import protocol
+from securechat.relay.protocol import Join, Leave, Msg, ProtocolError, RosterRequest
 from securechat.server import start
-
-from fuzz_strategies import (
-    B64_ALPHABET, DOCUMENTED_CODES, SERVER_FRAME_TYPES, VECTORS, b64ish, hostile_spki, hostile_text,
-    cut_fraction, invalid_utf8, json_values, mutated, random_text, valid_join, valid_msg,
-)
-from rawws import BINARY, CLOSE, PING, PONG, TEXT, RawWebSocket
+from securechat.storage.ciphertext_log import LogProblem, LogRecord, read_log
 
 # On a failure Hypothesis's pytest plugin imports its patch writer, which imports libcst (when
 # installed), whose import raises a DeprecationWarning; under `filterwarnings = error` that turns
@@ -249,8 +261,9 @@ def test_regression_identity_key_on_an_unsupported_curve_is_bad_key():
     """An EC SPKI naming a curve `cryptography` does not implement (here 1.2.840.10045.3.1.8)
     raised cryptography.exceptions.UnsupportedAlgorithm out of verify_join: the server logged a
     traceback and answered server_error instead of bad_key."""
-    from fuzz_strategies import CURVES, EC_PUBLIC_KEY, oid, spki
     import base64
+
+    from fuzz_strategies import CURVES, EC_PUBLIC_KEY, oid, spki
     point = base64.b64decode(VECTORS["identity"]["spki"])[-65:]
     key = base64.b64encode(spki(EC_PUBLIC_KEY, oid(CURVES[3]), point)).decode()
     join = protocol.parse_frame(json.dumps(dict(valid_join(), identity_key=key)))

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import settle
 
 from securechat import crypto
 from securechat.client import ChatClient, Message
-
-from conftest import settle
 
 pytestmark = pytest.mark.gen_test(timeout=30)
 

@@ -13,13 +13,12 @@ import resource
 import time
 
 import pytest
+from conftest import settle
+from rawws import HandshakeRefused, RawWebSocket
 
 from securechat import crypto
 from securechat.client import ChatClient, Message
 from securechat.config import Config
-
-from conftest import settle
-from rawws import HandshakeRefused, RawWebSocket
 
 pytestmark = pytest.mark.gen_test(timeout=60)
 

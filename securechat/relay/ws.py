@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 from tornado.iostream import StreamBufferFullError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
+from ..web.http_security import SecureHeadersMixin
 from . import protocol
-from .http_security import SecureHeadersMixin
 from .hub import Hub
 from .limits import Strikes, TokenBucket
 from .protocol import Join, Leave, Msg, ProtocolError, RosterRequest

@@ -12,7 +12,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import crypto
+from .. import crypto
 
 VERSION = crypto.PROTOCOL_VERSION
 MAX_USERNAME = 32

@@ -15,10 +15,11 @@ import tornado.web
 from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
 
-from . import __version__, log_pages
+from .. import __version__
+from ..relay.hub import Hub
+from ..storage import log_pages
+from ..web.http_security import SecureHeadersMixin
 from .dump import parse_instant
-from .http_security import SecureHeadersMixin
-from .hub import Hub
 
 
 class AdminHandler(SecureHeadersMixin, tornado.web.RequestHandler):

@@ -15,10 +15,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-from .ciphertext_log import (
-    LIVE_NAME, LogProblem, LogRecord, parse_line, read_rotated, rotated_stamps,
+from ..crypto import group_fingerprint
+from ..storage.ciphertext_log import (
+    LIVE_NAME,
+    LogProblem,
+    LogRecord,
+    parse_line,
+    read_rotated,
+    rotated_stamps,
 )
-from .crypto import group_fingerprint
 
 Item = LogRecord | LogProblem
 

@@ -10,9 +10,9 @@ import logging
 import time
 from typing import Protocol
 
+from ..config import Config
+from ..storage.ciphertext_log import CiphertextLog
 from . import protocol
-from .ciphertext_log import CiphertextLog
-from .config import Config
 from .limits import SlidingWindow
 from .protocol import Join, Msg, ProtocolError
 from .room import Participant, Rooms

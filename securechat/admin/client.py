@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlencode, urlsplit
 
+from ..config import Config
+from ..tls import TLSConfigError, describe_certificate
 from . import runtime
-from .config import Config
-from .tls import TLSConfigError, describe_certificate
 
 
 class AdminError(Exception):

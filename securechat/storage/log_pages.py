@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from ..admin.dump import in_window
 from .ciphertext_log import LIVE_NAME, LogProblem, LogRecord, parse_line, rotated_stamps
-from .dump import in_window
 
 Item = LogRecord | LogProblem
 

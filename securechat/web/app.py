@@ -8,12 +8,14 @@ import tornado.httputil
 import tornado.web
 from tornado.log import access_log
 
-from . import __version__, admin, proxy, resources
-from .ciphertext_log import CiphertextLog
-from .config import Config
+from .. import __version__
+from ..admin import api as admin
+from ..config import Config
+from ..relay.hub import Hub
+from ..relay.ws import ChatSocket
+from ..storage.ciphertext_log import CiphertextLog
+from . import proxy, resources
 from .http_security import NotFoundHandler, SecureHeadersMixin, SecureStaticFileHandler, integrity_table
-from .hub import Hub
-from .ws import ChatSocket
 
 
 class IndexHandler(SecureHeadersMixin, tornado.web.RequestHandler):

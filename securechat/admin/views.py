@@ -10,9 +10,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from .crypto import group_fingerprint
+from ..crypto import group_fingerprint
+from ..tls import CertStatus
 from .dump import COLUMNS
-from .tls import CertStatus
 
 # Fixed widths keep successive chunks of `logs dump` (and `--follow` rows) in one column grid.
 _DUMP_WIDTHS = (23, 5, 16, 19, 3, 7, 32)
