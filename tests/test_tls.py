@@ -23,7 +23,7 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 from tornado.web import Application, RequestHandler
 
-from securechat import tls
+from securechat.tls import addresses as tls_addresses
 from securechat.tls import (
     CertStatus,
     TLSConfigError,
@@ -372,11 +372,11 @@ def test_ipv6_parser_skips_unusable_addresses(tmp_path):
         "20010db80000000000000000000000bb 02 40 00 20     eth0\n"  # deprecated
         "not a valid line\n"
     )
-    parsed = tls._ipv6_addresses(proc)
+    parsed = tls_addresses._ipv6_addresses(proc)
     assert ipaddress.ip_address("2001:db8::42") in parsed
     assert ipaddress.ip_address("2001:db8::aa") not in parsed
     assert ipaddress.ip_address("2001:db8::bb") not in parsed
-    assert tls._ipv6_addresses(tmp_path / "missing") == []
+    assert tls_addresses._ipv6_addresses(tmp_path / "missing") == []
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,27 @@
+"""TLS certificates for serving securechat over HTTPS on the LAN.
+
+Browsers only expose WebCrypto in a secure context, so ``securechat serve --tls`` needs a
+certificate. The package holds:
+
+* ``addresses`` - the machine's interface addresses, found without sending any packet;
+* ``certs`` - reading, describing and writing certificates and keys (owner-only), and the
+  ``ssl.SSLContext`` the server listens with;
+* ``leaf`` - the server's own certificate: the names it covers, when it is replaced.
+
+Nothing here imports Tornado.
+"""
+
+from .addresses import IPAddress, local_addresses
+from .certs import (
+    CertStatus,
+    TLSConfigError,
+    describe_certificate,
+    load_certificate,
+    server_ssl_context,
+)
+from .leaf import CLOCK_SKEW, MAX_VALIDITY, RENEW_BEFORE, ensure_self_signed
+
+__all__ = [
+    "CLOCK_SKEW", "MAX_VALIDITY", "RENEW_BEFORE", "CertStatus", "IPAddress", "TLSConfigError",
+    "describe_certificate", "ensure_self_signed", "load_certificate", "local_addresses", "server_ssl_context",
+]
