@@ -3,7 +3,7 @@
 import { hasWebCrypto } from "./crypto.js";
 import { ChatClient } from "./chat.js";
 import { memoryStore, openStore } from "./store.js";
-import { createUi } from "./ui.js";
+import { createUi } from "./ui/index.js";
 
 const JOIN_ERRORS = {
   username_taken: "Someone with a different identity is using that username. Choose another.",

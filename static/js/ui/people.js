@@ -1,0 +1,39 @@
+// The participant list: names, fingerprints, trust badges and the per-person buttons.
+
+import { groupFingerprint } from "../crypto.js";
+import { el } from "./dom.js";
+
+export function createPeople(parts) {
+  return {
+    renderParticipants(list, { onAccept, onVerify }) {
+      const items = list.map((p) => {
+        const li = el("li", "participant");
+        li.dataset.sid = p.sid;
+        li.dataset.trust = p.ok ? p.trust : "invalid";
+        const name = el("div", "p-name");
+        name.append(el("span", "name", p.username));
+        if (p.you) name.append(el("span", "badge you", "you"));
+        if (p.verified) name.append(el("span", "badge verified", "✓ Verified"));
+        li.append(name, el("code", "fingerprint", /^[0-9a-f]{64}$/.test(p.fingerprint)
+          ? groupFingerprint(p.fingerprint) : "invalid fingerprint"));
+        if (!p.ok) {
+          li.append(el("p", "p-warning", `⚠ ${p.username}'s keys failed verification (${p.problem}). Nothing is sent to this participant.`));
+        } else if (p.trust === "changed") {
+          li.append(el("p", "p-warning",
+            `⚠ Key changed: ${p.username} now uses a different identity than before. Compare fingerprints; until you accept, your messages are not sent to ${p.username}.`));
+          const accept = el("button", "small warn", "Accept new key");
+          accept.type = "button";
+          accept.addEventListener("click", () => onAccept(p));
+          li.append(accept);
+        } else if (!p.you && !p.verified) {
+          const verify = el("button", "small quiet", "Mark verified");
+          verify.type = "button";
+          verify.addEventListener("click", () => onVerify(p));
+          li.append(verify);
+        }
+        return li;
+      });
+      parts.participants.replaceChildren(...items);
+    },
+  };
+}
