@@ -39,9 +39,9 @@ async function main() {
   const handlers = {
     identity: ({ fingerprint }) => ui.showIdentity(fingerprint),
     status: ({ state, detail }) => ui.setStatus(state, detail),
-    welcome: ({ you }) => {
+    welcome: ({ room, you }) => {
       username = you.username;
-      ui.showChat();
+      ui.showChat(room);
     },
     roster: ({ participants }) => {
       ui.renderParticipants(participants, { onAccept, onVerify });
@@ -80,32 +80,16 @@ async function main() {
     if (problem) ui.showJoin(problem);
   });
 
-  parts.composer.addEventListener("submit", (event) => {
-    event.preventDefault();
-    const text = parts.message.value;
-    const problem = client.send(text);
-    if (problem) {
-      ui.addWarning(problem);
-      return;
-    }
-    if (text.trim()) parts.message.value = "";
-    parts.message.focus();
-  });
-
-  parts.message.addEventListener("keydown", (event) => {
-    // Enter sends; Shift+Enter is a newline; never interrupt an IME composition.
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-      event.preventDefault();
-      parts.composer.requestSubmit();
-    }
-  });
+  ui.composer.onSend((text) => client.send(text));
 
   parts.leave.addEventListener("click", async () => {
+    ui.layout.closePanels();
     await client.leave();
     ui.renderParticipants([], { onAccept, onVerify });
   });
 
   parts.newIdentity.addEventListener("click", async () => {
+    ui.layout.closePanels();
     const ok = await ui.confirm({
       title: "Replace your identity?",
       body: "Your fingerprint will change for good. Everyone who knows your current key will see a key-change warning and must compare fingerprints with you again.",

@@ -173,9 +173,25 @@ def join(page, username: str) -> None:
 
 
 def send(page, text: str) -> None:
+    """Type and press Send (on touch screens Enter adds a line, so the button is what works
+    everywhere; tests of the Enter key press it themselves)."""
     box = page.get_by_label("Message", exact=True)
     box.fill(text)
-    box.press("Enter")
+    page.get_by_role("button", name="Send", exact=True).click()
+
+
+def open_people(page) -> None:
+    """Phones keep the participant list behind the People button; wide screens show it."""
+    button = page.get_by_role("button", name="People")
+    if button.is_visible() and button.get_attribute("aria-expanded") != "true":
+        button.click()
+
+
+def open_menu(page) -> None:
+    """Phones keep identity, notifications and Leave chat behind Menu; wide screens show them."""
+    button = page.get_by_role("button", name="Menu", exact=True)
+    if button.is_visible() and button.get_attribute("aria-expanded") != "true":
+        button.click()
 
 
 def participants(page):

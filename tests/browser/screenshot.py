@@ -38,7 +38,7 @@ def capture(browser, server, path: Path) -> None:
         for page in pages.values():
             participants(page).nth(2).wait_for()
         alice = pages["alice"]
-        participant(alice, "bob").get_by_role("button", name="Mark verified").click()
+        participant(alice, "bob").get_by_role("button", name="Mark bob verified").click()
         alice.get_by_role("dialog").get_by_role("button", name="They match").click()
         participant(alice, "bob").locator(".badge.verified").wait_for()
         for i, (name, text) in enumerate(CONVERSATION, start=1):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from .harness import messages, own_fingerprint, participant, participants, send
+from .harness import messages, open_people, own_fingerprint, participant, participants, send
 
 
 def test_reconnects_after_a_server_restart_and_sends_what_was_typed_offline(people, server):
@@ -52,6 +52,9 @@ def test_without_a_secure_context_the_page_explains_the_fix(people, server):
     assert page.evaluate("() => isSecureContext") is False
     expect(page.get_by_role("heading", name="Encryption is not available on this address")).to_be_visible()
     expect(page.locator("#insecure")).to_contain_text("securechat serve --tls")
+    # Written for the visitor first (what they can do), the admin's command second.
+    text = page.locator("#insecure").inner_text()
+    assert text.index("What you can do") < text.index("ask the person who runs") < text.index("securechat serve --tls")
     expect(page.get_by_role("link", name=f"https://chat.lan:{server.port}")).to_be_visible()
     expect(page.get_by_role("button", name="Join chat")).to_be_hidden()
     expect(page.get_by_role("status")).to_contain_text("Offline")
@@ -66,8 +69,11 @@ def test_works_on_a_360_px_wide_screen(people):
     width = page.evaluate("() => document.documentElement.scrollWidth")
     assert width <= 360, f"the page is {width}px wide on a 360px screen"
     for locator in (page.get_by_label("Message", exact=True), page.get_by_role("button", name="Send"),
-                    page.get_by_role("list", name="Participants"), page.get_by_role("status")):
+                    page.get_by_role("button", name="People"), page.get_by_role("status")):
         expect(locator).to_be_in_viewport()
+    open_people(page)
+    expect(page.get_by_role("list", name="Participants")).to_be_in_viewport()
+    page.keyboard.press("Escape")
     send(page, "from the phone")
     expect(messages(other).locator(".text").filter(has_text="from the phone")).to_have_count(1)
 
@@ -91,7 +97,7 @@ def test_the_page_works_under_the_servers_strict_content_security_policy(people,
     expect(messages(bob).locator(".text")).to_have_text(["under CSP"])
     send(bob, "reply under CSP")
     expect(messages(alice).locator(".text").filter(has_text="reply under CSP")).to_have_count(1)
-    participant(alice, "bob").get_by_role("button", name="Mark verified").click()
+    participant(alice, "bob").get_by_role("button", name="Mark bob verified").click()
     alice.get_by_role("dialog").get_by_role("button", name="They match").click()
     expect(participant(alice, "bob").locator(".badge.verified")).to_be_visible()
     assert alice.evaluate("() => window.__violations") == []

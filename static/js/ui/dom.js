@@ -15,3 +15,26 @@ export function timeElement(ts) {
   node.title = date.toLocaleString();
   return node;
 }
+
+/** Put `text` on the clipboard; true when it worked. */
+export async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+    return true;
+  } catch {
+    return false; // no permission or no clipboard (an http page): the caller says so
+  }
+}
+
+/** A Copy button: says "Copied" for a moment, or that copying failed. */
+export function wireCopy(button, getText) {
+  const label = button.textContent;
+  let timer = null;
+  button.addEventListener("click", async () => {
+    const ok = await copyText(getText());
+    button.textContent = ok ? "Copied" : "Copy failed";
+    clearTimeout(timer);
+    timer = setTimeout(() => { button.textContent = label; }, 2000);
+  });
+  return button;
+}

@@ -2,7 +2,10 @@
 // panel; this one finds the page's parts and composes them into the `ui` main.js uses.
 
 import { groupFingerprint } from "../crypto.js";
+import { createComposer } from "./composer.js";
 import { createDialog } from "./dialog.js";
+import { wireCopy } from "./dom.js";
+import { createLayout } from "./layout.js";
 import { createPeople } from "./people.js";
 import { createTimeline } from "./timeline.js";
 
@@ -23,13 +26,22 @@ export function createUi(doc = document) {
     withheld: $("withheld"), composer: $("composer"), message: $("message"),
     dialog: $("confirm"), dialogTitle: $("confirm-title"), dialogBody: $("confirm-body"),
     dialogFingerprint: $("confirm-fingerprint"), dialogOk: $("confirm-ok"),
+    roomName: $("room-name"), chatActions: $("chat-actions"), peopleButton: $("people-button"),
+    peopleCount: $("people-count"), menuButton: $("menu-button"), menu: $("menu"), people: $("people"),
+    peopleClose: $("people-close"), copyFingerprint: $("copy-fingerprint"),
+    composerError: $("composer-error"), charCount: $("char-count"), composerHint: $("composer-hint"),
+    sendButton: $("send"),
   };
+  const { layout } = createLayout(parts);
+  wireCopy(parts.copyFingerprint, () => parts.ownFingerprint.textContent);
 
   return {
     parts,
     ...createPeople(parts),
     ...createTimeline(parts),
     ...createDialog(parts),
+    ...createComposer(parts, layout),
+    layout,
 
     showInsecure() {
       const url = `https://${location.hostname}:${location.port || "5000"}`;
@@ -44,14 +56,18 @@ export function createUi(doc = document) {
     showIdentity(fingerprint) {
       parts.ownFingerprint.textContent = groupFingerprint(fingerprint);
       parts.newIdentity.hidden = false;
+      parts.copyFingerprint.hidden = false;
     },
 
     setStatus(state, detail) {
       parts.status.dataset.state = state;
       parts.status.textContent = detail ? `${STATUS_TEXT[state]} · ${detail}` : STATUS_TEXT[state];
+      // One line on every screen: the whole text stays readable on hover and to screen readers.
+      parts.status.title = parts.status.textContent;
     },
 
     showJoin(error = "") {
+      layout.inChat(false);
       parts.chat.hidden = true;
       parts.join.hidden = false;
       parts.joinButton.disabled = false;
@@ -65,9 +81,12 @@ export function createUi(doc = document) {
       parts.joinError.textContent = "";
     },
 
-    showChat() {
+    showChat(room) {
       parts.join.hidden = true;
       parts.chat.hidden = false;
+      parts.roomName.textContent = room;
+      parts.roomName.hidden = !room;
+      layout.inChat(true);
       parts.joinButton.disabled = false;
       parts.message.focus();
     },

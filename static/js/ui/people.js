@@ -23,17 +23,22 @@ export function createPeople(parts) {
             `⚠ Key changed: ${p.username} now uses a different identity than before. Compare fingerprints; until you accept, your messages are not sent to ${p.username}.`));
           const accept = el("button", "small warn", "Accept new key");
           accept.type = "button";
+          // Every per-person button names the person: a list of ten "Accept new key" is useless
+          // to a screen reader.
+          accept.setAttribute("aria-label", `Accept new key from ${p.username}`);
           accept.addEventListener("click", () => onAccept(p));
           li.append(accept);
         } else if (!p.you && !p.verified) {
           const verify = el("button", "small quiet", "Mark verified");
           verify.type = "button";
+          verify.setAttribute("aria-label", `Mark ${p.username} verified`);
           verify.addEventListener("click", () => onVerify(p));
           li.append(verify);
         }
         return li;
       });
       parts.participants.replaceChildren(...items);
+      parts.peopleCount.textContent = String(list.length);
     },
   };
 }
