@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,11 @@ def test_node_suites_pass():
         pytest.fail("node (20 or newer) is needed for tests/js; install Debian's nodejs", pytrace=False)
     files = sorted(str(p) for p in (ROOT / "tests" / "js").glob("*.test.mjs"))
     assert files, "no JavaScript tests found"
-    result = subprocess.run([node, "--test", *files], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # The interop suite's Python steps must use this interpreter (a venv's), not whatever
+    # `python3` is first on PATH.
+    env = {**os.environ, "PYTHON": sys.executable}
+    result = subprocess.run([node, "--test", *files], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env=env)
     summary = [line for line in result.stdout.splitlines() if line.startswith(("# pass", "# fail", "# tests"))]
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert any(line.startswith("# pass") and int(line.split()[-1]) > 0 for line in summary), summary

@@ -23,14 +23,26 @@ def wheel(tmp_path_factory) -> Path:
     return next(out.glob("securechat-*.whl"))
 
 
+def outer_site_packages() -> list[str]:
+    """The directories this suite imports its installed packages from, whatever installed them:
+    the system Python, a venv, a venv with --system-site-packages, a user site."""
+    return [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
+
+
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory, wheel) -> Path:
     venv = tmp_path_factory.mktemp("venv")
-    # System site-packages supply tornado & co. without a download; the wheel itself goes
-    # into the venv, whose site-packages come first on sys.path.
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    subprocess.run([venv / "bin/python", "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall",
-                    str(wheel)], check=True, capture_output=True)
+    # Not --system-site-packages: from inside a venv that links the *base* interpreter's
+    # packages, not the ones this suite runs with. Instead a .pth file appends this suite's own
+    # site-packages, so tornado & co. come without a download; plain path lines, so no
+    # editable-install hook in them runs. The wheel goes into the venv's own site-packages,
+    # which come first on sys.path.
+    # --without-pip saves ~15 s of ensurepip; this suite's own pip installs into the venv.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    (site,) = (venv / "lib").glob("python3*/site-packages")
+    (site / "outer-site-packages.pth").write_text("".join(p + "\n" for p in outer_site_packages()))
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin/python"), "install", "-q",
+                    "--no-deps", "--force-reinstall", str(wheel)], check=True, capture_output=True)
     return venv
 
 
