@@ -108,6 +108,18 @@ def test_valid_usernames(name):
     assert protocol.check_username(name) == name
 
 
+@pytest.mark.parametrize("name", ["\u0430lice", "p\u0430yp\u0430l", "\u03a9mega", "bob\u0431"])
+def test_mixed_script_usernames_are_refused(name):
+    with pytest.raises(ProtocolError, match="mixes scripts") as info:
+        protocol.check_username(name)
+    assert info.value.code == "bad_username"
+
+
+@pytest.mark.parametrize("name", ["\u6e21\u8fba Ken", "\u5c71\u7530\u305f\u308d\u3046", "\u0441\u043e\u0441\u043e", "bob_2"])
+def test_single_script_and_latin_with_cjk_usernames_pass(name):
+    assert protocol.check_username(name) == name
+
+
 def test_verify_join_checks_signature_and_derives_ids():
     verified = protocol.verify_join(parse_frame(json.dumps(JOIN)), "lobby")
     assert verified.fingerprint == IDENTITY["fingerprint"] and verified.sid == SESSION["sid"]

@@ -42,6 +42,28 @@ def test_names_are_unique_case_insensitively(room):
     assert info.value.code == "username_taken"
 
 
+@pytest.mark.parametrize("lookalike", ["a1ice", "\uff41lice", "\U0001d41alice", "al\u0456ce"])
+def test_a_name_that_looks_like_a_present_one_is_refused(room, lookalike):
+    with pytest.raises(ProtocolError, match="looks like 'alice'") as info:
+        room.add(person(lookalike, 9))
+    assert info.value.code == "username_taken"
+
+
+def test_a_lookalike_is_admitted_once_the_real_one_left(room):
+    room.remove(room.find("alice"))
+    assert room.add(person("a1ice", 9)) is None
+    assert room.find("alice").username == "a1ice", "find() compares skeletons too"
+
+
+def test_one_identity_cannot_hold_two_names(room):
+    bob = room.find("bob")
+    with pytest.raises(ProtocolError, match="already in the room as 'bob'") as info:
+        room.add(person("robert", 9, fingerprint=bob.fingerprint))
+    assert info.value.code == "identity_in_use"
+    room.remove(bob)
+    room.add(person("robert", 9, fingerprint=bob.fingerprint))  # a rename after leaving is fine
+
+
 def test_same_identity_replaces_its_older_session(room):
     alice = room.find("alice")
     newer = person("alice", 7, fingerprint=alice.fingerprint)

@@ -12,7 +12,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .. import crypto
+from .. import crypto, names
 
 VERSION = crypto.PROTOCOL_VERSION
 MAX_USERNAME = 32
@@ -115,6 +115,9 @@ def check_username(username: str) -> str:
             raise ProtocolError(
                 "bad_username", f"the username must not contain U+{ord(char):04X}"
             )
+    problem = names.script_problem(username)
+    if problem is not None:
+        raise ProtocolError("bad_username", problem)
     return username
 
 

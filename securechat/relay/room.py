@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import names
 from .protocol import VERSION, Msg, ProtocolError, encode
 
 
@@ -105,7 +106,10 @@ class Room:
     max_participants: int = 256
     max_clock_skew_ms: int = 300_000
     members: dict[str, Participant] = field(default_factory=dict)
-    _by_name: dict[str, Participant] = field(default_factory=dict)
+    # [by lowercased skeleton, by skeleton as typed] (names.name_keys) -> member
+    _by_name: tuple[dict, dict] = field(default_factory=lambda: ({}, {}))
+    _keys: dict[Participant, tuple[str, str]] = field(default_factory=dict)
+    _by_fingerprint: dict[str, Participant] = field(default_factory=dict)
     _replays: ReplayGuard = field(init=False)
 
     def __post_init__(self):
@@ -114,10 +118,28 @@ class Room:
     # -- membership ------------------------------------------------------------------------
 
     def add(self, participant: Participant) -> Participant | None:
-        """Admit a participant; returns the older session of the same identity it replaces."""
-        holder = self._by_name.get(participant.username.casefold())
-        if holder is not None and holder.fingerprint != participant.fingerprint:
-            raise ProtocolError("username_taken", f"{participant.username!r} is already in the room")
+        """Admit a participant; returns the older session of the same identity it replaces.
+
+        Names are compared on their confusable skeletons (§5): "аlice" or "a1ice" is refused
+        while alice is here, unless it is alice's own identity coming back. One identity holds
+        one name: the same key under a second name would let that name borrow its ✓ Verified.
+        """
+        keys = names.name_keys(participant.username)
+        holder = None
+        for other in self._holders(keys):
+            if other.fingerprint == participant.fingerprint:
+                holder = other
+                continue
+            if other.username.casefold() == participant.username.casefold():
+                raise ProtocolError("username_taken", f"{participant.username!r} is already in the room")
+            raise ProtocolError(
+                "username_taken", f"{participant.username!r} looks like {other.username!r}, who is already in the room"
+            )
+        same_identity = self._by_fingerprint.get(participant.fingerprint)
+        if same_identity is not None and same_identity is not holder:
+            raise ProtocolError(
+                "identity_in_use", f"this identity is already in the room as {same_identity.username!r}"
+            )
         if participant.sid in self.members and self.members[participant.sid] is not holder:
             raise ProtocolError("bad_key", "this session key is already in use")
         if holder is None and len(self.members) >= self.max_participants:
@@ -125,15 +147,26 @@ class Room:
         if holder is not None:
             self.remove(holder)
         self.members[participant.sid] = participant
-        self._by_name[participant.username.casefold()] = participant
+        self._keys[participant] = keys
+        for index, key in enumerate(keys):
+            self._by_name[index][key] = participant
+        self._by_fingerprint[participant.fingerprint] = participant
         return holder
+
+    def _holders(self, keys: tuple[str, str]) -> list[Participant]:
+        found = [self._by_name[index].get(key) for index, key in enumerate(keys)]
+        return [p for i, p in enumerate(found) if p is not None and p not in found[:i]]
 
     def remove(self, participant: Participant) -> bool:
         """Remove this exact participant; False if it was already gone or replaced."""
         if self.members.get(participant.sid) is not participant:
             return False
         del self.members[participant.sid]
-        del self._by_name[participant.username.casefold()]
+        for index, key in enumerate(self._keys.pop(participant)):
+            if self._by_name[index].get(key) is participant:
+                del self._by_name[index][key]
+        if self._by_fingerprint.get(participant.fingerprint) is participant:
+            del self._by_fingerprint[participant.fingerprint]
         return True
 
     def roster(self) -> list[dict]:
@@ -143,7 +176,9 @@ class Room:
         return [p for p in self.members.values() if p is not participant]
 
     def find(self, username: str) -> Participant | None:
-        return self._by_name.get(username.casefold())
+        """The member whose name is, or looks like, `username`."""
+        found = self._holders(names.name_keys(username))
+        return found[0] if found else None
 
     # -- routing ---------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 // The page (main.js/ui.js) listens to events; node tests drive it with a fake WebSocket.
 
 import * as c from "./crypto.js";
+import { nameKeys, scriptProblem } from "./names.js";
 import { Connection, CLOSE_REPLACED, joinFrame, leaveFrame, rosterFrame, wsUrl } from "./protocol.js";
 
 export const DEFAULT_ROOM = "lobby";
@@ -13,8 +14,8 @@ const SEEN_IDS_PER_SENDER = 2000;
 export const REJOIN_GRACE_MS = 5000;
 
 // Join errors after which retrying the same join cannot help.
-const FATAL_JOIN_ERRORS = new Set(["bad_username", "username_taken", "bad_key", "bad_signature",
-  "room_full", "unsupported_version"]);
+const FATAL_JOIN_ERRORS = new Set(["bad_username", "username_taken", "identity_in_use", "bad_key",
+  "bad_signature", "room_full", "unsupported_version"]);
 
 const SEND_ERROR_TEXT = {
   replay: "The server saw this message as a replay.",
@@ -221,6 +222,12 @@ export class ChatClient {
     const entry = { sid: p.sid, username: p.username, fingerprint: String(p.fingerprint ?? ""),
       joined: p.joined, ok: false, problem: null, trust: "new", verified: false,
       identityKey: null, sessionKey: null };
+    // §5 again, whatever the server admitted: a name it should have refused is never a recipient.
+    const nameProblem = c.usernameProblem(p.username) ?? scriptProblem(p.username);
+    if (nameProblem) {
+      entry.problem = `its name is not allowed: ${nameProblem.replace(/\.$/, "")}`;
+      return entry;
+    }
     try {
       Object.assign(entry, await c.verifyParticipant(this.room, p), { ok: true });
     } catch (err) {
@@ -230,27 +237,39 @@ export class ChatClient {
     }
     const isSelf = entry.fingerprint === this.identity.fingerprint;
     entry.trust = isSelf ? "self" : await this.pinTrust(entry);
-    entry.verified = !isSelf && entry.trust !== "changed" && (await this.store.isVerified(entry.fingerprint));
+    entry.verified = !isSelf && entry.trust !== "changed"
+      && (await this.store.isVerified(entry.username, entry.fingerprint));
     return entry;
   }
 
-  /** Trust on first use: pin a new username to its fingerprint; flag a different one. */
+  /**
+   * Trust on first use, on the name's skeleton (§5): a new name is pinned to its fingerprint;
+   * a pinned name under another key — or a name that merely looks like a pinned one
+   * ("a1ice", "аlice") under another key — is a key change, never a first meeting.
+   */
   async pinTrust(entry) {
-    const key = c.usernameKey(entry.username);
-    const pin = await this.store.getPin(key);
-    if (!pin) {
-      await this.store.setPin(key, { username: entry.username, fingerprint: entry.fingerprint, since: this.now() });
-      return "new";
+    const pin = await this.store.getPin(entry.username);
+    if (pin?.fingerprint === entry.fingerprint) return "known";
+    if (pin) {
+      if (pin.username !== entry.username) entry.looksLike = pin.username;
+      return "changed";
     }
-    return pin.fingerprint === entry.fingerprint ? "known" : "changed";
+    const alike = await this.store.pinsLike(entry.username);
+    if (alike.some((other) => other.fingerprint !== entry.fingerprint)) {
+      entry.looksLike = alike.find((other) => other.fingerprint !== entry.fingerprint).username;
+      return "changed";
+    }
+    await this.store.setPin(entry.username, { fingerprint: entry.fingerprint, since: this.now() });
+    return "new";
   }
 
   async onJoined(participant) {
     const entry = await this.checkParticipant(participant);
     if (!entry) return;
     // A session replaced under the same name (§5) leaves no stale twin behind.
+    const key = nameKeys(entry.username)[0];
     for (const [sid, other] of this.roster) {
-      if (c.usernameKey(other.username) === c.usernameKey(entry.username)) this.roster.delete(sid);
+      if (nameKeys(other.username)[0] === key) this.roster.delete(sid);
     }
     this.roster.set(entry.sid, entry);
     this.emitRoster();
@@ -271,7 +290,8 @@ export class ChatClient {
   emitRoster() {
     const participants = [...this.roster.values()].map((e) => ({
       sid: e.sid, username: e.username, fingerprint: e.fingerprint, ok: e.ok, problem: e.problem,
-      trust: e.trust, verified: e.verified, you: this.session !== null && e.sid === this.session.sid,
+      trust: e.trust, verified: e.verified, looksLike: e.looksLike ?? null,
+      you: this.session !== null && e.sid === this.session.sid,
     }));
     this.emit("roster", { participants });
   }
@@ -455,10 +475,10 @@ export class ChatClient {
   async acceptKey(sid) {
     const entry = this.roster.get(sid);
     if (!entry?.ok || entry.trust !== "changed") return;
-    await this.store.setPin(c.usernameKey(entry.username), { username: entry.username,
-      fingerprint: entry.fingerprint, since: this.now() });
+    await this.store.setPin(entry.username, { fingerprint: entry.fingerprint, since: this.now() });
     entry.trust = "known";
-    entry.verified = await this.store.isVerified(entry.fingerprint);
+    entry.looksLike = null;
+    entry.verified = await this.store.isVerified(entry.username, entry.fingerprint);
     this.emit("trust", { fingerprint: entry.fingerprint, trust: entry.trust, verified: entry.verified });
     this.emitRoster();
   }
@@ -466,7 +486,7 @@ export class ChatClient {
   async markVerified(sid) {
     const entry = this.roster.get(sid);
     if (!entry?.ok || entry.trust === "changed" || entry.trust === "self") return;
-    await this.store.setVerified(entry.fingerprint, entry.username);
+    await this.store.setVerified(entry.username, entry.fingerprint);
     entry.verified = true;
     this.emit("trust", { fingerprint: entry.fingerprint, trust: entry.trust, verified: true });
     this.emitRoster();

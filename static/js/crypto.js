@@ -102,10 +102,6 @@ export function usernameProblem(name) {
   return null;
 }
 
-/** Comparison key for pins and uniqueness (the server's casefold is authoritative). */
-export function usernameKey(name) {
-  return name.normalize("NFC").toLowerCase();
-}
 
 // -- identities and sessions (§3, §4) ---------------------------------------------------
 

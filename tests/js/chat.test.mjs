@@ -119,7 +119,9 @@ test("mark verified persists per fingerprint and is refused for a changed key", 
   await until(() => alice.last("roster")?.participants.length === 2);
   await alice.client.markVerified(dave.client.session.sid);
   assert.equal(alice.last("roster").participants.find((p) => p.username === "dave").verified, true);
-  assert.equal(await store.isVerified(dave.client.identity.fingerprint), true);
+  assert.equal(await store.isVerified("dave", dave.client.identity.fingerprint), true);
+  // Verification is of (name, key): the same key under another name is not verified.
+  assert.equal(await store.isVerified("d4ve-2", dave.client.identity.fingerprint), false);
   assert.equal(alice.last("roster").participants.find((p) => p.you).verified, false);
 });
 

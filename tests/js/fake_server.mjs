@@ -132,3 +132,17 @@ export async function until(predicate, ms = 5000, what = "condition") {
     await new Promise((r) => setTimeout(r, 5));
   }
 }
+
+/**
+ * A participant the server makes up: its own identity and session keys, correctly signed,
+ * under any name. This is what a malicious server (or a member it admits) can always do.
+ */
+export async function forgedParticipant(room, username) {
+  const identity = await c.generateIdentity();
+  const session = await c.generateSession();
+  return {
+    sid: session.sid, username, fingerprint: identity.fingerprint, identity_key: identity.spki,
+    session_key: session.spki, session_sig: await c.signSession(identity.privateKey, room, username, session.spki),
+    joined: Date.now(),
+  };
+}

@@ -19,8 +19,9 @@ export function createPeople(parts) {
         if (!p.ok) {
           li.append(el("p", "p-warning", `⚠ ${p.username}'s keys failed verification (${p.problem}). Nothing is sent to this participant.`));
         } else if (p.trust === "changed") {
-          li.append(el("p", "p-warning",
-            `⚠ Key changed: ${p.username} now uses a different identity than before. Compare fingerprints; until you accept, your messages are not sent to ${p.username}.`));
+          li.append(el("p", "p-warning", p.looksLike
+            ? `⚠ Looks like ${p.looksLike}: "${p.username}" is a different identity from the ${p.looksLike} you know. Compare fingerprints; until you accept, your messages are not sent to "${p.username}".`
+            : `⚠ Key changed: ${p.username} now uses a different identity than before. Compare fingerprints; until you accept, your messages are not sent to ${p.username}.`));
           const accept = el("button", "small warn", "Accept new key");
           accept.type = "button";
           // Every per-person button names the person: a list of ten "Accept new key" is useless
