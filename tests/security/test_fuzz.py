@@ -96,7 +96,7 @@ COUNTS: Counter = Counter()
 def test_documented_codes_are_read_from_the_table():
     assert PARSER_CODES <= DOCUMENTED_CODES
     assert {"rate_limited", "server_error", "stale_recipients", "binary_unsupported"} <= DOCUMENTED_CODES
-    assert len(DOCUMENTED_CODES) == 18
+    assert len(DOCUMENTED_CODES) == 19  # v1 + identity_in_use
 
 
 # ==============================================================================================
