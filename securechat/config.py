@@ -8,6 +8,7 @@ documents them all. Anything unknown or mistyped is a ConfigError naming the key
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -24,8 +25,9 @@ class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the key."""
 
 
-def default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    base = env.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(base) / "securechat"
 
 
@@ -69,6 +71,9 @@ class Config:
     proxy_trusted: tuple[str, ...] = _setting("proxy", ())
     # [admin]
     admin_token: str | None = _setting("admin", None, env="SECURECHAT_TOKEN", secret=True, min_length=16)
+    # Not a setting: the names of the settings the file, the environment or a flag gave, so a
+    # command can tell "the default data dir" from "this data dir, on purpose".
+    given: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self):
         if self.ping_timeout > self.ping_interval:
@@ -114,7 +119,7 @@ class Config:
 
 
 def _fields() -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(Config)}
+    return {f.name: f for f in dataclasses.fields(Config) if "section" in f.metadata}
 
 
 def toml_key(f: dataclasses.Field) -> str:
@@ -144,7 +149,7 @@ def load_config(
     for name, value in (overrides or {}).items():
         if value is not None:
             values[name] = _coerce(_fields()[name], value, f"--{name.replace('_', '-')}")
-    return Config(**values)
+    return Config(**values, given=frozenset(values))
 
 
 def _from_toml(path: Path) -> dict[str, Any]:
@@ -161,14 +166,33 @@ def _from_toml(path: Path) -> dict[str, Any]:
     sections = {section for section, _ in by_key}
     values = {}
     for section, table in document.items():
-        if section not in sections or not isinstance(table, dict):
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {_misplaced(section, table, by_key, sections)}")
+        if section not in sections:
             raise ConfigError(f"{path}: unknown section [{section}]")
         for key, raw in table.items():
             f = by_key.get((section, key))
             if f is None:
-                raise ConfigError(f"{path}: unknown key {section}.{key}")
-            values[f.name] = _coerce(f, raw, f"{section}.{key}")
+                raise ConfigError(f"{path}: unknown key {section}.{key}{_elsewhere(key, by_key)}")
+            # TOML has types: a number written as a string is a mistake, not a number.
+            values[f.name] = _coerce(f, raw, f"{section}.{key}", strict=True)
     return values
+
+
+def _misplaced(key: str, value: Any, by_key: dict, sections: set[str]) -> str:
+    """A top-level `key = value`: every setting lives in a section; say which one."""
+    homes = sorted(section for section, name in by_key if name == key)
+    if homes:
+        shown = json.dumps(value) if isinstance(value, (str, bool, int, float)) else "…"
+        return f"{key} is outside any section; put `{key} = {shown}` under [{homes[0]}] ({homes[0]}.{key})"
+    if key in sections:
+        return f"[{key}] must be a table of settings, not a single value"
+    return f"unknown key {key} (every setting lives in a section such as [server]; see config.example.toml)"
+
+
+def _elsewhere(key: str, by_key: dict) -> str:
+    homes = sorted(f"{section}.{name}" for section, name in by_key if name == key)
+    return f"; did you mean {' or '.join(homes)}?" if homes else ""
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -202,13 +226,19 @@ def _kind(f: dataclasses.Field):
     return str
 
 
-def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
+def _coerce(f: dataclasses.Field, value: Any, where: str, *, strict: bool = False) -> Any:
+    """value as the setting's type; strict (a TOML file) refuses text where a number belongs,
+    while environment variables, which are always text, are parsed."""
     kind = _kind(f)
     shown = "the value given" if f.metadata.get("secret") else repr(value)
     try:
+        if strict and kind in (int, float) and isinstance(value, str):
+            raise TypeError
         coerced = _convert(kind, value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{where} must be {_describe(kind)}, not {shown}") from None
+        hint = f" (write {value.strip()} without quotes)" if strict and isinstance(value, str) \
+            and _parses_as(kind, value) else ""
+        raise ConfigError(f"{where} must be {_describe(kind)}, not {shown}{hint}") from None
     _check_range(f, coerced, where, shown)
     return coerced
 
@@ -237,6 +267,14 @@ def _convert(kind, value):
     if not isinstance(value, str):
         raise TypeError
     return value
+
+
+def _parses_as(kind, text: str) -> bool:
+    try:
+        _convert(kind, text)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _describe(kind) -> str:

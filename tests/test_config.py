@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,17 @@ def test_example_file_documents_every_key_and_loads():
     ("[server]\nprot = 1\n", "unknown key server.prot"),
     ("[srever]\nport = 1\n", "unknown section [srever]"),
     ("[server]\nport = 'x'\n", "server.port must be an integer"),
+    # TOML has types: text where a number belongs is a mistake, even if it looks like one
+    ('[server]\nport = "5001"\n', "server.port must be an integer, not '5001' (write 5001 without quotes)"),
+    ('[limits]\nrate_per_second = "2.5"\n', "limits.rate_per_second must be a number, not '2.5'"),
+    ('[log]\nmax_bytes = "1048576"\n', "log.max_bytes must be an integer"),
+    # a setting outside its section says which section it belongs in
+    ("port = 5001\n", "port is outside any section; put `port = 5001` under [server] (server.port)"),
+    ('host = "0.0.0.0"\n', 'put `host = "0.0.0.0"` under [server]'),
+    ("keep = 3\n", "under [log] (log.keep)"),
+    ("[server]\nkeep = 3\n", "unknown key server.keep; did you mean log.keep?"),
+    ("tls = true\n", "[tls] must be a table of settings"),
+    ("bogus = 1\n", "unknown key bogus (every setting lives in a section such as [server]"),
     ("[server]\nport = 70000\n", "server.port must be at most 65535"),
     ("[log]\nfsync = 'sometimes'\n", "log.fsync must be one of always, interval, never"),
     ("[tls]\nenabled = 'yes'\n", "tls.enabled must be true or false"),
@@ -82,7 +94,7 @@ def test_example_file_documents_every_key_and_loads():
     ("[server\n", "is not valid TOML"),
 ])
 def test_errors_name_the_key(tmp_path, text, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(write(tmp_path, text), env={})
 
 
@@ -91,6 +103,18 @@ def test_env_errors_name_the_variable():
         load_config(env={"SECURECHAT_PORT": "five"})
     with pytest.raises(ConfigError, match="SECURECHAT_TLS must be true or false"):
         load_config(env={"SECURECHAT_TLS": "maybe"})
+
+
+def test_env_values_are_text_and_parsed():
+    config = load_config(env={"SECURECHAT_PORT": "5001", "SECURECHAT_RATE_PER_SECOND": "2.5"})
+    assert config.port == 5001 and config.rate_per_second == 2.5
+
+
+def test_which_settings_were_given(tmp_path):
+    assert load_config(env={}).given == frozenset()
+    path = write(tmp_path, "[server]\nport = 6000\n")
+    config = load_config(path, env={"SECURECHAT_ROOM": "x"}, overrides={"data_dir": tmp_path, "host": None})
+    assert config.given == {"port", "room", "data_dir"}
 
 
 def test_env_lists_and_booleans():
