@@ -32,6 +32,14 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def log_membership(event: str, participant: Participant) -> None:
+    """One line per join and leave at -v (debug), so an admin can watch who comes and goes.
+    Metadata only, what the roster shows anyway: name, the fingerprint's first groups, address."""
+    if log.isEnabledFor(logging.DEBUG):
+        prefix = " ".join(participant.fingerprint[i:i + 4] for i in range(0, 16, 4))
+        log.debug("%s %s (fingerprint %s …) from %s", participant.username, event, prefix, participant.remote)
+
+
 class Hub:
     def __init__(self, config: Config, ciphertext_log: CiphertextLog):
         self.config = config
@@ -102,6 +110,7 @@ class Hub:
         for other in room.others(participant):
             other.connection.send(joined)
         self.log.append(room.membership_record("join", participant, now_ms()))
+        log_membership("joined", participant)
         return participant
 
     def hello(self, connection: Connection) -> None:
@@ -122,6 +131,7 @@ class Hub:
                 continue
             other.connection.send(left)
         self.log.append(room.membership_record("leave", participant, now_ms()))
+        log_membership("left", participant)
 
     def roster(self, participant: Participant) -> None:
         room = self.rooms.get()
