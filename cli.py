@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -17,10 +18,27 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 class UserError(click.ClickException):
-    """One readable line on stderr and exit code 1, never a traceback."""
+    """One readable line on stderr and exit code 1 (2 for a choice the user must make), never
+    a traceback."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
 
     def show(self, file=None) -> None:
         click.echo(f"securechat: {self.format_message()}", err=True)
+
+
+class Securechat(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            # `securechat logs dump | head -1`: the reader has all it wanted; a normal end.
+            # Point stdout at /dev/null so the interpreter's final flush cannot fail again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(0)
 
 
 def build_config(config_file: Path | None, **flags) -> Config:
@@ -39,7 +57,7 @@ def setup_logging(verbose: bool) -> None:
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(cls=Securechat, context_settings=CONTEXT)
 @click.version_option(__version__, "--version", prog_name="securechat")
 def main() -> None:
     """securechat: an end-to-end encrypted group chat for your LAN.
@@ -58,12 +76,33 @@ def config_options(command):
                         envvar="SECURECHAT_CONFIG", help="A TOML file (see config.example.toml).")(command)
 
 
+class FingerprintParam(click.ParamType):
+    name = "SHA256"
+
+    def convert(self, value, param, ctx):
+        from securechat.admin.client import normalise_fingerprint
+
+        try:
+            return normalise_fingerprint(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 def server_options(command):
-    """--url and --token: reach a server that left no runtime file here (another machine)."""
+    """How an admin command picks its server: one running here (--port, --data-dir to choose
+    among several) or any server by --url, --token and how to trust its certificate."""
+    command = click.option("--cacert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                           help="With --url: trust certificates this CA (PEM) issued, e.g. the "
+                           "server's <data dir>/tls/ca.pem.")(command)
+    command = click.option("--fingerprint", type=FingerprintParam(),
+                           help="With --url: trust exactly the certificate with this SHA-256 "
+                           "fingerprint (what `securechat tls show` prints on the server).")(command)
     command = click.option("--token", help="The server's admin token; prefer SECURECHAT_TOKEN "
                            "(a flag shows up in `ps`).")(command)
-    return click.option("--url", help="The server's base URL, e.g. https://192.168.1.20:5000/.  "
-                        "[default: the running server found through its runtime file]")(command)
+    command = click.option("--url", help="The server's base URL, e.g. https://192.168.1.20:5000/.  "
+                           "[default: the server running here]")(command)
+    return click.option("--port", type=click.IntRange(1, 65535),
+                        help="The running server on this port, when several run here.")(command)
 
 
 class TimeParam(click.ParamType):
@@ -154,13 +193,24 @@ def tls_show(data_dir, config_file) -> None:
     print_certificate(make_console(), status)
 
 
-def admin_client(config, url, token, *, exact: bool):
+def admin_client(config: Config, *, url=None, token=None, port=None, fingerprint=None, cacert=None,
+                 required: bool = True):
+    """The server an admin command talks to; every admin command finds it the same way.
+
+    Without --url: the one running here, narrowed by --port and by --data-dir (only when the
+    data dir was given: flag, variable or file). None when `required` is false and none runs.
+    """
     from securechat.admin.client import AdminError, find_server
 
+    if (fingerprint or cacert) and url is None:
+        raise click.UsageError("--fingerprint and --cacert go with --url; a server running here is "
+                               "pinned through its runtime file")
+    data_dir = config.data_dir if "data_dir" in config.given else None
     try:
-        return find_server(config, url=url, token=token, exact=exact)
+        return find_server(config, url=url, token=token, port=port, data_dir=data_dir,
+                           fingerprint=fingerprint, cacert=cacert, required=required)
     except AdminError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(str(exc), exc.exit_code) from None
 
 
 def admin_call(call):
@@ -169,29 +219,67 @@ def admin_call(call):
     try:
         return call()
     except AdminError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(str(exc), exc.exit_code) from None
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts (no tokens).")
+def status(as_json) -> None:
+    """List the securechat servers running here, as this user: port, data dir, URLs, people.
+
+    Every `securechat serve` registers in this user's runtime dir ($XDG_RUNTIME_DIR/securechat,
+    else ~/.local/share/securechat/runtime); the admin commands use the one running, or the
+    one --port or --data-dir names when several run.
+
+    \b
+    Examples:
+      securechat status
+      securechat status --json | jq '.servers[].port'
+    """
+    from securechat.admin import runtime
+    from securechat.admin.client import AdminClient, AdminError
+    from securechat.admin.views import status_lines
+
+    scan = runtime.scan()
+    for problem in scan.problems:
+        click.echo(f"securechat: warning: {problem}", err=True)
+    servers = []
+    for info in scan.servers:
+        entry = {key: value for key, value in vars(info).items() if key != "token"}
+        try:
+            live = AdminClient(info.admin_url, info.token, info.cert_fingerprint, timeout=3).status()
+            entry["status"] = {k: live.get(k) for k in ("participants", "connections", "room", "uptime")}
+        except AdminError as exc:
+            entry["status"] = None
+            entry["problem"] = str(exc)
+        servers.append(entry)
+    if as_json:
+        click.echo(json.dumps({"runtime_dir": str(scan.directory), "servers": servers}, indent=2))
+        return
+    for line in status_lines(servers, scan.directory):
+        click.echo(line)
 
 
 @main.command(context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @server_options
 @config_options
-def roster(as_json, url, token, data_dir, config_file) -> None:
+def roster(as_json, port, url, token, fingerprint, cacert, data_dir, config_file) -> None:
     """List who is connected: name, fingerprint, since when, from where.
 
     The fingerprint is grouped exactly as the browser shows it, for comparing out of band.
+    With one server running here it needs no options; with several, --port or --data-dir
+    says which (`securechat status` lists them).
 
     \b
     Examples:
       securechat roster
+      securechat roster --port 5001
       securechat roster --json | jq -r '.participants[].username'
-      SECURECHAT_TOKEN=... securechat roster --url https://192.168.1.20:5000/
+      SECURECHAT_TOKEN=... securechat roster --url https://192.168.1.20:5000/ --fingerprint AB:CD:…
     """
     config = build_config(config_file, data_dir=data_dir)
-    client = admin_client(config, url, token, exact=False)
-    if client is None:
-        raise UserError("no running securechat server found; start one with `securechat serve`, "
-                        "or pass --url and --token")
+    client = admin_client(config, url=url, token=token, port=port, fingerprint=fingerprint, cacert=cacert)
     answer = admin_call(client.roster)
     if as_json:
         click.echo(json.dumps(answer, indent=2))
@@ -221,12 +309,15 @@ def logs() -> None:
 @click.option("--follow-for", type=float, hidden=True, help="Follow for this many seconds (tests).")
 @server_options
 @config_options
-def dump(as_json, since, until, follow, follow_for, url, token, data_dir, config_file) -> None:
+def dump(as_json, since, until, follow, follow_for, port, url, token, fingerprint, cacert, data_dir,
+         config_file) -> None:
     """Print the ciphertext log, oldest first, across rotated files.
 
     Only metadata is readable (who, when, to how many, how big); the content is ciphertext.
     A torn or corrupt line is reported on stderr with its file and line, and skipped.
-    With --url it reads a server's log over its admin API instead of the local files.
+    It reads the log of the server running here (--port or --data-dir picks one of several;
+    with none running, the configured data dir). With --url it reads a server's log over its
+    admin API instead of the local files.
 
     \b
     Examples:
@@ -245,26 +336,40 @@ def dump(as_json, since, until, follow, follow_for, url, token, data_dir, config
     if url is not None:
         if follow or follow_for is not None:
             raise click.UsageError("--follow reads the local files; it does not go with --url")
-        items = remote_items(admin_client(config, url, token, exact=True), since, until)
-        print_items(with_progress(items), as_json=as_json, chunk=500)
+        client = admin_client(config, url=url, token=token, fingerprint=fingerprint, cacert=cacert)
+        print_items(with_progress(remote_items(client, since, until)), as_json=as_json, chunk=500)
         return
-    if not config.log_dir.is_dir():
-        raise UserError(f"no ciphertext log in {config.log_dir}; check --data-dir")
+    log_dir = local_log_dir(config, port=port, fingerprint=fingerprint, cacert=cacert)
+    if not log_dir.is_dir():
+        raise UserError(f"no ciphertext log in {log_dir}; check --data-dir")
     if follow or follow_for is not None:
         deadline = time.monotonic() + follow_for if follow_for is not None else None
-        items = dump_module.follow(config.log_dir, since=since, until=until,
+        items = dump_module.follow(log_dir, since=since, until=until,
                                    keep_going=lambda: deadline is None or time.monotonic() < deadline)
     else:
-        items = with_progress(read_log(config.log_dir, since=since, until=until))
+        items = with_progress(read_log(log_dir, since=since, until=until))
     try:
         print_items(items, as_json=as_json, chunk=1 if follow or follow_for else 500)
     except KeyboardInterrupt:
         pass
 
 
+def local_log_dir(config: Config, *, port, fingerprint, cacert) -> Path:
+    """The data dir whose files to read: the one given, else the running server's (the one on
+    --port), else the configured default."""
+    if fingerprint or cacert:
+        raise click.UsageError("--fingerprint and --cacert go with --url")
+    if "data_dir" in config.given:
+        return config.log_dir
+    client = admin_client(config, port=port, required=port is not None)
+    return Path(client.server.data_dir) if client is not None else config.log_dir
+
+
 def remote_items(client, since, until):
-    """The server's records as LogRecords, so remote and local dumps print alike."""
+    """The server's records as LogRecords, so remote and local dumps print alike. The server
+    is not ours: no control character it sends reaches the terminal, even in --json lines."""
     from securechat.admin.client import AdminError
+    from securechat.admin.terminal import safe_json_line
     from securechat.storage.ciphertext_log import LogRecord
 
     def skipped(count: int) -> None:
@@ -272,7 +377,11 @@ def remote_items(client, since, until):
 
     try:
         for raw in client.logs(since=since, until=until, on_skipped=skipped):
-            yield LogRecord(Path(client.url), 0, json.loads(raw), raw)
+            raw = safe_json_line(raw)
+            record = json.loads(raw)
+            if not isinstance(record, dict):
+                raise ValueError(raw)
+            yield LogRecord(Path(client.url), 0, record, raw)
     except (ValueError, AdminError) as exc:
         raise UserError(str(exc) if isinstance(exc, AdminError) else
                         f"the server at {client.url} sent a line that is not JSON") from None
@@ -320,40 +429,52 @@ def print_items(items, *, as_json: bool, chunk: int) -> None:
 @click.option("--keep", type=click.IntRange(min=1), help="Rotated files to keep.  [default: log.keep, 10]")
 @server_options
 @config_options
-def rotate(keep, url, token, data_dir, config_file) -> None:
+def rotate(keep, port, url, token, fingerprint, cacert, data_dir, config_file) -> None:
     """Start a new live log now; gzip the old one and delete the oldest beyond --keep.
 
-    Through the running server when there is one (so no record is lost), else directly on
-    the files in the data dir.
+    Through the running server when there is one (so no record is lost): the one running
+    here, or the one --port or --data-dir names. With none, directly on the files in the
+    data dir.
 
     \b
     Examples:
       securechat logs rotate
       securechat logs rotate --keep 3
+      securechat logs rotate --data-dir /var/lib/securechat
     """
+    from securechat.admin import runtime
+    from securechat.admin.terminal import strip_controls
     from securechat.storage.ciphertext_log import LogError, LogLocked, rotate_offline
 
     config = build_config(config_file, data_dir=data_dir)
     keep = keep or config.log_keep
-    client = admin_client(config, url, token, exact=True)
+    client = admin_client(config, url=url, token=token, port=port, fingerprint=fingerprint, cacert=cacert,
+                          required=url is not None or port is not None)
+    kept = f"keeping at most {keep} rotated file{'s' if keep != 1 else ''}"
     if client is not None:
-        rotated = admin_call(lambda: client.rotate(keep))["rotated"]
-        where = f"by the server at {client.url}"
-    elif not config.log_dir.is_dir():
+        rotated = admin_call(lambda: client.rotate(keep)).get("rotated")
+        if rotated is None:
+            click.echo(f"nothing to rotate: the live log of the server at {client.url} is empty; {kept}")
+        else:
+            click.echo(f"rotated to {strip_controls(str(rotated))} by the server at {client.url}; {kept}")
+        return
+    if not config.log_dir.is_dir():
         raise UserError(f"no ciphertext log in {config.log_dir} and no server using it; check --data-dir")
+    try:
+        path = rotate_offline(config.log_dir, keep)
+    except LogLocked:
+        scan = runtime.scan()
+        who = runtime.holder(config.log_dir, scan.servers)
+        who = f" ({who})" if who else ""
+        raise UserError(f"a securechat server{who} is using {config.log_dir} but is not registered in "
+                        f"{scan.directory}; rotate through it with --url URL and --token (or "
+                        "SECURECHAT_TOKEN)") from None
+    except (LogError, OSError) as exc:
+        raise UserError(f"cannot rotate the log in {config.log_dir}: {exc}") from None
+    if path is None:
+        click.echo(f"nothing to rotate: the live log in {config.log_dir} is empty (no server running); {kept}")
     else:
-        try:
-            path = rotate_offline(config.log_dir, keep)
-        except LogLocked:
-            raise UserError(f"a securechat server is using {config.log_dir} but left no runtime file here; "
-                            "rotate through it with --url URL and --token (or SECURECHAT_TOKEN)") from None
-        except (LogError, OSError) as exc:
-            raise UserError(f"cannot rotate the log in {config.log_dir}: {exc}") from None
-        rotated, where = (path.name if path else None), "(no server running)"
-    if rotated is None:
-        click.echo(f"nothing to rotate: the live log is empty {where}; kept at most {keep} rotated files")
-    else:
-        click.echo(f"rotated to {rotated} {where}; kept at most {keep} rotated files")
+        click.echo(f"rotated to {path.name} in {config.log_dir} (no server running); {kept}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import io
 import ipaddress
+import logging
 import os
 import ssl
 import sys
@@ -22,9 +23,18 @@ from . import __version__, tls
 from .admin import runtime
 from .config import Config
 from .server import RunningServer, install_signal_handlers, start, tune_garbage_collector
-from .storage.ciphertext_log import LogError
+from .storage.ciphertext_log import LogError, LogLocked
 
 ALL_INTERFACES = (None, "", "0.0.0.0", "::")
+log = logging.getLogger("securechat")
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich would exit 1; `securechat logs dump | head -1` is a normal end, which the CLI
+        # turns into exit 0 for every command alike.
+        self.quiet = True
+        raise BrokenPipeError
 
 
 def make_console(stderr: bool = False) -> Console:
@@ -38,8 +48,8 @@ def make_console(stderr: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     terminal = stream.isatty()
     width = None if terminal or os.environ.get("COLUMNS") else 200
-    return Console(stderr=stderr, highlight=False, color_system="auto" if terminal else None, width=width,
-                   soft_wrap=True, emoji=False)
+    return _Console(stderr=stderr, highlight=False, color_system="auto" if terminal else None, width=width,
+                    soft_wrap=True, emoji=False)
 
 
 # -- URLs ---------------------------------------------------------------------------------
@@ -86,7 +96,7 @@ def certificate(config: Config) -> tuple[tls.CertStatus | None, ssl.SSLContext |
     except tls.TLSConfigError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        raise click.ClickException(f"cannot write the certificate in {config.data_dir}: {exc.strerror}") from None
+        raise click.ClickException(_data_dir_error(config, exc, "the certificate")) from None
 
 
 # -- the banner ---------------------------------------------------------------------------
@@ -150,8 +160,12 @@ async def run_server(config: Config) -> None:
     cert, context = certificate(config)
     try:
         server = await start(config, context)
+    except LogLocked as exc:
+        raise click.ClickException(_locked_error(config, exc)) from None
     except OSError as exc:
-        raise click.ClickException(_bind_error(config, exc)) from None
+        # A file error names its file (the data dir, the log); a failed bind names none.
+        message = _data_dir_error(config, exc, "the ciphertext log") if exc.filename else _bind_error(config, exc)
+        raise click.ClickException(message) from None
     except LogError as exc:
         raise click.ClickException(str(exc)) from None
     scheme = "https" if cert else "http"
@@ -173,15 +187,46 @@ async def run_server(config: Config) -> None:
 def _write_runtime_file(server: RunningServer, scheme: str, urls: list[str], cert) -> Path:
     config = server.config
     info = runtime.ServerInfo(
-        pid=os.getpid(), version=__version__, started=server.hub.started, data_dir=str(config.data_dir),
+        pid=os.getpid(), version=__version__, started=server.hub.started,
+        # absolute: the admin commands compare it from wherever they run
+        data_dir=str(runtime.resolved(config.data_dir)),
         scheme=scheme, port=server.port, urls=urls, admin_url=admin_url(config.listen_host, server.port, scheme),
         token=config.admin_token, cert_fingerprint=cert.fingerprint if cert else None,
     )
-    directory = runtime.runtime_dirs(config.data_dir)[0]
+    problems: list[str] = []
+    directory = runtime.runtime_dir(problems=problems)
+    for problem in problems:  # e.g. a shared XDG_RUNTIME_DIR: say why we registered elsewhere
+        log.warning("runtime dir: %s; using %s instead", problem, directory)
     try:
         return runtime.write(directory, info)
+    except runtime.UnsafeRuntimeDir as exc:
+        raise click.ClickException(f"cannot register this server for the admin commands: {exc}") from None
     except OSError as exc:
         raise click.ClickException(f"cannot write the runtime file in {directory}: {exc.strerror}") from None
+
+
+def _data_dir_error(config: Config, exc: OSError, what: str) -> str:
+    """A file the server must write cannot be: say which, why, and what to do."""
+    path = exc.filename or config.data_dir
+    why = (exc.strerror or str(exc)).lower()
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "choose a data dir you can write with --data-dir (or server.data_dir, SECURECHAT_DATA_DIR)"
+    elif exc.errno == errno.ENOSPC:
+        fix = "free some space or choose another --data-dir"
+    else:
+        fix = "check --data-dir"
+    if runtime.resolved(path) == runtime.resolved(config.data_dir):
+        where = f"the data dir {path}"
+    else:
+        where = f"{path} (data dir {config.data_dir})"
+    return f"cannot write {what}: {where}: {why}; {fix}"
+
+
+def _locked_error(config: Config, exc: LogLocked) -> str:
+    who = runtime.holder(config.data_dir, runtime.running_servers())
+    by = f"another securechat server ({who})" if who else "another securechat process"
+    return (f"the ciphertext log in {config.data_dir} is in use by {by}; stop it, or give this "
+            "one its own --data-dir")
 
 
 def _bind_error(config: Config, exc: OSError) -> str:

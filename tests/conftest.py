@@ -99,3 +99,19 @@ async def serving(config: Config):
     finally:
         server.stop()
         log.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """Start `securechat serve` subprocesses (helpers.Server); all are stopped at the end."""
+    from helpers import Server
+
+    started = []
+
+    def _start(*args, **kwargs) -> Server:
+        started.append(Server(tmp_path, *args, **kwargs))
+        return started[-1]
+
+    yield _start
+    for s in started:
+        s.stop()

@@ -4,77 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
-from helpers import clean_env, free_port, wait_for_http
+from helpers import cli, close_all, joined
 
 from cli import main
 from securechat.admin.client import AdminClient
 from securechat.client import ChatClient
 from securechat.storage.ciphertext_log import LogRecord, read_log
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class Server:
-    def __init__(self, tmp_path: Path, *args: str, runtime_dir: Path | None = None, **env: str):
-        self.data = tmp_path / "data"
-        self.runtime = runtime_dir or tmp_path / "run"
-        self.port = free_port()
-        self.env = clean_env(XDG_RUNTIME_DIR=str(self.runtime), **env)
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "cli.py"), "serve", "--port", str(self.port), "--data-dir", str(self.data),
-             *args], cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_for_http(f"http://127.0.0.1:{self.port}/healthz", self.process)
-        self.ws = f"ws://127.0.0.1:{self.port}/ws"
-
-    def runtime_file(self) -> Path:
-        return self.runtime / "securechat" / f"server-{self.process.pid}.json"
-
-    def stop(self) -> tuple[str, str]:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-        out, err = self.process.communicate(timeout=15)
-        assert "Traceback" not in err
-        return out, err
-
-
-@pytest.fixture
-def server(tmp_path):
-    started = []
-
-    def _start(*args, **kwargs) -> Server:
-        started.append(Server(tmp_path, *args, **kwargs))
-        return started[-1]
-
-    yield _start
-    for s in started:
-        s.stop()
-
-
-def cli(*args: str, runtime: Path, **env: str):
-    runner = CliRunner(env={"XDG_RUNTIME_DIR": str(runtime), "NO_COLOR": "1", "SECURECHAT_TOKEN": None, **env})
-    return runner.invoke(main, list(args))
-
-
-async def close_all(clients: list[ChatClient]) -> None:
-    """Close and wait for the close handshake, so no socket outlives the event loop."""
-    for client in clients:
-        client.close()
-        while await asyncio.wait_for(client.ws.read_message(), 5) is not None:
-            pass
-
-
-async def joined(url: str, *names: str) -> list[ChatClient]:
-    clients = [ChatClient(url, name) for name in names]
-    for client in clients:
-        await client.connect()
-    return clients
 
 
 def test_runtime_file_is_private_holds_the_token_and_goes_away(server):
@@ -193,7 +131,9 @@ def test_logs_rotate_through_the_server_then_dump(server):
 
     alice, rotated = asyncio.run(scenario())
     assert rotated.exit_code == 0, rotated.output
-    assert rotated.output.startswith("rotated to ciphertext-") and "by the server at http://127.0.0.1:" in rotated.output
+    assert rotated.output.startswith("rotated to ciphertext-")
+    assert rotated.output.endswith(f".jsonl.gz by the server at http://127.0.0.1:{s.port}/; "
+                                   "keeping at most 3 rotated files\n")
     assert len(list(s.data.glob("*.jsonl.gz"))) == 1
     raw = cli("logs", "dump", "--json", "--data-dir", str(s.data), runtime=s.runtime)
     events = [json.loads(line)["event"] for line in raw.output.splitlines()]
@@ -211,13 +151,18 @@ def test_offline_rotate_and_a_server_without_a_runtime_file_here(server, tmp_pat
     s = server(runtime_dir=tmp_path / "server-run")
     locked = cli("logs", "rotate", "--data-dir", str(s.data), runtime=tmp_path / "my-run")
     assert locked.exit_code == 1
-    assert "a securechat server is using" in locked.output and "--url" in locked.output
+    # It cannot reach the server, but it says which one holds the log.
+    assert f"a securechat server (pid {s.process.pid}, port {s.port}) is using {s.data}" in locked.output
+    assert "--url" in locked.output
     s.stop()
+    empty = cli("logs", "rotate", "--data-dir", str(s.data), "--keep", "1", runtime=tmp_path / "my-run")
+    assert empty.output == (f"nothing to rotate: the live log in {s.data} is empty (no server running); "
+                            "keeping at most 1 rotated file\n")
     with (s.data / "ciphertext.jsonl").open("a") as fh:
         fh.write('{"event":"join","t":1}\n')
     offline = cli("logs", "rotate", "--data-dir", str(s.data), "--keep", "2", runtime=tmp_path / "my-run")
     assert offline.exit_code == 0 and offline.output.startswith("rotated to ciphertext-")
-    assert "(no server running)" in offline.output
+    assert offline.output.endswith(f" in {s.data} (no server running); keeping at most 2 rotated files\n")
     missing = cli("logs", "rotate", "--data-dir", str(tmp_path / "nope"), runtime=tmp_path / "my-run")
     assert missing.exit_code == 1 and "no ciphertext log in" in missing.output
 

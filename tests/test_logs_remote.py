@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from test_admin_cli import cli, close_all, joined, server  # noqa: F401 (server is a fixture)
+from helpers import cli, close_all, joined
 
 from securechat.admin.client import AdminClient
 from securechat.storage.ciphertext_log import LogRecord, read_log

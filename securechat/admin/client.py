@@ -1,8 +1,13 @@
-"""The admin commands' side of /api/admin/*: a small blocking HTTP client with readable errors.
+"""The admin commands' side of /api/admin/*: finding the server, and a small blocking HTTP
+client with readable errors.
 
-Over https it pins the server's certificate by its SHA-256 fingerprint (from the runtime file)
-and checks the pin *before* the token is sent: a self-signed LAN certificate has no CA to
-vouch for it, and the token must never go to anyone else.
+Over https it pins the server's certificate by its SHA-256 fingerprint (from the runtime file,
+or `--fingerprint`) and checks the pin *before* the token is sent: a self-signed LAN
+certificate has no CA to vouch for it, and the token must never go to anyone else. `--cacert`
+trusts a CA instead (with the usual name checks).
+
+Everything the server sends that reaches a terminal is stripped of control characters
+(securechat.admin.terminal): a remote server is not trusted with the admin's screen.
 """
 
 from __future__ import annotations
@@ -20,18 +25,30 @@ from urllib.parse import urlencode, urlsplit
 from ..config import Config
 from ..tls import TLSConfigError, describe_certificate
 from . import runtime
+from .terminal import strip_controls
 
 
 class AdminError(Exception):
     """Why an admin call failed, in one line for people."""
+
+    exit_code = 1
+
+
+class ServerChoiceError(AdminError):
+    """Several running servers match: the user must say which (a usage error, exit status 2)."""
+
+    exit_code = 2
 
 
 @dataclass
 class AdminClient:
     url: str  # the server's base URL, e.g. https://127.0.0.1:5000/
     token: str = field(repr=False)
-    pin: str | None = None  # certificate SHA-256 as "AA:BB:…"; None verifies against system CAs
+    pin: str | None = None  # certificate SHA-256 as "AA:BB:…"; None verifies against CAs
     timeout: float = 10
+    cacert: Path | None = None  # the CAs to verify against instead of the system's
+    pin_given: bool = False  # the pin came from --fingerprint (not a runtime file): say so
+    server: runtime.ServerInfo | None = None  # the runtime file this client was found through
 
     def status(self) -> dict:
         return self._call("GET", "/api/admin/status")
@@ -84,7 +101,11 @@ class AdminClient:
             connection.request(method, parts.path.rstrip("/") + path, body=body, headers=headers)
             yield connection.getresponse()
         except ssl.SSLCertVerificationError as exc:
-            raise AdminError(f"the certificate of {self.url} is not trusted: {exc.verify_message}") from None
+            raise AdminError(
+                f"the certificate of {self.url} is not trusted: {exc.verify_message}; if it is the "
+                "server's own certificate, pin it with --fingerprint SHA256 (what `securechat tls show` "
+                "prints on the server) or trust its CA with --cacert FILE"
+            ) from None
         except (OSError, http.client.HTTPException) as exc:
             raise AdminError(f"no securechat server answers at {self.url} ({_why(exc)})") from None
         finally:
@@ -97,7 +118,11 @@ class AdminClient:
         return http.client.HTTPSConnection(parts.hostname, port, timeout=self.timeout, context=self._context())
 
     def _context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context()
+        try:
+            context = ssl.create_default_context(cafile=self.cacert if self.pin is None else None)
+        except (OSError, ssl.SSLError) as exc:
+            why = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
+            raise AdminError(f"cannot use --cacert {self.cacert}: {why}") from None
         if self.pin is not None:
             # The pin replaces CA and name checks: the exact certificate is what we trust.
             context.check_hostname = False
@@ -109,7 +134,11 @@ class AdminClient:
             return
         der = connection.sock.getpeercert(binary_form=True)
         seen = hashlib.sha256(der).hexdigest()
-        if seen != self.pin.replace(":", "").lower():
+        if seen != normalise_fingerprint(self.pin):
+            if self.pin_given:
+                shown = ":".join(seen[i:i + 2] for i in range(0, 64, 2)).upper()
+                raise AdminError(f"the server at {self.url} shows certificate SHA-256 {shown}, not the "
+                                 "--fingerprint given; refusing to send the admin token")
             raise AdminError(
                 f"the server at {self.url} shows a different certificate than the running "
                 "securechat server recorded; refusing to send the admin token"
@@ -124,6 +153,7 @@ class AdminClient:
             raise AdminError(f"the server at {self.url} refused the admin token; check --token or SECURECHAT_TOKEN")
         if status != 200 or not isinstance(body, dict):
             detail = body.get("error") if isinstance(body, dict) else None
+            detail = strip_controls(detail)[:300] if isinstance(detail, str) else None
             raise AdminError(f"the server at {self.url} answered {status}" + (f": {detail}" if detail else ""))
         return body
 
@@ -136,23 +166,82 @@ def _why(exc: Exception) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
-def find_server(config: Config, *, url: str | None = None, token: str | None = None,
-                exact: bool = False) -> AdminClient | None:
-    """A client for the server to administer, or None when none is running.
+def normalise_fingerprint(text: str) -> str:
+    """64 lowercase hex digits from "AA:BB:…" (what `tls show` prints), plain hex, or with spaces."""
+    digits = text.strip().lower()
+    for prefix in ("sha256:", "sha-256:", "sha256 ", "sha-256 "):
+        if digits.startswith(prefix):
+            digits = digits[len(prefix):]
+    digits = digits.replace(":", "").replace(" ", "")
+    if len(digits) != 64 or any(c not in "0123456789abcdef" for c in digits):
+        raise ValueError("a SHA-256 fingerprint is 64 hex digits, e.g. AB:CD:… as `securechat tls show` prints it")
+    return digits
 
-    With url: that server, the token from --token or the configuration. Without: the runtime
-    file of the server using config.data_dir, else (unless exact) the newest running one.
+
+def find_server(config: Config, *, url: str | None = None, token: str | None = None,
+                port: int | None = None, data_dir: Path | None = None, fingerprint: str | None = None,
+                cacert: Path | None = None, required: bool = True) -> AdminClient | None:
+    """A client for the server to administer: the lookup every admin command shares.
+
+    With url: that server, with the token from --token or the configuration, its certificate
+    pinned by `fingerprint`, verified against `cacert`, or pinned to the certificate this
+    configuration serves if it is on this machine. Without: the running servers registered in
+    this user's runtime dir, narrowed by `port` and `data_dir` when given; exactly one must
+    remain. Several raise ServerChoiceError (saying how to choose); none raises AdminError
+    when `required`, else returns None (the caller works on the files instead).
     """
     token = token or config.admin_token
     if url is not None:
         if not token:
             raise AdminError("--url needs the server's admin token: pass --token or set SECURECHAT_TOKEN")
-        return AdminClient(url, token, _pin_for(config) if url.startswith("https:") else None)
-    servers = runtime.running_servers(runtime.runtime_dirs(config.data_dir))
-    info = runtime.choose(servers, config.data_dir, exact=exact)
-    if info is None:
-        return None
-    return AdminClient(info.admin_url, token or info.token, info.cert_fingerprint)
+        if fingerprint is not None:
+            return AdminClient(url, token, fingerprint, pin_given=True)
+        if cacert is not None or not url.startswith("https:"):
+            return AdminClient(url, token, None, cacert=cacert)
+        return AdminClient(url, token, _pin_for(config))
+    if fingerprint is not None or cacert is not None:
+        raise AdminError("--fingerprint and --cacert go with --url: a server found here is pinned "
+                         "through its runtime file")
+    scan = runtime.scan()
+    matches = runtime.select(scan.servers, port=port, data_dir=data_dir)
+    if len(matches) > 1:
+        raise ServerChoiceError(choice_message(matches, port=port, data_dir=data_dir))
+    if matches:
+        info = matches[0]
+        return AdminClient(info.admin_url, token or info.token, info.cert_fingerprint, server=info)
+    if required:
+        raise AdminError(none_message(scan, port=port, data_dir=data_dir))
+    return None
+
+
+def server_line(info: runtime.ServerInfo) -> str:
+    """One running server, as the lists in messages show it."""
+    import datetime as dt
+
+    since = dt.datetime.fromtimestamp(info.started / 1000).isoformat(sep=" ", timespec="seconds")
+    return f"--port {info.port}  {info.scheme:5}  --data-dir {info.data_dir}  (pid {info.pid}, since {since})"
+
+
+def choice_message(servers: list[runtime.ServerInfo], *, port=None, data_dir=None) -> str:
+    criteria = " and ".join(c for c in (port is not None and f"port {port}",
+                                         data_dir is not None and f"data dir {data_dir}") if c)
+    which = f"{len(servers)} securechat servers" + (f" match {criteria}" if criteria else " are running")
+    how = "--data-dir" if port is not None else "--port or --data-dir"
+    return f"{which}; choose one with {how}:\n" + "\n".join("  " + server_line(s) for s in servers)
+
+
+def none_message(scan: runtime.Scan, *, port=None, data_dir=None) -> str:
+    criteria = " and ".join(c for c in (port is not None and f"on port {port}",
+                                         data_dir is not None and f"using {data_dir}") if c)
+    if not scan.servers:
+        text = "no running securechat server found" + (f" {criteria}" if criteria else "")
+        text += f" (in {scan.directory}); start one with `securechat serve`, or pass --url and --token"
+    else:
+        text = (f"no running securechat server {criteria}; `securechat status` lists the "
+                f"{len(scan.servers)} running: " + ", ".join(f"port {s.port} ({s.data_dir})" for s in scan.servers))
+    if scan.problems:
+        text += "; " + "; ".join(scan.problems)
+    return text
 
 
 def _pin_for(config: Config) -> str | None:

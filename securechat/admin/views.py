@@ -4,6 +4,7 @@ console they are handed, so the CLI decides where output goes and whether it has
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 from rich.console import Console
 from rich.markup import escape
@@ -13,6 +14,7 @@ from rich.text import Text
 from ..crypto import group_fingerprint
 from ..tls import CertStatus
 from .dump import COLUMNS
+from .terminal import strip_controls
 
 # Fixed widths keep successive chunks of `logs dump` (and `--follow` rows) in one column grid.
 _DUMP_WIDTHS = (23, 5, 16, 19, 3, 7, 32)
@@ -22,18 +24,31 @@ def local_time(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000).isoformat(sep=" ", timespec="seconds")
 
 
+def cell(value) -> Text:
+    """A table cell from anything a server sent: text, never markup ("[red]x" is someone's
+    name, not a style), never a control character, "-" when missing."""
+    if value is None or value == "":
+        return Text("-")
+    return Text(strip_controls(value if isinstance(value, str) else json.dumps(value)))
+
+
 def roster_table(roster: dict) -> Table:
-    table = Table(title=f"room {roster.get('room', '?')}: {len(roster['participants'])} connected",
-                  title_justify="left", box=None, header_style="bold", pad_edge=False)
+    people = roster.get("participants")
+    people = [p for p in people if isinstance(p, dict)] if isinstance(people, list) else []
+    title = f"room {strip_controls(str(roster.get('room', '?')))}: {len(people)} connected"
+    table = Table(title=Text(title), title_justify="left", box=None, header_style="bold", pad_edge=False)
     table.add_column("username", overflow="fold")
     # Never ellipsised: a fingerprint people cannot read in full is useless to compare.
     table.add_column("fingerprint", min_width=79, no_wrap=True)
     for column in ("connected since", "remote address"):
         table.add_column(column, overflow="fold")
-    for person in roster["participants"]:
-        # Text, not markup: a username like "[red]x" is someone's name, not a style.
-        table.add_row(Text(person["username"]), group_fingerprint(person["fingerprint"]),
-                      local_time(person["joined"]), person.get("remote") or "-")
+    for person in people:
+        fingerprint = person.get("fingerprint")
+        joined = person.get("joined")
+        table.add_row(cell(person.get("username")),
+                      cell(group_fingerprint(fingerprint) if isinstance(fingerprint, str) else fingerprint),
+                      local_time(joined) if isinstance(joined, int) and not isinstance(joined, bool) else "-",
+                      cell(person.get("remote")))
     return table
 
 
@@ -43,8 +58,33 @@ def dump_table(rows: list[tuple[str, ...]], header: bool) -> Table:
         justify = "right" if name in ("to", "bytes") else "left"
         table.add_column(name, width=width, no_wrap=True, overflow="ellipsis", justify=justify)
     for row in rows:
-        table.add_row(*(Text(cell) for cell in row))
+        table.add_row(*(cell(text) for text in row))
     return table
+
+
+def status_lines(servers: list[dict], runtime_dir) -> list[str]:
+    """`securechat status`: a few aligned lines per running server (from its runtime file,
+    which only we can write, plus what its status API says)."""
+    if not servers:
+        return [f"no securechat server is running (runtime dir {runtime_dir})"]
+    count = f"{len(servers)} securechat server{'s' if len(servers) != 1 else ''}"
+    lines = [f"{count} running (runtime dir {runtime_dir}):"]
+    for server in servers:
+        live = server.get("status")
+        if live:
+            people = live.get("participants")
+            state = f"{people} {'person' if people == 1 else 'people'} in {live.get('room')}"
+        else:
+            state = "not answering: " + server.get("problem", "?")
+        lines += [
+            "",
+            f"  port {server['port']}  {server['scheme']}  pid {server['pid']}  version {server['version']}"
+            f"  since {local_time(server['started'])}",
+            f"    data dir  {server['data_dir']}",
+            f"    open      {'  '.join(server['urls'])}",
+            f"    now       {strip_controls(state)}",
+        ]
+    return lines
 
 
 def print_certificate(console: Console, cert: CertStatus, now: dt.datetime | None = None) -> None:
