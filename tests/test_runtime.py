@@ -195,3 +195,17 @@ def test_who_holds_a_log(tmp_path):
         registered = info(4242, tmp_path / "data", port=5123)
         assert runtime.holder(tmp_path / "data", [registered]) == "pid 4242, port 5123"
     assert runtime.lock_holder(tmp_path / "data" / "ciphertext.lock") is None
+
+
+@needs_root
+def test_root_reads_a_service_users_runtime_dir(tmp_path):
+    """systemd's RuntimeDirectory= belongs to the service's (dynamic) user; root administers it."""
+    xdg = tmp_path / "run"
+    service_dir = xdg / "securechat"
+    service_dir.mkdir(parents=True, mode=0o700)
+    path = runtime.write(service_dir, info(os.getpid(), tmp_path / "lib"))
+    for owned in (path, service_dir):
+        os.chown(owned, NOBODY, NOBODY)
+    env = env_for(tmp_path, xdg)
+    assert runtime.scan(env).servers == [info(os.getpid(), tmp_path / "lib")]
+    assert runtime.runtime_dir(env) != service_dir  # but root's own serve would not write there

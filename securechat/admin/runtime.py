@@ -77,17 +77,19 @@ def candidate_dirs(env: Mapping[str, str] | None = None) -> list[Path]:
     return dirs
 
 
-def runtime_dir(env: Mapping[str, str] | None = None, problems: list[str] | None = None) -> Path:
+def runtime_dir(env: Mapping[str, str] | None = None, problems: list[str] | None = None, *,
+                writer: bool = True) -> Path:
     """The one runtime dir `serve` writes to and the admin commands read, for this user.
 
     The first candidate that is usable: an existing one that passes the checks, or a missing
-    one whose parent we can create it in. Writers and readers apply the same rule, so they
-    agree without configuration. Skipped candidates are explained in `problems`.
+    one we could create (its nearest existing parent is writable). Writers and readers apply
+    the same rule, so they agree without configuration (except that root may read a service
+    user's directory it would not write into). Skipped candidates are explained in `problems`.
     """
     *preferred, fallback = candidate_dirs(env)
     for directory in preferred:
         try:
-            if _usable(directory):
+            if _usable(directory, writer):
                 return directory
         except UnsafeRuntimeDir as exc:
             if problems is not None:
@@ -95,11 +97,14 @@ def runtime_dir(env: Mapping[str, str] | None = None, problems: list[str] | None
     return fallback
 
 
-def _usable(directory: Path) -> bool:
+def _usable(directory: Path, writer: bool) -> bool:
     try:
-        fd = _open_dir(directory, writer=True)
+        fd = _open_dir(directory, writer=writer)
     except FileNotFoundError:
+        # serve makes it (and a missing $XDG_RUNTIME_DIR, 0700) if it can write where it would go
         parent = directory.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
         return parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
     os.close(fd)
     return True
@@ -156,8 +161,10 @@ def _open_dir(directory: Path, *, writer: bool) -> int:
         raise
     st = os.fstat(fd)
     me = os.geteuid()
-    # root may read a service user's dir (a systemd RuntimeDirectory), never write into it.
-    if st.st_uid != me and (writer or me != 0):
+    # root may read a service user's dir (a systemd RuntimeDirectory), never write into it;
+    # and only where nobody else could have made it: in a parent of that user's or root's
+    # that no one else may write to (not a shared, world-writable XDG_RUNTIME_DIR).
+    if st.st_uid != me and (writer or me != 0 or not _only_owner_writes(directory.parent, st.st_uid)):
         os.close(fd)
         raise UnsafeRuntimeDir(f"{directory} belongs to another user (uid {st.st_uid}); "
                                "securechat uses only a runtime dir of your own")
@@ -168,13 +175,21 @@ def _open_dir(directory: Path, *, writer: bool) -> int:
     return fd
 
 
+def _only_owner_writes(directory: Path, uid: int) -> bool:
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return False
+    return st.st_uid in (uid, 0) and not stat.S_IMODE(st.st_mode) & 0o022
+
+
 # -- reading ------------------------------------------------------------------------------
 
 
 def scan(env: Mapping[str, str] | None = None) -> Scan:
     """Every live server registered in this user's runtime dir; stale files are deleted."""
     problems: list[str] = []
-    directory = runtime_dir(env, problems)
+    directory = runtime_dir(env, problems, writer=False)
     result = Scan(directory, problems=problems)
     try:
         fd = _open_dir(directory, writer=False)
