@@ -13,6 +13,7 @@ import secrets
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -20,6 +21,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
 from .addresses import IPAddress
+
+if TYPE_CHECKING:
+    from .ca import LocalCA
 
 _CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 
@@ -40,9 +44,23 @@ class CertStatus:
     not_before: dt.datetime
     not_after: dt.datetime
     key_type: str
+    issuer: str = ""
     generated: bool = False
     reason: str | None = None
     warnings: list[str] = field(default_factory=list)
+    # Set when securechat's local CA issued it (serve --tls): the CA devices install.
+    ca: LocalCA | None = None
+    # This machine's names and addresses the certificate leaves out, because the local CA
+    # may not sign for them (a public address, say).
+    not_covered: list[str] = field(default_factory=list)
+
+    @property
+    def self_signed(self) -> bool:
+        return self.issuer == self.subject
+
+    def covers(self, host: str) -> bool:
+        """Whether a browser opening https://host/ accepts this certificate's names."""
+        return covers(self.sans, host)
 
 
 def utc_now(now: dt.datetime | None) -> dt.datetime:
@@ -99,13 +117,13 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
-def tighten_key_mode(key_path: Path, status: CertStatus) -> None:
+def tighten_mode(key_path: Path) -> str | None:
+    """Make a key file owner-only again; a warning for people if it was not."""
     mode = key_path.stat().st_mode & 0o777
-    if mode & 0o077:
-        os.chmod(key_path, 0o600)
-        status.warnings.append(
-            f"{key_path} was readable by other users (mode {mode:o}); it is now 600"
-        )
+    if not mode & 0o077:
+        return None
+    os.chmod(key_path, 0o600)
+    return f"{key_path} was readable by other users (mode {mode:o}); it is now 600"
 
 
 def load_certificate(cert_path: Path, key_path: Path) -> CertStatus:
@@ -181,12 +199,37 @@ def cert_status(
         key_path=key_path,
         fingerprint=cert.fingerprint(hashes.SHA256()).hex(":").upper(),
         subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
         sans=dns + [str(ip) for ip in ips],
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
         key_type=_key_type(cert.public_key()),
         warnings=_warnings(cert, now),
     )
+
+
+def covers(sans: list[str], host: str) -> bool:
+    """RFC 6125 matching as browsers do it: exact names, a wildcard for one left-most label,
+    addresses only by an IP entry (never by a DNS name that looks like one)."""
+    host = host.strip("[]").rstrip(".").lower()
+    address = _as_address(host)
+    for san in sans:
+        san_address = _as_address(san)
+        if address is not None or san_address is not None:
+            if address == san_address:
+                return True
+            continue
+        san = san.lower()
+        if san == host or (san.startswith("*.") and "." in host and host.split(".", 1)[1] == san[2:]):
+            return True
+    return False
+
+
+def _as_address(text: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 def san_values(cert: x509.Certificate) -> tuple[list[str], list[IPAddress]]:
