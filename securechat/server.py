@@ -53,14 +53,16 @@ class RunningServer:
         self.stopped.set()
 
 
-async def start(config: Config, ssl_context: ssl.SSLContext | None = None) -> RunningServer:
-    """Open the log, build the app and listen; the returned port is the real one (port 0 works)."""
+async def start(config: Config, ssl_context: ssl.SSLContext | None = None, **app_options) -> RunningServer:
+    """Open the log, build the app and listen; the returned port is the real one (port 0 works).
+
+    app_options go to make_app (the canonical host, the local CA for /setup)."""
     if config.admin_token is None:
         # A fresh token per start: it only ever lives in memory and the owner-only runtime file.
         config = config.replace(admin_token=secrets.token_urlsafe(32))
     ciphertext_log = open_log(config)
     try:
-        app = make_app(config, ciphertext_log)
+        app = make_app(config, ciphertext_log, **app_options)
         http = tornado.httpserver.HTTPServer(app, ssl_options=ssl_context, xheaders=False)
         # listen_host None binds every interface of both families (0.0.0.0 and ::).
         sockets = tornado.netutil.bind_sockets(config.port, address=config.listen_host)

@@ -76,6 +76,10 @@ class LocalCA:
     created: bool = False
     warnings: list[str] = field(default_factory=list)
 
+    def public(self) -> LocalCA:
+        """The same CA without its key: what the web pages and the banner get."""
+        return LocalCA(self.cert, self.cert_path, None, self.created, list(self.warnings))
+
     @property
     def name(self) -> str:
         return self.cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value

@@ -14,11 +14,14 @@ from ..config import Config
 from ..relay.hub import Hub
 from ..relay.ws import ChatSocket
 from ..storage.ciphertext_log import CiphertextLog
-from . import proxy, resources
+from ..tls import LocalCA
+from . import proxy, resources, setup
+from .canonical import CanonicalHost
 from .http_security import NotFoundHandler, SecureHeadersMixin, SecureStaticFileHandler, integrity_table
+from .redirect import CanonicalRedirectMixin
 
 
-class IndexHandler(SecureHeadersMixin, tornado.web.RequestHandler):
+class IndexHandler(CanonicalRedirectMixin, SecureHeadersMixin, tornado.web.RequestHandler):
     def initialize(self, hub: Hub) -> None:
         self.hub = hub
 
@@ -77,20 +80,28 @@ class Application(tornado.web.Application):
         return super().get_handler_delegate(request, target_class, target_kwargs, path_args, path_kwargs)
 
 
-def make_app(config: Config, ciphertext_log: CiphertextLog | None = None) -> tornado.web.Application:
-    """Build the application; the caller owns the log (opened here when not given)."""
+def make_app(config: Config, ciphertext_log: CiphertextLog | None = None, *,
+             canonical: CanonicalHost | None = None, local_ca: LocalCA | None = None) -> tornado.web.Application:
+    """Build the application; the caller owns the log (opened here when not given).
+
+    canonical: redirect page loads under other LAN names of this machine to one host.
+    local_ca: the CA (without its key) that /setup offers to devices; no /setup without it.
+    """
     hub = Hub(config, ciphertext_log if ciphertext_log is not None else open_log(config))
     routes = [
         (r"/", IndexHandler, {"hub": hub}),
         (r"/healthz", HealthHandler, {"hub": hub}),
         (r"/ws", ChatSocket, {"hub": hub}),
         *admin.routes(hub, config.admin_token),
+        *setup.routes(local_ca),
     ]
     static_dir = resources.static_dir()
     return Application(
         routes,
         trusted_proxies=proxy.parse_networks(config.proxy_trusted),
         hub=hub,
+        canonical=canonical,
+        local_ca=local_ca,
         sri=integrity_table(static_dir),
         template_path=str(resources.template_dir()),
         static_path=str(static_dir),
