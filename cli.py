@@ -121,29 +121,40 @@ class TimeParam(click.ParamType):
 @click.option("--host", help="Address to listen on.  [default: 127.0.0.1; every interface with --tls]")
 @click.option("--port", type=int, help="Port to listen on.  [default: 5000]")
 @click.option("--tls/--no-tls", default=None,
-              help="Serve https/wss, with a self-signed certificate unless --cert/--key.  [default: off]")
+              help="Serve https/wss with a certificate from securechat's local CA, unless --cert/--key "
+                   "or --self-signed.  [default: off]")
+@click.option("--self-signed", is_flag=True, default=None,
+              help="With TLS, a self-signed certificate instead of the local CA's (version 1's way).")
 @click.option("--cert", type=click.Path(dir_okay=False, path_type=Path),
               help="Your certificate chain (PEM); needs --key and turns TLS on.")
 @click.option("--key", type=click.Path(dir_okay=False, path_type=Path), help="The key of --cert (PEM).")
+@click.option("--canonical-host", metavar="HOST",
+              help="The LAN address or name people open; other names of this machine redirect to it.  "
+                   "[default: the first LAN address the certificate covers]")
 @config_options
 @click.option("-v", "--verbose", is_flag=True, help="Log debugging detail.")
-def serve(host, port, tls, cert, key, data_dir, config_file, verbose) -> None:
+def serve(host, port, tls, self_signed, cert, key, canonical_host, data_dir, config_file, verbose) -> None:
     """Start the chat server.
 
     Without --tls it serves http://127.0.0.1:5000, this machine only. With --tls it serves
-    https on every interface so phones and laptops on the LAN can join, and prints each URL
-    and the certificate fingerprint to compare on the browser's warning page.
+    https on every interface so phones and laptops on the LAN can join, with a certificate
+    from a local CA it keeps in the data dir: a device that installs the CA once (the
+    https://<address>:5000/setup page shows how) never sees a certificate warning.
 
     \b
     Examples:
       securechat serve
       securechat serve --tls
+      securechat serve --tls --self-signed
       securechat serve --tls --cert chat.pem --key chat-key.pem --port 8443
       securechat serve --port 8000 --data-dir /var/lib/securechat
     """
     if (cert is None) != (key is None):
         raise click.UsageError("--cert and --key go together: give both or neither")
-    config = build_config(config_file, host=host, port=port, tls=tls, cert=cert, key=key, data_dir=data_dir)
+    if self_signed and cert is not None:
+        raise click.UsageError("--self-signed and --cert/--key exclude each other")
+    config = build_config(config_file, host=host, port=port, tls=tls, self_signed=self_signed or None,
+                          cert=cert, key=key, canonical_host=canonical_host, data_dir=data_dir)
     setup_logging(verbose)
     from securechat.console import run_server
 
@@ -157,21 +168,23 @@ def serve(host, port, tls, cert, key, data_dir, config_file, verbose) -> None:
 
 @main.group(context_settings=CONTEXT)
 def tls() -> None:
-    """Inspect the TLS certificate `serve --tls` uses.
+    """Inspect the TLS certificate `serve --tls` uses, and export its local CA.
 
     \b
-    Example:
+    Examples:
       securechat tls show
+      securechat tls ca export securechat-ca.crt
     """
 
 
 @tls.command("show", context_settings=CONTEXT)
 @config_options
 def tls_show(data_dir, config_file) -> None:
-    """Print the certificate's names, validity and SHA-256 fingerprint.
+    """Print the certificate's names, validity and SHA-256 fingerprint, and the local CA's.
 
-    It is the configured --cert if there is one, else the self-signed one in the data dir.
-    People compare the fingerprint with what their browser shows before trusting it.
+    It is the configured --cert if there is one, else the one in the data dir. People compare
+    the CA fingerprint with the /setup page before installing the CA, and the certificate's
+    with a browser's warning page before accepting it.
 
     \b
     Examples:
@@ -179,18 +192,75 @@ def tls_show(data_dir, config_file) -> None:
       securechat tls show --data-dir /var/lib/securechat
     """
     from securechat import tls as tls_module
-    from securechat.admin.views import print_certificate
+    from securechat.admin.views import print_ca, print_certificate
     from securechat.console import make_console
 
     config = build_config(config_file, data_dir=data_dir)
     path = config.cert or config.data_dir / "tls" / "cert.pem"
-    if not path.exists() and config.cert is None:
-        raise UserError(f"no certificate yet in {path.parent}; `securechat serve --tls` makes one")
     try:
-        status = tls_module.describe_certificate(path)
+        ca = tls_module.load_ca(config.data_dir / "tls") if config.cert is None else None
+        if not path.exists() and config.cert is None and ca is None:
+            raise UserError(f"no certificate yet in {path.parent}; `securechat serve --tls` makes one")
+        console = make_console()
+        if path.exists() or config.cert is not None:
+            print_certificate(console, tls_module.describe_certificate(path))
+        if ca is not None:
+            print_ca(console, ca)
     except tls_module.TLSConfigError as exc:
         raise UserError(str(exc)) from None
-    print_certificate(make_console(), status)
+
+
+@tls.group("ca", context_settings=CONTEXT)
+def tls_ca() -> None:
+    """The local CA that issues the certificate of `serve --tls`.
+
+    \b
+    Example:
+      securechat tls ca export securechat-ca.crt
+    """
+
+
+@tls_ca.command("export", context_settings=CONTEXT)
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
+@click.option("--format", "form", type=click.Choice(["pem", "der", "mobileconfig"]),
+              help="[default: from FILE's name: .der/.cer DER, .mobileconfig an Apple profile, else PEM "
+                   "(what update-ca-certificates wants in a .crt)]")
+@config_options
+def tls_ca_export(file, form, data_dir, config_file) -> None:
+    """Write the local CA's certificate (never its key) to FILE, or - for standard output.
+
+    Install it on the devices that open the chat, or in a browser's store; the server's
+    https://<address>:5000/setup page offers the same files to phones.
+
+    \b
+    Examples:
+      securechat tls ca export securechat-ca.crt
+      securechat tls ca export securechat.mobileconfig
+      securechat tls ca export - | openssl x509 -noout -text
+    """
+    from securechat import tls as tls_module
+    from securechat.tls import profiles
+
+    config = build_config(config_file, data_dir=data_dir)
+    try:
+        ca = tls_module.load_ca(config.data_dir / "tls")
+    except tls_module.TLSConfigError as exc:
+        raise UserError(str(exc)) from None
+    if ca is None:
+        raise UserError(f"no local CA yet in {config.data_dir / 'tls'}; `securechat serve --tls` makes one")
+    suffix = file.suffix.lower() if str(file) != "-" else ""
+    form = form or {".der": "der", ".cer": "der", ".mobileconfig": "mobileconfig"}.get(suffix, "pem")
+    data = {"pem": ca.pem, "der": ca.der, "mobileconfig": lambda: profiles.mobileconfig(ca)}[form]()
+    if str(file) == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        file.write_bytes(data)
+    except OSError as exc:
+        raise UserError(f"cannot write {file}: {exc.strerror}") from None
+    click.echo(f"wrote {ca.name} ({form.upper() if form != 'mobileconfig' else 'Apple profile'}, "
+               f"SHA-256 {ca.fingerprint}) to {file}")
 
 
 def admin_client(config: Config, *, url=None, token=None, port=None, fingerprint=None, cacert=None,

@@ -8,6 +8,7 @@ documents them all. Anything unknown or mistyped is a ConfigError naming the key
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import tomllib
@@ -45,10 +46,15 @@ class Config:
     data_dir: Path = _setting("server", None)
     room: str = _setting("server", "lobby")
     allowed_origins: tuple[str, ...] = _setting("server", ())
+    # The one LAN address or name people open (identity keys are per origin); other names of
+    # this machine redirect to it. None picks the first LAN address the certificate covers.
+    canonical_host: str | None = _setting("server", None)
     # [tls]
     tls: bool = _setting("tls", False, env="SECURECHAT_TLS", key="enabled")
     cert: Path | None = _setting("tls", None, env="SECURECHAT_TLS_CERT")
     key: Path | None = _setting("tls", None, env="SECURECHAT_TLS_KEY")
+    # Version 1's certificate instead of one from the local CA (implies TLS).
+    self_signed: bool = _setting("tls", False, env="SECURECHAT_TLS_SELF_SIGNED")
     # [log]
     log_max_bytes: int = _setting("log", 10 * 1024 * 1024, minimum=1024)
     log_keep: int = _setting("log", 10, minimum=1)
@@ -89,6 +95,11 @@ class Config:
             object.__setattr__(self, "data_dir", default_data_dir())
         if (self.cert is None) != (self.key is None):
             raise ConfigError("tls.cert and tls.key go together: give both or neither")
+        if self.self_signed and self.cert is not None:
+            raise ConfigError("tls.self_signed and tls.cert/tls.key exclude each other: "
+                              "securechat makes the self-signed certificate, or you bring one")
+        if self.canonical_host is not None:
+            object.__setattr__(self, "canonical_host", _host_only(self.canonical_host))
         try:
             parse_networks(self.proxy_trusted)
         except ValueError as exc:
@@ -96,8 +107,8 @@ class Config:
 
     @property
     def uses_tls(self) -> bool:
-        """A certificate you bring implies TLS: nobody configures one to serve plain http."""
-        return self.tls or self.cert is not None
+        """A certificate you bring (or ask for) implies TLS: nobody configures one for plain http."""
+        return self.tls or self.cert is not None or self.self_signed
 
     @property
     def listen_host(self) -> str | None:
@@ -116,6 +127,23 @@ class Config:
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
+
+
+def _host_only(text: str) -> str:
+    """`192.168.1.20`, `[fd00::2]` or `myhost.local`: a host, lower-cased, without brackets."""
+    host = text.strip().lower()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    if not host or not all(label and len(label) <= 63 and label.replace("-", "").isalnum()
+                           and label.isascii() for label in labels):
+        raise ConfigError(f"server.canonical_host must be a host name or address without scheme or port, "
+                          f"like 192.168.1.20 or myhost.local; not {text!r}")
+    return host.rstrip(".")
 
 
 def _fields() -> dict[str, dataclasses.Field]:

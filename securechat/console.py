@@ -7,10 +7,10 @@ Every failure people can fix becomes one ClickException line, never a traceback.
 from __future__ import annotations
 
 import errno
-import io
 import ipaddress
 import logging
 import os
+import socket
 import ssl
 import sys
 from pathlib import Path
@@ -18,12 +18,15 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.markup import escape
+from rich.style import Style
+from rich.text import Text
 
-from . import __version__, tls
+from . import __version__, qr, tls
 from .admin import runtime
 from .config import Config
 from .server import RunningServer, install_signal_handlers, start, tune_garbage_collector
 from .storage.ciphertext_log import LogError, LogLocked
+from .web.canonical import CanonicalHost, is_loopback, normalise, url_host
 
 ALL_INTERFACES = (None, "", "0.0.0.0", "::")
 log = logging.getLogger("securechat")
@@ -56,18 +59,60 @@ def make_console(stderr: bool = False) -> Console:
 
 
 def _url(scheme: str, host: str, port: int) -> str:
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{scheme}://{host}:{port}/"
+    return f"{scheme}://{url_host(host)}:{port}/"
 
 
-def server_urls(listen_host: str | None, port: int, scheme: str, addresses: list) -> list[str]:
-    """Every URL people can open: one per LAN address, then this machine's own."""
+def lan_hosts(listen_host: str | None, addresses: list, cert: tls.CertStatus | None = None,
+              canonical: str | None = None) -> list[str]:
+    """The hosts people on the LAN can open, canonical first, then addresses, then names.
+
+    With a certificate, only what it covers: a browser would refuse the rest (and with your
+    own --cert, this machine's addresses are often not in it). Its own names come along (a
+    mkcert certificate for chat.lan); localhost never, it is added apart.
+    """
     if listen_host not in ALL_INTERFACES:
-        return [_url(scheme, listen_host, port)]
-    lan = [a for a in addresses if listen_host != "0.0.0.0" or a.version == 4]
-    local = "localhost" if scheme == "https" else "127.0.0.1"  # the certificate names localhost
-    return [_url(scheme, str(a), port) for a in lan] + [_url(scheme, local, port)]
+        hosts = [] if is_loopback(listen_host) else [normalise(listen_host)]
+    else:
+        hosts = [str(a) for a in addresses if listen_host != "0.0.0.0" or a.version == 4]
+    if cert is not None:
+        names = [n for n in cert.sans if not n.startswith("*.") and _is_name(n)]
+        if listen_host in ALL_INTERFACES:
+            hosts += names
+        hosts = [h for h in hosts if cert.covers(h)]
+    if canonical is not None:
+        hosts = [canonical, *hosts]
+    return [h for h in dict.fromkeys(hosts) if not is_loopback(h)]
+
+
+def _is_name(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return True
+    return False
+
+
+def server_urls(listen_host: str | None, port: int, scheme: str, addresses: list,
+                cert: tls.CertStatus | None = None, canonical: str | None = None) -> list[str]:
+    """Every URL people can open: the LAN ones (canonical first), then this machine's own."""
+    urls = [_url(scheme, host, port) for host in lan_hosts(listen_host, addresses, cert, canonical)]
+    if listen_host in ALL_INTERFACES:
+        local = "localhost" if scheme == "https" else "127.0.0.1"  # the certificate names localhost
+        urls.append(_url(scheme, local, port))
+    elif is_loopback(listen_host):
+        urls.append(_url(scheme, listen_host, port))
+    return urls
+
+
+def choose_canonical(config: Config, addresses: list, cert: tls.CertStatus | None) -> str | None:
+    """The configured canonical host, else --host (if it is a LAN address), else the first LAN
+    address the certificate covers (IPv4 first: every phone can open one). None: loopback only."""
+    if config.canonical_host is not None:
+        return config.canonical_host
+    if config.listen_host not in ALL_INTERFACES:
+        return None if is_loopback(config.listen_host) else normalise(config.listen_host)
+    addresses_only = [h for h in lan_hosts(config.listen_host, addresses, cert) if not _is_name(h)]
+    return addresses_only[0] if addresses_only else None
 
 
 def admin_url(listen_host: str | None, port: int, scheme: str) -> str:
@@ -83,15 +128,23 @@ def admin_url(listen_host: str | None, port: int, scheme: str) -> str:
 
 
 def certificate(config: Config) -> tuple[tls.CertStatus | None, ssl.SSLContext | None]:
-    """The certificate to serve and its TLS 1.2+ context: yours (--cert/--key), else ours,
-    made or reused in the data dir. (None, None) without TLS."""
+    """The certificate to serve and its TLS 1.2+ context: yours (--cert/--key), else one from
+    the local CA (or self-signed with --self-signed), made or reused in the data dir.
+    (None, None) without TLS."""
     if not config.uses_tls:
         return None, None
+    extra = (config.canonical_host,) if config.canonical_host else ()
     try:
         if config.cert is not None:
             status = tls.load_certificate(config.cert, config.key)
+        elif config.self_signed:
+            status = tls.ensure_self_signed(config.data_dir, extra_names=extra)
         else:
-            status = tls.ensure_self_signed(config.data_dir)
+            status = tls.ensure_local_ca(config.data_dir, extra_names=extra)
+        if config.canonical_host is not None and not status.covers(config.canonical_host):
+            raise tls.TLSConfigError(
+                f"server.canonical_host {config.canonical_host} is not covered by the certificate "
+                f"{status.cert_path} (it names {', '.join(status.sans) or 'nothing'})")
         return status, tls.server_ssl_context(status.cert_path, status.key_path)
     except tls.TLSConfigError as exc:
         raise click.ClickException(str(exc)) from None
@@ -102,19 +155,34 @@ def certificate(config: Config) -> tuple[tls.CertStatus | None, ssl.SSLContext |
 # -- the banner ---------------------------------------------------------------------------
 
 
-def render_qr(url: str) -> str:
-    """A QR code of url in terminal block characters, so a phone can open the chat."""
-    import qrcode
+def render_qr(url: str, colour: bool = True) -> Text:
+    """A QR code of url in half blocks, so a phone can open it from the terminal.
 
-    code = qrcode.QRCode(border=1)
-    code.add_data(url)
-    code.make(fit=True)
-    out = io.StringIO()
-    code.print_ascii(out=out, invert=True)
-    return out.getvalue()
+    With colour, every cell sets both its colours (black on white, quiet zone included), so
+    it scans on dark-on-light and light-on-dark terminals alike. Without (NO_COLOR), it can
+    only use the terminal's own: light modules drawn as blocks, right for the more common
+    light-on-dark terminal.
+    """
+    rows = qr.matrix(url)
+    if len(rows) % 2:
+        rows.append([False] * len(rows[0]))
+    text = Text(no_wrap=True, overflow="ignore")
+    for top, bottom in zip(rows[0::2], rows[1::2]):
+        for upper, lower in zip(top, bottom):
+            if colour:
+                text.append("▀", Style(color=_QR_COLOURS[upper], bgcolor=_QR_COLOURS[lower]))
+            else:
+                text.append(_QR_PLAIN[(not upper, not lower)])
+        text.append("\n")
+    return text
 
 
-def print_banner(console: Console, config: Config, urls: list[str], cert: tls.CertStatus | None) -> None:
+_QR_COLOURS = {True: "#000000", False: "#ffffff"}
+_QR_PLAIN = {(True, True): "█", (True, False): "▀", (False, True): "▄", (False, False): " "}
+
+
+def print_banner(console: Console, config: Config, urls: list[str], cert: tls.CertStatus | None,
+                 setup_url: str | None = None) -> None:
     console.print(f"[bold]securechat {__version__}[/bold] is running. Open:")
     for url in urls:
         console.print(f"  {url}", markup=False)  # an IPv6 URL's brackets are not markup
@@ -124,23 +192,42 @@ def print_banner(console: Console, config: Config, urls: list[str], cert: tls.Ce
             console.print("  [yellow]warning[/yellow]    browsers on other devices refuse to encrypt over plain http;"
                           " use --tls")
     else:
-        _print_certificate(console, cert, yours=config.cert is not None)
+        _print_certificate(console, cert, yours=config.cert is not None, setup_url=setup_url)
     console.print(f"  data dir   {config.data_dir}", markup=False)
     console.print(f"  log file   {config.log_dir / 'ciphertext.jsonl'}", markup=False)
     console.print("  admin      securechat roster | securechat logs dump | securechat logs rotate")
-    lan = [u for u in urls if "//127.0.0.1:" not in u and "//localhost:" not in u]
-    if lan and console.is_terminal:
-        console.print(render_qr(lan[0]), markup=False, highlight=False)
+    lan = [u for u in urls if "//127.0.0.1:" not in u and "//localhost:" not in u and "//[::1]:" not in u]
+    target = setup_url or (lan[0] if lan else None)
+    if target and console.is_terminal:
+        console.print(render_qr(target, colour=console.color_system is not None), end="")
+        what = "set up a phone and open the chat" if setup_url else "open the chat on a phone"
+        console.print(f"  Scan to {what}: {target}", markup=False)
     console.print("  Press Ctrl-C to stop.")
 
 
-def _print_certificate(console: Console, cert: tls.CertStatus, yours: bool) -> None:
-    kind = "your certificate" if yours else "self-signed"
+def _print_certificate(console: Console, cert: tls.CertStatus, yours: bool, setup_url: str | None) -> None:
+    if yours:
+        kind = "your certificate"
+    elif cert.ca is not None:
+        kind = "issued by the local CA"
+    else:
+        kind = "self-signed"
     console.print(f"  TLS        [green]on[/green] ({kind}, valid until {cert.not_after:%Y-%m-%d})")
+    if cert.ca is not None:
+        console.print(f"  CA SHA-256 {cert.ca.fingerprint}", markup=False)
+        if setup_url:
+            console.print(f"  set up     {setup_url}", markup=False)
+        console.print(f"             devices that install {cert.ca.name} see no warning", style="dim",
+                      markup=False)
     console.print(f"  SHA-256    {cert.fingerprint}", markup=False)
-    console.print("             compare this on the browser's certificate warning page", style="dim")
+    if not yours:
+        # A certificate you bring is one your devices trust: no warning page to compare on.
+        console.print("             compare this on the browser's certificate warning page", style="dim")
     if cert.generated:
         console.print(f"  new certificate made: {cert.reason}", markup=False)
+    if cert.not_covered:
+        console.print(f"  not covered {', '.join(cert.not_covered)} (the local CA signs only local names "
+                      "and private addresses)", markup=False)
     for warning in cert.warnings:
         console.print(f"  [yellow]warning[/yellow]    {escape(warning)}")
 
@@ -155,11 +242,24 @@ def _is_loopback(host: str | None) -> bool:
 # -- running ------------------------------------------------------------------------------
 
 
+def machine_names(addresses: list, cert: tls.CertStatus | None) -> list[str]:
+    """Every name and address this machine answers to on the LAN, as far as it can tell."""
+    hostname = socket.gethostname().lower().rstrip(".")
+    names = [hostname, f"{hostname.split('.')[0]}.local", *(str(a) for a in addresses)]
+    return names + (cert.sans if cert is not None else [])
+
+
 async def run_server(config: Config) -> None:
     console = make_console()
     cert, context = certificate(config)
+    addresses = tls.local_addresses()
+    canonical = choose_canonical(config, addresses, cert)
+    redirect = None
+    if canonical is not None:
+        redirect = CanonicalHost.choose(canonical, machine_names(addresses, cert), listen_host=config.host)
+    local_ca = cert.ca.public() if cert is not None and cert.ca is not None else None
     try:
-        server = await start(config, context)
+        server = await start(config, context, canonical=redirect, local_ca=local_ca)
     except LogLocked as exc:
         raise click.ClickException(_locked_error(config, exc)) from None
     except OSError as exc:
@@ -169,7 +269,10 @@ async def run_server(config: Config) -> None:
     except LogError as exc:
         raise click.ClickException(str(exc)) from None
     scheme = "https" if cert else "http"
-    urls = server_urls(config.listen_host, server.port, scheme, tls.local_addresses())
+    urls = server_urls(config.listen_host, server.port, scheme, addresses, cert, canonical)
+    setup_url = None
+    if local_ca is not None:
+        setup_url = f"https://{url_host(canonical or 'localhost')}:{server.port}/setup"
     try:
         runtime_file = _write_runtime_file(server, scheme, urls, cert)
     except click.ClickException:
@@ -178,7 +281,7 @@ async def run_server(config: Config) -> None:
     try:
         install_signal_handlers(server)
         tune_garbage_collector()
-        print_banner(console, server.config, urls, cert)
+        print_banner(console, server.config, urls, cert, setup_url)
         await server.stopped.wait()
     finally:
         runtime.remove(runtime_file)

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..crypto import group_fingerprint
-from ..tls import CertStatus
+from ..tls import CertStatus, LocalCA
 from .dump import COLUMNS
 from .terminal import strip_controls
 
@@ -92,6 +92,8 @@ def print_certificate(console: Console, cert: CertStatus, now: dt.datetime | Non
     days = (cert.not_after - now).days
     console.print(f"certificate  {cert.cert_path}", markup=False)
     console.print(f"subject      {cert.subject}", markup=False)
+    if not cert.self_signed:
+        console.print(f"issuer       {cert.issuer}", markup=False)
     console.print(f"names        {', '.join(cert.sans) or '(none)'}", markup=False)
     left = f"{days} days left" if now < cert.not_after else "expired"
     console.print(f"valid        {cert.not_before:%Y-%m-%d %H:%M} to {cert.not_after:%Y-%m-%d %H:%M} UTC ({left})")
@@ -99,3 +101,15 @@ def print_certificate(console: Console, cert: CertStatus, now: dt.datetime | Non
     console.print(f"SHA-256      {cert.fingerprint}", markup=False)
     for warning in cert.warnings:
         console.print(f"[yellow]warning[/yellow]      {escape(warning)}")
+
+
+def print_ca(console: Console, ca: LocalCA) -> None:
+    """The local CA: what devices install, and exactly what its name constraints permit."""
+    console.print(f"local CA     {ca.cert_path}", markup=False)
+    console.print(f"CA name      {ca.name}", markup=False)
+    console.print(f"CA valid     {ca.not_before:%Y-%m-%d} to {ca.not_after:%Y-%m-%d} UTC")
+    console.print(f"CA SHA-256   {ca.fingerprint}", markup=False)
+    names = ", ".join(ca.permitted_names)
+    console.print(f"CA permits   names {names} and the names under them", markup=False)
+    console.print(f"             addresses {', '.join(str(n) for n in ca.permitted_networks)}", markup=False)
+    console.print("             nothing else: it cannot vouch for a public site", style="dim")

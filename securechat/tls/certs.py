@@ -25,6 +25,8 @@ from .addresses import IPAddress
 if TYPE_CHECKING:
     from .ca import LocalCA
 
+# RFC 4514 has no short name for serialNumber, which the local CA's subject carries.
+_ATTRIBUTE_NAMES = {x509.oid.NameOID.SERIAL_NUMBER: "serialNumber"}
 _CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 
 
@@ -198,8 +200,8 @@ def cert_status(
         cert_path=cert_path,
         key_path=key_path,
         fingerprint=cert.fingerprint(hashes.SHA256()).hex(":").upper(),
-        subject=cert.subject.rfc4514_string(),
-        issuer=cert.issuer.rfc4514_string(),
+        subject=cert.subject.rfc4514_string(_ATTRIBUTE_NAMES),
+        issuer=cert.issuer.rfc4514_string(_ATTRIBUTE_NAMES),
         sans=dns + [str(ip) for ip in ips],
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
