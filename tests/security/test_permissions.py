@@ -40,7 +40,7 @@ def test_every_secret_and_log_file_is_owner_only_even_with_a_loose_umask(tmp_pat
                                          headers={"Authorization": f"Bearer {info['token']}"}, data=b"")
         urllib.request.urlopen(request, context=context, timeout=5).read()
         expectations = {
-            data: 0o700, data / "tls": 0o700, data / "tls" / "key.pem": 0o600,
+            data: 0o700, data / "tls": 0o700, data / "tls" / "key.pem": 0o600, data / "tls" / "ca-key.pem": 0o600,
             data / "ciphertext.jsonl": 0o600, data / "ciphertext.lock": 0o600,
             run / "securechat": 0o700, runtime_file: 0o600,
         }
@@ -50,7 +50,7 @@ def test_every_secret_and_log_file_is_owner_only_even_with_a_loose_umask(tmp_pat
             assert mode(path) == 0o600, f"{path} is {oct(mode(path))}"
         # Nothing in the data dir is readable by group or others, whatever it is.
         for path in data.rglob("*"):
-            if path.name != "cert.pem":
+            if path.name not in ("cert.pem", "ca.pem"):  # certificates are public; their keys are not
                 assert not mode(path) & 0o077, f"{path} is {oct(mode(path))}"
     finally:
         process.send_signal(signal.SIGINT)
