@@ -68,8 +68,19 @@ class Config:
     max_clock_skew: float = _setting("limits", 300.0, minimum=1.0)
     ping_interval: float = _setting("limits", 20.0, minimum=1.0)
     ping_timeout: float = _setting("limits", 10.0, minimum=1.0)
+    # TCP connections (page loads and WebSockets alike) in all and per client address; start()
+    # lowers max_connections to what the file-descriptor limit allows.
     max_connections: int = _setting("limits", 10000, minimum=1)
     max_connections_per_address: int = _setting("limits", 32, minimum=1)
+    # Sockets that have not joined yet: a smaller pool, and a deadline to join.
+    max_unjoined: int = _setting("limits", 256, minimum=1)
+    max_unjoined_per_address: int = _setting("limits", 4, minimum=1)
+    join_timeout: float = _setting("limits", 15.0, minimum=1.0)
+    # Plain HTTP: the time to send a request head (also how long an idle keep-alive connection
+    # stays open), the time to send a body, and the largest body outside routes that stream.
+    header_timeout: float = _setting("limits", 10.0, minimum=1.0)
+    body_timeout: float = _setting("limits", 30.0, minimum=1.0)
+    max_body_bytes: int = _setting("limits", 64 * 1024, minimum=1024)
     joins_per_minute: int = _setting("limits", 20, minimum=1)
     max_outbound_bytes: int = _setting("limits", 4 * 1024 * 1024, minimum=65536)
     # [proxy]

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import os
+import resource
 import secrets
 import signal
 import ssl
@@ -20,7 +21,9 @@ from tornado.websocket import WebSocketClosedError
 from .config import Config
 from .relay.hub import Hub
 from .storage.ciphertext_log import LogError
+from .web import proxy, refusals
 from .web.app import make_app, open_log
+from .web.connections import GuardedHTTPServer
 
 log = logging.getLogger("securechat")
 
@@ -60,10 +63,12 @@ async def start(config: Config, ssl_context: ssl.SSLContext | None = None, **app
     if config.admin_token is None:
         # A fresh token per start: it only ever lives in memory and the owner-only runtime file.
         config = config.replace(admin_token=secrets.token_urlsafe(32))
+    config = fit_to_descriptor_limit(config)
+    refusals.install()
     ciphertext_log = open_log(config)
     try:
         app = make_app(config, ciphertext_log, **app_options)
-        http = tornado.httpserver.HTTPServer(app, ssl_options=ssl_context, xheaders=False)
+        http = http_server(app, config, ssl_context)
         # listen_host None binds every interface of both families (0.0.0.0 and ::).
         sockets = tornado.netutil.bind_sockets(config.port, address=config.listen_host)
     except BaseException:
@@ -73,6 +78,64 @@ async def start(config: Config, ssl_context: ssl.SSLContext | None = None, **app
     port = sockets[0].getsockname()[1]
     quiet_closed_writes(asyncio.get_running_loop())
     return RunningServer(config, app, http, port)
+
+
+def http_server(app: tornado.web.Application, config: Config,
+                ssl_context: ssl.SSLContext | None = None) -> GuardedHTTPServer:
+    """The HTTPServer with every limit that applies before a handler runs."""
+    return GuardedHTTPServer(
+        app, ssl_options=ssl_context, xheaders=False,
+        max_connections=config.max_connections, max_per_address=config.max_connections_per_address,
+        trusted_proxies=proxy.parse_networks(config.proxy_trusted),
+        # Tornado's one deadline for a request head (the TLS handshake included) is also how
+        # long an idle keep-alive connection may stay: its default is an hour.
+        idle_connection_timeout=config.header_timeout,
+        body_timeout=config.body_timeout,
+        max_body_size=config.max_body_bytes,
+        # What one read may buffer: a whole WebSocket frame or a default-sized body, not 100 MiB.
+        max_buffer_size=max(config.max_frame_bytes, config.max_body_bytes) + 1024 * 1024,
+    )
+
+
+def descriptor_reserve(soft_limit: int) -> int:
+    """Descriptors kept back from connections for the log, static files, gzip and the like."""
+    return max(16, min(64, soft_limit // 8))
+
+
+def open_descriptors() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # minus the one listdir itself used
+    except OSError:
+        return 16
+
+
+def fit_to_descriptor_limit(config: Config) -> Config:
+    """max_connections below the file-descriptor limit: raise the soft limit if the hard one
+    allows, else lower max_connections and say so in one line.
+
+    Every connection is a descriptor. Past the limit accept() fails (EMFILE) and so does
+    opening the log or a static file: better to refuse the 1,001st connection than all of that.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    infinite = resource.RLIM_INFINITY
+    in_use = open_descriptors()
+    wanted = config.max_connections + in_use + 64
+    if soft != infinite and soft < wanted and (hard == infinite or hard > soft):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == infinite else min(hard, wanted), hard))
+        except (ValueError, OSError):
+            pass
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == infinite:
+        return config
+    room = soft - in_use - descriptor_reserve(soft)
+    if room >= config.max_connections:
+        return config
+    room = max(1, room)
+    log.warning("limits.max_connections is %d, but the file-descriptor limit of %d (ulimit -n; LimitNOFILE= "
+                "under systemd) leaves room for %d: serving at most %d connections",
+                config.max_connections, soft, room, room)
+    return config.replace(max_connections=room)
 
 
 def quiet_closed_writes(loop: asyncio.AbstractEventLoop) -> None:

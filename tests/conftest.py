@@ -39,6 +39,18 @@ def app(config, ciphertext_log):
 
 
 @pytest.fixture
+def http_server(request, io_loop, _unused_port, app):
+    """pytest-tornado's server fixture, but the server `securechat serve` runs: same limits."""
+    from securechat.server import http_server as build
+
+    server = build(app, app.settings["hub"].config)
+    server.add_socket(_unused_port[0])
+    yield server
+    server.stop()
+    io_loop.run_sync(server.close_all_connections, timeout=request.config.option.async_test_timeout)
+
+
+@pytest.fixture
 def hub(app):
     return app.settings["hub"]
 
@@ -87,11 +99,12 @@ def _fixed_terminal(monkeypatch):
 @contextlib.asynccontextmanager
 async def serving(config: Config):
     """Another server on a loopback port, for a test that needs a config its module's does not."""
-    from tornado.httpserver import HTTPServer
     from tornado.testing import bind_unused_port
 
+    from securechat.server import http_server
+
     log = open_log(config)
-    server = HTTPServer(make_app(config, log))
+    server = http_server(make_app(config, log), config)
     sock, port = bind_unused_port()
     server.add_sockets([sock])
     try:

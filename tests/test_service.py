@@ -51,6 +51,15 @@ def test_the_unit_runs_hardened_with_its_own_state_and_reload_rotates():
     assert "@system-service" in unit["SystemCallFilter"]
 
 
+def test_the_unit_allows_more_descriptors_than_the_default_connection_cap():
+    from securechat.config import Config
+    from securechat.server import descriptor_reserve
+
+    (limit,) = unit_settings()["LimitNOFILE"]
+    # Room for every connection, the reserve and what the process holds on its own (~20).
+    assert int(limit) >= Config().max_connections + descriptor_reserve(int(limit)) + 100
+
+
 def test_the_unit_passes_systemd_analyze_verify(tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:

@@ -22,15 +22,26 @@ from ..web.http_security import SecureHeadersMixin
 from .dump import parse_instant
 
 
+@tornado.web.stream_request_body
 class AdminHandler(SecureHeadersMixin, tornado.web.RequestHandler):
+    """Streamed, so prepare() runs on the headers alone: the token is checked before a single
+    byte of the body is read, and an admin body is at most MAX_BODY bytes."""
+
+    MAX_BODY = 4096
+
     def initialize(self, hub: Hub, token: str | None) -> None:
         self.hub = hub
         self.token = token
+        self.body = b""
 
     def prepare(self) -> None:
         self.set_header("Cache-Control", "no-store")
         if not self._authorized():
             raise tornado.web.HTTPError(401, reason="Unauthorized")
+        self.request.connection.set_max_body_size(self.MAX_BODY)
+
+    def data_received(self, chunk: bytes) -> None:
+        self.body += chunk  # at most MAX_BODY in all: Tornado refuses a longer body
 
     def _authorized(self) -> bool:
         scheme, _, given = self.request.headers.get("Authorization", "").partition(" ")
@@ -87,10 +98,10 @@ class RotateHandler(AdminHandler):
 
     def _keep(self) -> int | None:
         raw = self.get_query_argument("keep", None)
-        if raw is None and self.request.body:
+        if raw is None and self.body:
             try:
-                raw = json.loads(self.request.body).get("keep")
-            except (ValueError, AttributeError):
+                raw = json.loads(self.body).get("keep")
+            except (ValueError, AttributeError, RecursionError):
                 raise tornado.web.HTTPError(400, reason="the body must be a JSON object") from None
         if raw is None:
             return None

@@ -33,10 +33,14 @@ class RawWebSocket:
         if source:
             self.sock.bind((source, 0))
         self.sock.settimeout(timeout)
-        self.sock.connect((host, port))
         self._buffer = b""
-        self._handshake(host, port, path, origin)
-        self.hello = self.recv_json()  # the server speaks first (PROTOCOL.md §6.2)
+        try:
+            self.sock.connect((host, port))
+            self._handshake(host, port, path, origin)
+            self.hello = self.recv_json()  # the server speaks first (PROTOCOL.md §6.2)
+        except BaseException:
+            self.sock.close()
+            raise
 
     def _handshake(self, host, port, path, origin) -> None:
         key = base64.b64encode(os.urandom(16)).decode()
