@@ -6,6 +6,7 @@ member's connection). Handlers stay a few lines: they parse a frame and call one
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Protocol
@@ -13,6 +14,7 @@ from typing import Protocol
 from ..config import Config
 from ..storage.ciphertext_log import CiphertextLog
 from . import protocol
+from .admission import Pool, address_keys
 from .limits import SlidingWindow
 from .protocol import Join, Msg, ProtocolError
 from .room import Participant, Rooms
@@ -26,6 +28,10 @@ class Connection(Protocol):
     def send(self, text: str) -> None: ...
 
     def close(self, code: int, reason: str) -> None: ...
+
+
+# Close code for a session that opened but never joined within limits.join_timeout.
+JOIN_TIMEOUT = 4003
 
 
 def now_ms() -> int:
@@ -49,31 +55,61 @@ class Hub:
             max_participants=config.max_participants,
             max_clock_skew_ms=int(config.max_clock_skew * 1000),
         )
-        self.connections: set[Connection] = set()
-        self.per_address: dict[str, int] = {}
+        # Every open session with the keys it is counted under (relay/admission.py).
+        self.connections: dict[Connection, tuple] = {}
+        self.sessions = Pool("sessions", config.max_connections, config.max_connections_per_address)
+        # Sessions that have not joined yet: a smaller pool, each with a join deadline.
+        self.unjoined = Pool("unjoined", config.max_unjoined, config.max_unjoined_per_address)
+        self._deadlines: dict[Connection, asyncio.TimerHandle] = {}
         self.joins = SlidingWindow(config.joins_per_minute, 60.0)
         self.started = now_ms()
 
     # -- admission -------------------------------------------------------------------------
+    # Every transport calls refusal() before it accepts a session, connected() once it is open,
+    # join() for its join frames and disconnected() exactly once at the end.
 
     def refusal(self, remote: str) -> tuple[int, str] | None:
-        """Why a new WebSocket from `remote` may not open now, as (HTTP status, message)."""
-        if len(self.connections) >= self.config.max_connections:
+        """Why a new session from `remote` may not open now, as (HTTP status, message)."""
+        keys = address_keys(remote)
+        why = self.sessions.full_for(keys)
+        if why == "total":
             return 503, "the server has too many connections; try again later"
-        if self.per_address.get(remote, 0) >= self.config.max_connections_per_address:
+        if why == "address":
             return 429, "too many connections from your address"
+        why = self.unjoined.full_for(keys)
+        if why == "total":
+            return 503, "too many connections are waiting to join; try again in a few seconds"
+        if why == "address":
+            return 429, "too many connections from your address are waiting to join"
         return None
 
     def connected(self, connection: Connection) -> None:
-        self.connections.add(connection)
-        self.per_address[connection.remote] = self.per_address.get(connection.remote, 0) + 1
+        """A session opened: it waits in the pre-join pool until it joins or its deadline passes."""
+        keys = address_keys(connection.remote)
+        self.connections[connection] = keys
+        self.sessions.take(keys)
+        self.unjoined.take(keys)
+        self._deadlines[connection] = asyncio.get_running_loop().call_later(
+            self.config.join_timeout, self._join_deadline, connection)
+
+    def _join_deadline(self, connection: Connection) -> None:
+        if self._deadlines.pop(connection, None) is not None:
+            self.unjoined.give_back(self.connections[connection])
+            connection.close(JOIN_TIMEOUT, "did not join in time")
+
+    def _left_pre_join_pool(self, connection: Connection) -> None:
+        deadline = self._deadlines.pop(connection, None)
+        if deadline is not None:
+            deadline.cancel()
+            self.unjoined.give_back(self.connections[connection])
 
     def disconnected(self, connection: Connection) -> None:
-        if connection in self.connections:
-            self.connections.discard(connection)
-            left = self.per_address.pop(connection.remote, 1) - 1
-            if left:
-                self.per_address[connection.remote] = left
+        keys = self.connections.get(connection)
+        if keys is None:
+            return
+        self._left_pre_join_pool(connection)
+        del self.connections[connection]
+        self.sessions.give_back(keys)
 
     def limits(self) -> dict:
         return {
@@ -111,6 +147,7 @@ class Hub:
             other.connection.send(joined)
         self.log.append(room.membership_record("join", participant, now_ms()))
         log_membership("joined", participant)
+        self._left_pre_join_pool(connection)
         return participant
 
     def hello(self, connection: Connection) -> None:
