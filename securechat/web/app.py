@@ -27,7 +27,9 @@ class IndexHandler(CanonicalRedirectMixin, SecureHeadersMixin, tornado.web.Reque
 
     def get(self) -> None:
         sri = self.settings["sri"]
-        modules = [name for name in sri if name.startswith("js/") and name != "js/main.js"]
+        # Service workers (*-sw.js) are not modules of the page: they run apart, never preloaded.
+        modules = [name for name in sri if name.startswith("js/") and name != "js/main.js"
+                   and not name.endswith("-sw.js")]
         self.set_header("Cache-Control", "no-cache")
         self.render("index.html", room=self.hub.rooms.default, version=__version__, sri=sri, modules=modules)
 
