@@ -219,18 +219,25 @@ def signed_text(header: str, iv_b64: str, ct_b64: str) -> bytes:
     return text_lines(header, iv_b64, ct_b64)
 
 
-def encode_plaintext(text: str) -> bytes:
-    return json.dumps({"text": text}, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+def encode_plaintext(text: str, extra: dict | None = None) -> bytes:
+    """§7.1: {"text": ...}, plus optional fields such as an attachment's "files" (§10.4)."""
+    body = {"text": text, **(extra or {})}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def decode_plaintext(data: bytes) -> str:
+def decode_body(data: bytes) -> dict:
+    """The whole plaintext object; it must at least hold a "text" string."""
     try:
         body = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise CryptoError("the plaintext is not UTF-8 JSON") from exc
     if not isinstance(body, dict) or not isinstance(body.get("text"), str):
         raise CryptoError('the plaintext has no "text" string')
-    return body["text"]
+    return body
+
+
+def decode_plaintext(data: bytes) -> str:
+    return decode_body(data)["text"]
 
 
 @dataclass(frozen=True)
@@ -253,17 +260,23 @@ def seal_message(
     msg_id: str | None = None,
     message_key: bytes | None = None,
     iv: bytes | None = None,
+    extra: dict | None = None,
+    attachments: list[str] | None = None,
 ) -> dict:
-    """Build a client->server msg frame (§7.3). Key/IV overrides exist only for test vectors."""
+    """Build a client->server msg frame (§7.3). Key/IV overrides exist only for test vectors.
+
+    `extra` adds plaintext fields (§7.1); `attachments` lists the blob ids the message refers
+    to, in the clear, so the server can log the reference and keep the blobs (§10.3).
+    """
     ts = int(time.time() * 1000) if ts is None else ts
     msg_id = os.urandom(16).hex() if msg_id is None else msg_id
     message_key = AESGCM.generate_key(bit_length=256) if message_key is None else message_key
     iv = os.urandom(IV_BYTES) if iv is None else iv
     sids = sorted(r.sid for r in recipients)
     header = message_header(room, identity.fingerprint, sender_sid, msg_id, ts, counter, sids)
-    ct_b64 = b64encode(AESGCM(message_key).encrypt(iv, encode_plaintext(text), header.encode()))
+    ct_b64 = b64encode(AESGCM(message_key).encrypt(iv, encode_plaintext(text, extra), header.encode()))
     iv_b64 = b64encode(iv)
-    return {
+    frame = {
         "v": PROTOCOL_VERSION,
         "type": "msg",
         "id": msg_id,
@@ -274,6 +287,9 @@ def seal_message(
         "sig": identity.sign(signed_text(header, iv_b64, ct_b64)),
         "keys": {r.sid: wrap_key(r.session_key, message_key) for r in recipients},
     }
+    if attachments:
+        frame["attachments"] = list(attachments)
+    return frame
 
 
 def relayed_header(frame: dict) -> str:
@@ -289,6 +305,11 @@ def open_message(frame: dict, sender_identity_key, session: SessionKey) -> str:
 
     Roster membership, replay and clock checks need client state and live in client.py.
     """
+    return open_message_body(frame, sender_identity_key, session)["text"]
+
+
+def open_message_body(frame: dict, sender_identity_key, session: SessionKey) -> dict:
+    """Like open_message, but the whole plaintext object (text plus e.g. "files")."""
     recipients = frame["recipients"]
     if recipients != sorted(set(recipients)):
         raise CryptoError("the recipient list is not sorted and unique")
@@ -304,4 +325,4 @@ def open_message(frame: dict, sender_identity_key, session: SessionKey) -> str:
         )
     except (InvalidTag, ValueError) as exc:
         raise CryptoError("the message does not decrypt") from exc
-    return decode_plaintext(plaintext)
+    return decode_body(plaintext)
