@@ -475,7 +475,7 @@ def with_progress(items):
 
 
 def print_items(items, *, as_json: bool, chunk: int) -> None:
-    from securechat.admin.dump import row
+    from securechat.admin.dump import attachment_rows, row
     from securechat.admin.views import dump_table
     from securechat.console import make_console
     from securechat.storage.ciphertext_log import LogProblem
@@ -488,11 +488,119 @@ def print_items(items, *, as_json: bool, chunk: int) -> None:
             click.echo(item.raw)
         else:
             rows.append(row(item.record))
+            rows.extend(attachment_rows(item.record))
             if len(rows) >= chunk:
                 console.print(dump_table(rows, header))
                 rows, header = [], False
     if rows or (header and not as_json):
         console.print(dump_table(rows, header))
+
+
+@main.group(context_settings=CONTEXT, invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@server_options
+@config_options
+@click.pass_context
+def blobs(ctx, as_json, port, url, token, fingerprint, cacert, data_dir, config_file) -> None:
+    """Show how much space the encrypted attachments take, and prune them.
+
+    Without a subcommand it shows the usage. Through the running server when there is one
+    (the one running here, or the one --port or --data-dir names), else straight from the
+    files in the data dir.
+
+    \b
+    Examples:
+      securechat blobs
+      securechat blobs usage --json
+      securechat blobs prune --dry-run
+      securechat blobs prune
+    """
+    if ctx.invoked_subcommand is None:
+        show_blob_usage(as_json, port=port, url=url, token=token, fingerprint=fingerprint, cacert=cacert,
+                        data_dir=data_dir, config_file=config_file)
+
+
+@blobs.command("usage", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@server_options
+@config_options
+def blobs_usage(as_json, port, url, token, fingerprint, cacert, data_dir, config_file) -> None:
+    """How many attachments are stored, how large, which the log still refers to.
+
+    \b
+    Example:
+      securechat blobs usage --json | jq .bytes
+    """
+    show_blob_usage(as_json, port=port, url=url, token=token, fingerprint=fingerprint, cacert=cacert,
+                    data_dir=data_dir, config_file=config_file)
+
+
+def show_blob_usage(as_json, *, port, url, token, fingerprint, cacert, data_dir, config_file) -> None:
+    from securechat.admin.blobs import offline_usage
+    from securechat.admin.views import print_blob_usage
+    from securechat.console import make_console
+
+    config = build_config(config_file, data_dir=data_dir)
+    client = admin_client(config, url=url, token=token, port=port, fingerprint=fingerprint, cacert=cacert,
+                          required=url is not None or port is not None)
+    if client is not None:
+        report = admin_call(client.blobs)
+    elif not config.data_dir.is_dir():
+        raise UserError(f"no data in {config.data_dir} and no server using it; check --data-dir")
+    else:
+        report = offline_usage(config)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        print_blob_usage(make_console(), report)
+
+
+@blobs.command("prune", context_settings=CONTEXT)
+@click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@server_options
+@config_options
+def blobs_prune(dry_run, as_json, port, url, token, fingerprint, cacert, data_dir, config_file) -> None:
+    """Delete attachments past retention now: older than [attachments] retention_days, or
+    referenced by no message of the kept log once older than grace_seconds.
+
+    The server does the same every hour by itself.
+
+    \b
+    Examples:
+      securechat blobs prune --dry-run
+      securechat blobs prune
+    """
+    from securechat.admin import runtime
+    from securechat.admin.blobs import offline_prune
+    from securechat.admin.views import prune_summary
+    from securechat.storage.ciphertext_log import LogLocked
+
+    config = build_config(config_file, data_dir=data_dir)
+    client = admin_client(config, url=url, token=token, port=port, fingerprint=fingerprint, cacert=cacert,
+                          required=url is not None or port is not None)
+    if client is not None:
+        result = admin_call(lambda: client.prune_blobs(dry_run))
+        where = f"by the server at {client.url}"
+    elif not config.data_dir.is_dir():
+        raise UserError(f"no data in {config.data_dir} and no server using it; check --data-dir")
+    else:
+        try:
+            result = offline_prune(config, dry_run=dry_run).as_json()
+        except LogLocked:
+            scan = runtime.scan()
+            who = runtime.holder(config.log_dir, scan.servers)
+            who = f" ({who})" if who else ""
+            raise UserError(f"a securechat server{who} is using {config.data_dir} but is not registered in "
+                            f"{scan.directory}; prune through it with --url URL and --token (or "
+                            "SECURECHAT_TOKEN)") from None
+        except OSError as exc:
+            raise UserError(f"cannot prune the attachments in {config.data_dir}: {exc}") from None
+        where = f"in {config.data_dir} (no server running)"
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(f"{prune_summary(result)} {where}")
 
 
 @logs.command("rotate", context_settings=CONTEXT)

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-from tornado.httpclient import HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from . import crypto
+from . import filecrypto as fc
+
+PART_BYTES = 1024 * 1024  # what the browser sends per PATCH, too
 
 
 @dataclass
@@ -35,6 +41,7 @@ class Message:
     fingerprint: str
     text: str
     ts: int
+    files: list[fc.FileRef] = field(default_factory=list)
 
 
 @dataclass
@@ -57,6 +64,15 @@ class ClientError(Exception):
     pass
 
 
+class AttachmentError(ClientError):
+    """An upload or download the server refused, or a file that failed verification."""
+
+    def __init__(self, code: str, message: str, status: int | None = None):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.status = status
+
+
 @dataclass
 class ChatClient:
     url: str
@@ -70,6 +86,8 @@ class ChatClient:
     counter: int = 0
     acks: dict[str, int] = field(default_factory=dict)
     events: list = field(default_factory=list)
+    attachments: dict | None = None  # the welcome's capability and limit (§10.2)
+    ssl_options: object = None
     _seen: dict[str, set] = field(default_factory=dict)
     _last_counter: dict[str, int] = field(default_factory=dict)
 
@@ -78,6 +96,7 @@ class ChatClient:
     async def connect(self, *, origin: str | None = None, ssl_options=None, timeout: float = 10) -> dict:
         """Open the socket, read the server's hello, join, and return the welcome frame."""
         headers = {"Origin": origin} if origin else {}
+        self.ssl_options = ssl_options
         request = HTTPRequest(self.url, headers=headers, ssl_options=ssl_options)
         self.ws = await asyncio.wait_for(websocket_connect(request), timeout)
         self.room = (await self.expect("hello", timeout=timeout))["room"]
@@ -89,6 +108,7 @@ class ChatClient:
         self.counter = 0
         await self.send_frame(self.join_frame(self.room))
         welcome = await self.expect("welcome", timeout=timeout)
+        self.attachments = welcome.get("attachments")
         self.members = {}
         for entry in welcome["participants"]:
             self._add_member(entry)
@@ -118,24 +138,27 @@ class ChatClient:
     async def send_frame(self, frame: dict | str) -> None:
         await self.ws.write_message(frame if isinstance(frame, str) else json.dumps(frame))
 
-    def seal(self, text: str, recipients: list[Member] | None = None) -> dict:
+    def seal(self, text: str, recipients: list[Member] | None = None, *,
+             files: list[fc.FileRef] = ()) -> dict:
         """Build the next msg frame to every verified member (or the given ones)."""
         targets = [m for m in (recipients or self.members.values()) if m.verified]
         self.counter += 1
         return crypto.seal_message(
             identity=self.identity, sender_sid=self.sid, room=self.room, text=text,
             recipients=[crypto.Recipient(m.sid, m.session_key) for m in targets], counter=self.counter,
+            extra={"files": [ref.to_json() for ref in files]} if files else None,
+            attachments=[ref.id for ref in files] or None,
         )
 
-    async def send(self, text: str) -> str:
-        frame = self.seal(text)
+    async def send(self, text: str, *, files: list[fc.FileRef] = ()) -> str:
+        frame = self.seal(text, files=files)
         await self.send_frame(frame)
         return frame["id"]
 
-    async def deliver(self, text: str, timeout: float = 10) -> str:
+    async def deliver(self, text: str, timeout: float = 10, *, files: list[fc.FileRef] = ()) -> str:
         """Send and wait for the ack; after `stale_recipients`, refresh the roster and re-send once."""
         for attempt in range(2):
-            frame = self.seal(text)
+            frame = self.seal(text, files=files)
             await self.send_frame(frame)
             outcome = await self._outcome(frame["id"], timeout)
             if outcome["type"] == "ack":
@@ -210,12 +233,139 @@ class ChatClient:
         if frame["id"] in seen or frame["counter"] <= self._last_counter.get(member.sid, 0):
             return reject("replayed message")
         try:
-            text = crypto.open_message(frame, member.identity_key, self.session)
+            body = crypto.open_message_body(frame, member.identity_key, self.session)
+            files = fc.parse_files(body)
         except (crypto.CryptoError, KeyError, TypeError) as exc:
             return reject(str(exc))
         seen.add(frame["id"])
         self._last_counter[member.sid] = frame["counter"]
-        return Message(frame["id"], member.username, member.fingerprint, text, frame["ts"])
+        return Message(frame["id"], member.username, member.fingerprint, body["text"], frame["ts"], files)
+
+    # -- attachments (§10) -------------------------------------------------------------------
+
+    @property
+    def http_url(self) -> str:
+        """The server's base URL for HTTP, from the WebSocket URL: ws://h:p/ws -> http://h:p."""
+        parts = urlsplit(self.url)
+        scheme = "https" if parts.scheme == "wss" else "http"
+        return urlunsplit((scheme, parts.netloc, "", "", ""))
+
+    def _capability(self) -> dict[str, str]:
+        if not self.attachments:
+            raise AttachmentError("attachments_off", "this server issued no attachment capability")
+        return {"Authorization": f"Bearer {self.attachments['token']}"}
+
+    async def _call(self, method: str, path: str, headers: dict | None = None, body: bytes | None = None,
+                    timeout: float = 60, **options):
+        request = HTTPRequest(self.http_url + path, method=method, headers={**self._capability(), **(headers or {})},
+                              body=body, request_timeout=timeout, ssl_options=self.ssl_options,
+                              allow_nonstandard_methods=True, **options)
+        try:
+            return await AsyncHTTPClient().fetch(request)
+        except HTTPClientError as exc:
+            answer = {}
+            if exc.response is not None and exc.response.body:
+                try:
+                    answer = json.loads(exc.response.body)
+                except ValueError:
+                    answer = {}
+            raise AttachmentError(answer.get("error", "http_error"), answer.get("message", str(exc)),
+                                  exc.code) from None
+
+    async def upload_blob(self, blob_pieces, size: int, part_bytes: int = PART_BYTES) -> str:
+        """Upload a blob of `size` bytes given as an iterable of pieces; returns its id (§10.5).
+
+        The id the server answers must be the blob hash computed here, or the upload is refused.
+        """
+        start = await self._call("POST", "/api/blobs", {"Upload-Length": str(size)})
+        upload = json.loads(start.body)["upload"]
+        hasher, offset, part = fc.BlobHasher(), 0, bytearray()
+        answer = None
+        try:
+            for piece in blob_pieces:
+                hasher.update(piece)
+                part += piece
+                while len(part) >= part_bytes or (part and offset + len(part) == size):
+                    chunk, part = bytes(part[:part_bytes]), part[part_bytes:]
+                    answer = await self._call("PATCH", f"/api/blobs/uploads/{upload}",
+                                              {"Upload-Offset": str(offset)}, chunk)
+                    offset += len(chunk)
+        except BaseException:
+            try:
+                await self._call("DELETE", f"/api/blobs/uploads/{upload}")
+            except (AttachmentError, OSError):
+                pass
+            raise
+        if answer is None or answer.code != 201 or offset != size:
+            raise AttachmentError("bad_size", f"the blob had {offset} bytes, not the {size} announced")
+        blob_id = json.loads(answer.body)["id"]
+        if blob_id != hasher.hexdigest():
+            raise AttachmentError("bad_hash", "the server named the blob by a different hash")
+        return blob_id
+
+    async def upload_file(self, source: bytes | str | Path, name: str, type: str = "application/octet-stream", *,
+                          width: int | None = None, height: int | None = None) -> fc.FileRef:
+        """Encrypt a file (bytes or a path, read a piece at a time) under a fresh key and upload it."""
+        if isinstance(source, (str, Path)):
+            size = os.path.getsize(source)
+
+            def pieces():
+                with open(source, "rb") as fh:
+                    while piece := fh.read(PART_BYTES):
+                        yield piece
+        else:
+            size = len(source)
+
+            def pieces():
+                yield source
+        limit = (self.attachments or {}).get("max_bytes", 0)
+        if size > limit:
+            raise AttachmentError("too_large", f"the file has {size} bytes; this server takes at most {limit}")
+        key = fc.new_file_key()
+        blob_id = await self.upload_blob(fc.encrypt_stream(key, pieces()), fc.blob_size(size))
+        return fc.FileRef(blob_id, key, name, type, size, width, height)
+
+    async def send_file(self, source: bytes | str | Path, name: str, type: str = "application/octet-stream", *,
+                        text: str = "", width: int | None = None, height: int | None = None) -> tuple[str, fc.FileRef]:
+        """Upload a file and send the message that carries its key; returns (message id, reference)."""
+        ref = await self.upload_file(source, name, type, width=width, height=height)
+        return await self.deliver(text, files=[ref]), ref
+
+    async def fetch_blob(self, blob_id: str, on_chunk=None) -> bytes | None:
+        """The raw blob; with on_chunk, each received piece goes there instead of into memory."""
+        if on_chunk is None:
+            return (await self._call("GET", f"/api/blobs/{blob_id}")).body
+        await self._call("GET", f"/api/blobs/{blob_id}", streaming_callback=on_chunk)
+        return None
+
+    async def fetch_file(self, ref: fc.FileRef) -> bytes:
+        """Download, verify (blob hash, size, every chunk) and decrypt a referenced file."""
+        decryptor, hasher, plain = fc.Decryptor(ref.key), fc.BlobHasher(), []
+        failure: list[Exception] = []
+
+        def on_chunk(data: bytes) -> None:
+            if failure:
+                return
+            hasher.update(data)
+            try:
+                plain.append(decryptor.push(data))
+            except fc.FileCryptoError as exc:
+                failure.append(exc)
+
+        await self.fetch_blob(ref.id, on_chunk)
+        if not failure:
+            try:
+                plain.append(decryptor.finish())
+            except fc.FileCryptoError as exc:
+                failure.append(exc)
+        if failure:
+            raise AttachmentError(failure[0].code, str(failure[0]))
+        if hasher.hexdigest() != ref.id or hasher.size != ref.blob_size:
+            raise AttachmentError("bad_hash", "the server sent a different blob than the message names")
+        data = b"".join(plain)
+        if len(data) != ref.size:
+            raise AttachmentError("bad_size", "the file is not the size the message says")
+        return data
 
     def _add_member(self, entry: dict) -> None:
         identity_key = crypto.load_identity_public_key(entry["identity_key"])

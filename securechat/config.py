@@ -83,6 +83,14 @@ class Config:
     max_body_bytes: int = _setting("limits", 64 * 1024, minimum=1024)
     joins_per_minute: int = _setting("limits", 20, minimum=1)
     max_outbound_bytes: int = _setting("limits", 4 * 1024 * 1024, minimum=65536)
+    # [attachments]
+    # The largest file people may send (its size before encryption); 0 turns attachments off.
+    attachments_max_bytes: int = _setting("attachments", 25 * 1024 * 1024, minimum=0, maximum=2**40)
+    attachments_quota_bytes: int = _setting("attachments", 1024 * 1024 * 1024, minimum=0)
+    attachments_uploads_per_minute: int = _setting("attachments", 30, minimum=1)
+    # 0 keeps attachments as long as a kept log file refers to them.
+    attachments_retention_days: float = _setting("attachments", 30.0, minimum=0.0)
+    attachments_grace_seconds: float = _setting("attachments", 3600.0, minimum=60.0)
     # [proxy]
     # Reverse proxies whose X-Forwarded-* headers are believed; empty believes nobody.
     proxy_trusted: tuple[str, ...] = _setting("proxy", ())
@@ -135,6 +143,10 @@ class Config:
     @property
     def log_dir(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def attachments_enabled(self) -> bool:
+        return self.attachments_max_bytes > 0
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

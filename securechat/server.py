@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
+from tornado.ioloop import PeriodicCallback
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError
 
@@ -22,7 +23,8 @@ from .config import Config
 from .relay.hub import Hub
 from .storage.ciphertext_log import LogError
 from .web import proxy, refusals
-from .web.app import make_app, open_log
+from .web.app import make_app, open_blobs, open_log
+from .web.blobs import HOUSEKEEPING_SECONDS
 from .web.connections import GuardedHTTPServer
 
 log = logging.getLogger("securechat")
@@ -40,6 +42,7 @@ class RunningServer:
     app: tornado.web.Application
     http: tornado.httpserver.HTTPServer
     port: int
+    housekeeping: PeriodicCallback | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -48,10 +51,14 @@ class RunningServer:
 
     async def shutdown(self) -> None:
         self.http.stop()
+        if self.housekeeping is not None:
+            self.housekeeping.stop()
         for connection in list(self.hub.connections):
             connection.close(GOING_AWAY, "the server is shutting down")
         await asyncio.sleep(0.2)  # let the close frames leave before the loop ends
         await self.http.close_all_connections()
+        if self.hub.blobs is not None:
+            self.hub.blobs.close()
         self.hub.log.close()
         self.stopped.set()
 
@@ -66,18 +73,28 @@ async def start(config: Config, ssl_context: ssl.SSLContext | None = None, **app
     config = fit_to_descriptor_limit(config)
     refusals.install()
     ciphertext_log = open_log(config)
+    blobs = None
     try:
-        app = make_app(config, ciphertext_log, **app_options)
+        blobs = open_blobs(config)
+        app = make_app(config, ciphertext_log, blobs, **app_options)
         http = http_server(app, config, ssl_context)
         # listen_host None binds every interface of both families (0.0.0.0 and ::).
         sockets = tornado.netutil.bind_sockets(config.port, address=config.listen_host)
     except BaseException:
+        if blobs is not None:
+            blobs.close()
         ciphertext_log.close()
         raise
     http.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     quiet_closed_writes(asyncio.get_running_loop())
-    return RunningServer(config, app, http, port)
+    housekeeping = None
+    if blobs is not None:
+        api = app.settings["blob_api"]
+        # Abandoned uploads go within minutes; retention runs hourly (and at start-up, soon).
+        housekeeping = PeriodicCallback(api.housekeeping, HOUSEKEEPING_SECONDS * 1000)
+        housekeeping.start()
+    return RunningServer(config, app, http, port, housekeeping)
 
 
 def http_server(app: tornado.web.Application, config: Config,

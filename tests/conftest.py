@@ -11,7 +11,7 @@ import pytest
 
 from securechat.client import ChatClient
 from securechat.config import Config
-from securechat.web.app import make_app, open_log
+from securechat.web.app import make_app, open_blobs, open_log
 
 # pytest-tornado's io_loop fixture saves asyncio.get_event_loop() to restore it later; with no
 # loop set yet, that call creates one nobody closes, and its garbage collection later fails an
@@ -34,8 +34,16 @@ def ciphertext_log(config):
 
 
 @pytest.fixture
-def app(config, ciphertext_log):
-    return make_app(config, ciphertext_log)
+def blob_store(config):
+    store = open_blobs(config)
+    yield store
+    if store is not None:
+        store.close()
+
+
+@pytest.fixture
+def app(config, ciphertext_log, blob_store):
+    return make_app(config, ciphertext_log, blob_store)
 
 
 @pytest.fixture
@@ -103,14 +111,16 @@ async def serving(config: Config):
 
     from securechat.server import http_server
 
-    log = open_log(config)
-    server = http_server(make_app(config, log), config)
+    log, blobs = open_log(config), open_blobs(config)
+    server = http_server(make_app(config, log, blobs), config)
     sock, port = bind_unused_port()
     server.add_sockets([sock])
     try:
         yield port
     finally:
         server.stop()
+        if blobs is not None:
+            blobs.close()
         log.close()
 
 

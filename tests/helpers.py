@@ -168,3 +168,19 @@ def as_another_user(tmp_root: Path) -> tuple[list[str], dict[str, str]] | None:
                                      capture_output=True).returncode == 0:
             return [*drop, python], env
     return None
+def files_containing(directory, *markers: bytes) -> list[str]:
+    """Every file under `directory` whose bytes (gunzipped too) contain one of `markers`."""
+    import gzip
+    from pathlib import Path
+
+    found = []
+    for path in sorted(Path(directory).rglob("*")):
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        if path.suffix == ".gz":
+            data += gzip.decompress(data)
+        for marker in markers:
+            if marker in data:
+                found.append(f"{path}: {marker!r}")
+    return found

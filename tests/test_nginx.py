@@ -211,3 +211,33 @@ def test_the_admin_api_through_the_proxy(deployment):
     admin = AdminClient(f"https://127.0.0.1:{deployment['tls']}/", TOKEN, pin=deployment["fingerprint"])
     assert admin.roster() == {"room": "lobby", "participants": []}
     assert list(admin.logs()) == []
+
+
+def test_attachments_through_the_proxy(deployment):
+    """Parts up to the 4 MiB the server allows pass nginx as documented, and come back intact."""
+    tls = deployment["tls"]
+    public = f"https://127.0.0.1:{tls}"
+
+    async def scenario():
+        wss = f"wss://127.0.0.1:{tls}/ws"
+        alice = await join(wss, "alice", origin=public)
+        bob = await join(wss, "bob", origin=public)
+        for client in (alice, bob):
+            client.ssl_options = insecure()
+            while len(client.members) < 2:
+                await client.recv()
+        try:
+            data = os.urandom(6 * 1024 * 1024 + 3)
+            _, ref = await alice.send_file(data, "through-nginx.bin")
+            key = os.urandom(32)
+            from securechat import filecrypto as fc
+
+            big_parts = await alice.upload_blob(fc.encrypt_stream(key, [data]), fc.blob_size(len(data)),
+                                                part_bytes=4 * 1024 * 1024)
+            message = await bob.next_message()
+            return data, await bob.fetch_file(message.files[0]), big_parts, ref
+        finally:
+            await close_all([alice, bob])
+
+    data, fetched, big_parts, ref = asyncio.run(scenario())
+    assert fetched == data and len(big_parts) == 64 and big_parts != ref.id

@@ -157,3 +157,17 @@ def test_clock_skew_window(room, offset):
         room.prepare(alice, message(alice.sid, ts=NOW + offset), NOW)
     assert info.value.code == "clock_skew"
     room.prepare(alice, message(alice.sid, ts=NOW + offset // 2), NOW)
+
+
+def test_log_line_with_attachments_is_still_exactly_json(room):
+    alice, bob = room.find("alice"), room.find("bob")
+    keys = {bob.sid: "QUJD" * 86}
+    msg = Msg(id="d" * 32, ts=NOW, counter=4, iv="AAAAAAAAAAAAAAAA", ct="Y3Q=", sig="c2ln", keys=keys,
+              attachments=("ab" * 32,))
+    refs = [{"id": "ab" * 32, "size": 1234}]
+    relay = room.prepare(alice, msg, NOW, refs)
+    record = json.loads(relay.log_line)
+    assert record["attachments"] == refs and list(record)[-1] == "attachments"
+    assert relay.log_line == json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    # Recipients get no reference: the one that counts is inside the ciphertext.
+    assert all("attachments" not in json.loads(text) for _, text in relay.deliveries())

@@ -17,8 +17,10 @@ from tornado.iostream import StreamClosedError
 
 from .. import __version__
 from ..relay.hub import Hub
+from ..storage import blobs as blob_storage
 from ..storage import log_pages
 from ..web.http_security import SecureHeadersMixin
+from .blobs import describe
 from .dump import parse_instant
 
 
@@ -185,6 +187,37 @@ class LogsHandler(AdminHandler):
             raise tornado.web.HTTPError(400, reason="the cursor is not one this server gave out") from None
 
 
+class BlobsHandler(AdminHandler):
+    """GET: attachment usage (§10.6). The log scan that tells referenced from loose runs in a thread."""
+
+    async def get(self) -> None:
+        store = self.hub.blobs
+        log_dir = self.hub.config.log_dir
+        if store is None:
+            blobs, pending = list(blob_storage.scan(self.hub.config.data_dir / blob_storage.DIR_NAME)), []
+        else:
+            blobs, pending = store.blobs(), store.pending()
+        report = await IOLoop.current().run_in_executor(None, blob_storage.usage, blobs, log_dir, pending)
+        self.write({"enabled": store is not None, **describe(self.hub.config, report)})
+
+
+class BlobsPruneHandler(AdminHandler):
+    """POST: apply retention now; {"dry_run": true} (or ?dry_run=1) only lists what would go."""
+
+    async def post(self) -> None:
+        dry_run = self.get_query_argument("dry_run", "0") in ("1", "true", "yes")
+        if self.request.body:
+            try:
+                dry_run = dry_run or bool(json.loads(self.request.body).get("dry_run"))
+            except (ValueError, AttributeError):
+                raise tornado.web.HTTPError(400, reason="the body must be a JSON object") from None
+        api = self.settings["blob_api"]
+        if api.store is None:
+            raise tornado.web.HTTPError(409, reason="attachments are turned off on this server")
+        result = await IOLoop.current().run_in_executor(None, lambda: api.retention(dry_run=dry_run))
+        self.write(result.as_json())
+
+
 def routes(hub: Hub, token: str | None) -> list[tuple]:
     options = {"hub": hub, "token": token}
     return [
@@ -192,4 +225,6 @@ def routes(hub: Hub, token: str | None) -> list[tuple]:
         (r"/api/admin/roster", RosterHandler, options),
         (r"/api/admin/logs", LogsHandler, options),
         (r"/api/admin/logs/rotate", RotateHandler, options),
+        (r"/api/admin/blobs", BlobsHandler, options),
+        (r"/api/admin/blobs/prune", BlobsPruneHandler, options),
     ]

@@ -60,6 +60,12 @@ class AdminClient:
         body = json.dumps({"keep": keep} if keep is not None else {})
         return self._call("POST", "/api/admin/logs/rotate", body)
 
+    def blobs(self) -> dict:
+        return self._call("GET", "/api/admin/blobs")
+
+    def prune_blobs(self, dry_run: bool = False) -> dict:
+        return self._call("POST", "/api/admin/blobs/prune", json.dumps({"dry_run": dry_run}))
+
     def logs(self, since: float | None = None, until: float | None = None, page: int = 1000,
              on_skipped: Callable[[int], None] = lambda n: None) -> Iterator[str]:
         """Every stored record line (JSON, no newline) from /api/admin/logs, page after page.

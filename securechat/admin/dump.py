@@ -76,6 +76,19 @@ def row(record: dict) -> tuple[str, ...]:
     )
 
 
+def attachment_rows(record: dict) -> list[tuple[str, ...]]:
+    """One row under a message per attachment it refers to: the blob's size and full id."""
+    refs = record.get("attachments") if record.get("event") == "msg" else None
+    rows = []
+    for ref in refs if isinstance(refs, list) else ():
+        if not isinstance(ref, dict):
+            continue
+        size = ref.get("size")
+        shown = str(size) if isinstance(size, int) and not isinstance(size, bool) else "-"
+        rows.append(("", "file", "", "", "", shown, _text(ref.get("id"))))
+    return rows
+
+
 def _time(t) -> str:
     if isinstance(t, bool) or not isinstance(t, (int, float)):
         return "-"

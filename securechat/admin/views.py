@@ -17,7 +17,7 @@ from .dump import COLUMNS
 from .terminal import strip_controls
 
 # Fixed widths keep successive chunks of `logs dump` (and `--follow` rows) in one column grid.
-_DUMP_WIDTHS = (23, 5, 16, 19, 3, 7, 32)
+_DUMP_WIDTHS = (23, 5, 16, 19, 3, 9, 32)
 
 
 def local_time(ms: int) -> str:
@@ -56,7 +56,9 @@ def dump_table(rows: list[tuple[str, ...]], header: bool) -> Table:
     table = Table(box=None, show_header=header, header_style="bold", pad_edge=False)
     for name, width in zip(COLUMNS, _DUMP_WIDTHS):
         justify = "right" if name in ("to", "bytes") else "left"
-        table.add_column(name, width=width, no_wrap=True, overflow="ellipsis", justify=justify)
+        # An attachment's 64-hex blob id folds onto a second line rather than lose half of it.
+        overflow = "fold" if name == "message id" else "ellipsis"
+        table.add_column(name, width=width, no_wrap=name != "message id", overflow=overflow, justify=justify)
     for row in rows:
         table.add_row(*(cell(text) for text in row))
     return table
@@ -113,3 +115,59 @@ def print_ca(console: Console, ca: LocalCA) -> None:
     console.print(f"CA permits   names {names} and the names under them", markup=False)
     console.print(f"             addresses {', '.join(str(n) for n in ca.permitted_networks)}", markup=False)
     console.print("             nothing else: it cannot vouch for a public site", style="dim")
+
+
+def human_bytes(count: int) -> str:
+    """1536 -> "1.5 KiB": the binary units file managers use."""
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _duration(seconds: float) -> str:
+    if seconds % 86400 == 0:
+        return f"{int(seconds // 86400)} d"
+    if seconds % 3600 == 0:
+        return f"{int(seconds // 3600)} h"
+    return f"{int(seconds // 60)} min" if seconds % 60 == 0 else f"{seconds:g} s"
+
+
+def print_blob_usage(console: Console, report: dict) -> None:
+    """`securechat blobs`: how much the attachments take and what retention will remove."""
+    quota = report["quota_bytes"]
+    share = f" ({100 * report['bytes'] / quota:.1f} %)" if quota else ""
+    days = report["retention_days"]
+    console.print(f"attachments in {report['directory']}", markup=False)
+    if report.get("enabled") is False:
+        console.print("  (turned off: [attachments] max_bytes = 0)", markup=False)
+    console.print(f"  stored        {report['count']} blobs, {human_bytes(report['bytes'])} of a "
+                  f"{human_bytes(quota)} quota{share}", markup=False)
+    console.print(f"  referenced    {report['referenced']['count']} blobs "
+                  f"({human_bytes(report['referenced']['bytes'])}) by messages in the kept log", markup=False)
+    console.print(f"  unreferenced  {report['unreferenced']['count']} blobs "
+                  f"({human_bytes(report['unreferenced']['bytes'])}), deleted once older than "
+                  f"{_duration(report['grace_seconds'])}", markup=False)
+    oldest = local_time(report["oldest"]) if report["oldest"] is not None else "-"
+    retention = f"{days:g} days" if days else "none (kept while the log refers to them)"
+    console.print(f"  oldest        {oldest}; age limit {retention}", markup=False)
+    uploads = report.get("uploads")
+    if uploads and uploads["count"]:
+        console.print(f"  uploading     {uploads['count']} ({human_bytes(uploads['reserved_bytes'])} reserved)",
+                      markup=False)
+    console.print(f"  largest file  {human_bytes(report['max_file_bytes'])}", markup=False)
+
+
+def prune_summary(result: dict) -> str:
+    """One line for `securechat blobs prune`."""
+    deleted = result["deleted"]
+    expired = sum(1 for d in deleted if d["reason"] == "expired")
+    loose = len(deleted) - expired
+    verb = "would delete" if result["dry_run"] else "deleted"
+    reasons = [part for part in (f"{expired} past the age limit" if expired else "",
+                                 f"{loose} no longer referenced" if loose else "") if part]
+    why = f": {', '.join(reasons)}" if reasons else ""
+    return (f"{verb} {len(deleted)} blobs ({human_bytes(result['freed_bytes'])}){why}; "
+            f"{result['kept']} kept")

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..config import Config
+from ..storage.blobs import BlobStore
 from ..storage.ciphertext_log import CiphertextLog
 from . import protocol
 from .admission import Pool, address_keys
@@ -46,10 +49,25 @@ def log_membership(event: str, participant: Participant) -> None:
         log.debug("%s %s (fingerprint %s …) from %s", participant.username, event, prefix, participant.remote)
 
 
+@dataclass(frozen=True)
+class Grant:
+    """What a session's attachment capability (§10.2) allows: its own room's blobs, while joined.
+
+    Checks go by `room`, so named rooms need nothing more here.
+    """
+
+    token: str
+    participant: Participant
+    room: str
+
+
 class Hub:
-    def __init__(self, config: Config, ciphertext_log: CiphertextLog):
+    def __init__(self, config: Config, ciphertext_log: CiphertextLog, blobs: BlobStore | None = None):
         self.config = config
         self.log = ciphertext_log
+        self.blobs = blobs
+        self.grants: dict[str, Grant] = {}
+        self._tokens: dict[Participant, str] = {}
         self.rooms = Rooms(
             config.room,
             max_participants=config.max_participants,
@@ -133,12 +151,17 @@ class Hub:
         )
         replaced = room.add(participant)
         if replaced is not None:
+            self.revoke(replaced)
             replaced.connection.close(4001, "replaced by a newer session")
+        extra = {}
+        if self.blobs is not None:
+            extra["attachments"] = {"token": self._issue(participant, room.name),
+                                    "max_bytes": self.config.attachments_max_bytes}
         # welcome first: the joiner's first frame answers its join, and its roster already
         # lacks the session it replaced, so only the others hear that one left.
         connection.send(protocol.frame(
             "welcome", room=room.name, you=participant.public(), participants=room.roster(),
-            server_time=now_ms(), limits=self.limits(),
+            server_time=now_ms(), limits=self.limits(), **extra,
         ))
         if replaced is not None:
             self._announce_leave(replaced, skip=participant)
@@ -157,8 +180,41 @@ class Hub:
         ))
 
     def leave(self, participant: Participant) -> None:
+        self.revoke(participant)
         if self.rooms.get().remove(participant):
             self._announce_leave(participant)
+
+    # -- attachment capabilities (§10.2) ---------------------------------------------------
+
+    def _issue(self, participant: Participant, room: str) -> str:
+        token = secrets.token_urlsafe(32)
+        self.grants[token] = Grant(token, participant, room)
+        self._tokens[participant] = token
+        return token
+
+    def grant(self, token: str) -> Grant | None:
+        """The live grant of an attachment capability; None once its session has ended."""
+        return self.grants.get(token) if token else None
+
+    def revoke(self, participant: Participant) -> None:
+        token = self._tokens.pop(participant, None)
+        if token is not None:
+            del self.grants[token]
+            if self.blobs is not None:
+                self.blobs.abort_owner(token)
+
+    def _attachment_refs(self, room_name: str, msg: Msg) -> list[dict] | None:
+        """The log's references for a message's blobs; bad_attachment unless all are here."""
+        if not msg.attachments:
+            return None
+        refs = []
+        for blob_id in msg.attachments:
+            info = self.blobs.readable(blob_id, room_name) if self.blobs is not None else None
+            if info is None:
+                raise ProtocolError("bad_attachment", f"attachment {blob_id[:12]}… is not on this server "
+                                    "(never uploaded, or already deleted); upload it again", msg_id=msg.id)
+            refs.append({"id": blob_id, "size": info.size})
+        return refs
 
     def _announce_leave(self, participant: Participant, skip: Participant | None = None) -> None:
         room = self.rooms.get()
@@ -177,7 +233,8 @@ class Hub:
     def relay(self, sender: Participant, msg: Msg) -> None:
         room = self.rooms.get()
         received = now_ms()
-        relay = room.prepare(sender, msg, received)
+        attachments = self._attachment_refs(room.name, msg)
+        relay = room.prepare(sender, msg, received, attachments)
         try:
             self.log.append_line(relay.log_line)
         except OSError as exc:
@@ -186,6 +243,8 @@ class Hub:
                 "server_error", "the server could not store the message; nothing was sent", msg_id=msg.id
             ) from None
         room.commit(relay, received)
+        if attachments:
+            self.blobs.mark_referenced(msg.attachments)
         for recipient, text in relay.deliveries():
             recipient.connection.send(text)
         sender.connection.send(protocol.frame("ack", id=msg.id, recipients=len(relay.targets)))

@@ -19,6 +19,8 @@ MAX_USERNAME = 32
 MAX_CT_BYTES = 65536 + 16
 MAX_INT = 2**53 - 1
 HEX32 = re.compile(r"[0-9a-f]{32}\Z")
+HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+MAX_ATTACHMENTS = 16
 ROOM_NAME = re.compile(r"[a-z0-9-]{1,32}\Z")
 _FORBIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 
@@ -51,6 +53,7 @@ class Msg:
     ct: str
     sig: str
     keys: dict[str, str]
+    attachments: tuple[str, ...] = ()  # blob ids (§10.3), in the clear so the log can keep them
 
 
 @dataclass(frozen=True)
@@ -143,14 +146,14 @@ def parse_frame(text: str, *, max_recipients: int = 256) -> Frame:
     if parser is None:
         raise ProtocolError("unknown_type", f"unknown frame type {str(data.get('type'))[:40]!r}")
     fields, build = parser
-    _check_fields(data, fields)
+    _check_fields(data, fields, _OPTIONAL.get(data["type"], frozenset()))
     return build(data, max_recipients)
 
 
-def _check_fields(data: dict, fields: frozenset[str]) -> None:
+def _check_fields(data: dict, fields: frozenset[str], optional: frozenset[str] = frozenset()) -> None:
     present = set(data) - {"v", "type"}
-    if present - fields:
-        raise ProtocolError("bad_frame", f"unknown field {sorted(present - fields)[0][:40]!r}")
+    if present - fields - optional:
+        raise ProtocolError("bad_frame", f"unknown field {sorted(present - fields - optional)[0][:40]!r}")
     if fields - present:
         raise ProtocolError("bad_frame", f"missing field {sorted(fields - present)[0]!r}")
 
@@ -175,10 +178,21 @@ def _msg(data: dict, max_recipients: int) -> Msg:
             ct=_b64(data["ct"], "ct", max_size=MAX_CT_BYTES),
             sig=_b64(data["sig"], "sig", size=crypto.SIGNATURE_BYTES),
             keys=_keys(data["keys"], max_recipients),
+            attachments=_attachments(data["attachments"]) if "attachments" in data else (),
         )
     except ProtocolError as exc:
         exc.msg_id = msg_id
         raise
+
+
+def _attachments(value: Any) -> tuple[str, ...]:
+    if (not isinstance(value, list) or not 1 <= len(value) <= MAX_ATTACHMENTS
+            or not all(isinstance(v, str) and HEX64.match(v) for v in value)):
+        raise ProtocolError("bad_frame", f"attachments must list 1 to {MAX_ATTACHMENTS} blob ids "
+                            "(64 lowercase hex characters)")
+    if len(set(value)) != len(value):
+        raise ProtocolError("bad_frame", "attachments must not repeat a blob id")
+    return tuple(value)
 
 
 def _keys(value: Any, max_recipients: int) -> dict[str, str]:
@@ -243,6 +257,7 @@ _PARSERS: dict[str, tuple[frozenset[str], Callable[[dict, int], Frame]]] = {
     "roster": (frozenset(), lambda data, _: RosterRequest()),
     "leave": (frozenset(), lambda data, _: Leave()),
 }
+_OPTIONAL: dict[str, frozenset[str]] = {"msg": frozenset({"attachments"})}
 
 
 # -- server frames ---------------------------------------------------------------------------

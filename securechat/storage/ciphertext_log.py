@@ -33,6 +33,7 @@ import re
 import threading
 import time
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -44,6 +45,7 @@ __all__ = [
     "LogLocked",
     "LogProblem",
     "LogRecord",
+    "exclusive",
     "log_files",
     "parse_line",
     "read_log",
@@ -253,6 +255,17 @@ def _take_lock(directory: Path) -> int:
             raise LogLocked(directory) from None
         raise
     return fd
+
+
+@contextmanager
+def exclusive(directory: Path) -> Iterator[None]:
+    """Hold a log directory's writer lock without opening the log (LogLocked while a server
+    uses it): offline maintenance of what lives beside the log, such as attachments."""
+    fd = _take_lock(Path(directory))
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 class CiphertextLog:

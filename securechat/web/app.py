@@ -11,10 +11,13 @@ from tornado.log import access_log
 from .. import __version__
 from ..admin import api as admin
 from ..config import Config
+from ..filecrypto import blob_size
 from ..relay.hub import Hub
 from ..relay.ws import ChatSocket
+from ..storage.blobs import BlobStore
 from ..storage.ciphertext_log import CiphertextLog
 from ..tls import LocalCA
+from . import blobs as blob_handlers
 from . import proxy, resources, setup
 from .canonical import CanonicalHost
 from .http_security import NotFoundHandler, SecureHeadersMixin, SecureStaticFileHandler, integrity_table
@@ -82,18 +85,30 @@ class Application(tornado.web.Application):
         return super().get_handler_delegate(request, target_class, target_kwargs, path_args, path_kwargs)
 
 
-def make_app(config: Config, ciphertext_log: CiphertextLog | None = None, *,
+def open_blobs(config: Config) -> BlobStore | None:
+    """The attachment store, or None when attachments are turned off."""
+    if not config.attachments_enabled:
+        return None
+    return BlobStore(config.data_dir, max_blob_bytes=blob_size(config.attachments_max_bytes),
+                     quota_bytes=config.attachments_quota_bytes)
+
+
+def make_app(config: Config, ciphertext_log: CiphertextLog | None = None, blobs: BlobStore | None = None, *,
              canonical: CanonicalHost | None = None, local_ca: LocalCA | None = None) -> tornado.web.Application:
-    """Build the application; the caller owns the log (opened here when not given).
+    """Build the application; the caller owns the log and the blob store (each opened here
+    when not given; server.shutdown closes both).
 
     canonical: redirect page loads under other LAN names of this machine to one host.
     local_ca: the CA (without its key) that /setup offers to devices; no /setup without it.
     """
-    hub = Hub(config, ciphertext_log if ciphertext_log is not None else open_log(config))
+    hub = Hub(config, ciphertext_log if ciphertext_log is not None else open_log(config),
+              blobs if blobs is not None else open_blobs(config))
+    blob_api = blob_handlers.BlobApi(hub)
     routes = [
         (r"/", IndexHandler, {"hub": hub}),
         (r"/healthz", HealthHandler, {"hub": hub}),
         (r"/ws", ChatSocket, {"hub": hub}),
+        *blob_handlers.routes(blob_api),
         *admin.routes(hub, config.admin_token),
         *setup.routes(local_ca),
     ]
@@ -104,6 +119,7 @@ def make_app(config: Config, ciphertext_log: CiphertextLog | None = None, *,
         hub=hub,
         canonical=canonical,
         local_ca=local_ca,
+        blob_api=blob_api,
         sri=integrity_table(static_dir),
         template_path=str(resources.template_dir()),
         static_path=str(static_dir),
