@@ -60,7 +60,8 @@ def dump_table(rows: list[tuple[str, ...]], header: bool) -> Table:
         overflow = "fold" if name == "message id" else "ellipsis"
         table.add_column(name, width=width, no_wrap=name != "message id", overflow=overflow, justify=justify)
     for row in rows:
-        table.add_row(*(cell(text) for text in row))
+        # row() already says "-" for what is missing; "" is a deliberately blank cell (file rows).
+        table.add_row(*(Text("") if text == "" else cell(text) for text in row))
     return table
 
 

@@ -95,8 +95,9 @@ COUNTS: Counter = Counter()
 
 def test_documented_codes_are_read_from_the_table():
     assert PARSER_CODES <= DOCUMENTED_CODES
-    assert {"rate_limited", "server_error", "stale_recipients", "binary_unsupported"} <= DOCUMENTED_CODES
-    assert len(DOCUMENTED_CODES) == 19  # v1 + identity_in_use
+    expected = {"rate_limited", "server_error", "stale_recipients", "binary_unsupported", "bad_attachment"}
+    assert expected <= DOCUMENTED_CODES
+    assert len(DOCUMENTED_CODES) == 20  # v1 + identity_in_use + bad_attachment
 
 
 # ==============================================================================================
