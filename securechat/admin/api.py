@@ -206,9 +206,9 @@ class BlobsPruneHandler(AdminHandler):
 
     async def post(self) -> None:
         dry_run = self.get_query_argument("dry_run", "0") in ("1", "true", "yes")
-        if self.request.body:
+        if self.body:
             try:
-                dry_run = dry_run or bool(json.loads(self.request.body).get("dry_run"))
+                dry_run = dry_run or bool(json.loads(self.body).get("dry_run"))
             except (ValueError, AttributeError):
                 raise tornado.web.HTTPError(400, reason="the body must be a JSON object") from None
         api = self.settings["blob_api"]

@@ -25,6 +25,7 @@ from ..relay.limits import SlidingWindow
 from ..storage import blobs as storage
 from ..storage.blobs import BlobError, BlobStore, Upload
 from .http_security import SecureHeadersMixin
+from .limits import allow_body
 
 log = logging.getLogger("securechat")
 
@@ -185,8 +186,7 @@ class PartHandler(BlobHandler):
             raise ApiError("too_large", f"a part is 1 to {MAX_PART_BYTES} bytes and ends at the "
                            f"announced size ({upload.size})")
         # The one route that takes a large body, and only now that we know whose it is.
-        self.request.connection.set_max_body_size(length)
-        self.request.connection.set_body_timeout(PART_BODY_TIMEOUT)
+        allow_body(self, length, timeout=PART_BODY_TIMEOUT)
         upload.busy = True
         upload.begin_part()
         self._receiving = True
