@@ -86,6 +86,21 @@ def test_msg_errors_carry_the_message_id():
     assert json.loads(protocol.error_frame(info.value))["id"] == MSG["id"]
 
 
+def test_a_dropped_frame_s_id_is_found_without_parsing():
+    """rate_limited answers carry the id of the msg it dropped (§6.2), read without json.loads."""
+    frame = json.dumps(MSG)
+    assert protocol.peek_msg_id(frame) == MSG["id"]
+    assert protocol.peek_msg_id(json.dumps(MSG, indent=2)) == MSG["id"]
+    # Only ever 32 lowercase hex digits, never whatever else the sender wrote there.
+    assert protocol.peek_msg_id('{"id": "<img src=x>"}') is None
+    assert protocol.peek_msg_id('{"id": "' + "A" * 32 + '"}') is None
+    assert protocol.peek_msg_id('{"v":1,"type":"roster"}') is None
+    assert protocol.peek_msg_id("not json at all") is None
+    assert protocol.peek_msg_id('{"x":"\\"id\\":\\"' + "a" * 32 + '\\""}') is None
+    # A frame stuffed with decoys costs a few searches, not one per decoy.
+    assert protocol.peek_msg_id('"id" ' * 100_000 + f'"id":"{MSG["id"]}"') is None
+
+
 def test_too_many_recipients():
     keys = {f"{i:032x}": next(iter(MSG["keys"].values())) for i in range(5)}
     with pytest.raises(ProtocolError):

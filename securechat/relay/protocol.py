@@ -260,6 +260,30 @@ _PARSERS: dict[str, tuple[frozenset[str], Callable[[dict, int], Frame]]] = {
 _OPTIONAL: dict[str, frozenset[str]] = {"msg": frozenset({"attachments"})}
 
 
+_PEEK_HITS = 4
+_ID_FIELD = re.compile(r'"id"[ \t\r\n]*:[ \t\r\n]*"([0-9a-f]{32})"')
+
+
+def peek_msg_id(text: str) -> str | None:
+    """The `id` of a frame the server will not parse (a rate-limited one), or None.
+
+    Dropping a frame over budget must stay cheap, so this never parses JSON: it looks for an
+    `"id":"<32 hex>"` member with str.find and one anchored regex per hit, and gives up after a
+    few hits (a real msg frame has exactly one `"id"`: its other keys are sids and its values
+    base64). Nothing it returns can be anything but 32 lowercase hex digits, and it only ever
+    goes back to the sender who wrote it, so a frame crafted to mislead it misleads its author.
+    """
+    start = text.find('"id"')
+    for _ in range(_PEEK_HITS):
+        if start == -1:
+            break
+        match = _ID_FIELD.match(text, start)
+        if match:
+            return match.group(1)
+        start = text.find('"id"', start + 4)
+    return None
+
+
 # -- server frames ---------------------------------------------------------------------------
 
 

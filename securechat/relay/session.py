@@ -60,7 +60,9 @@ class Session:
             if self.rate_limited_in_a_row >= MAX_RATE_LIMITED_IN_A_ROW:
                 self.connection.close(POLICY_VIOLATION, "sending too fast")
                 return
-            raise ProtocolError("rate_limited", "slow down: this frame was dropped, send it again later")
+            # The id (if any) lets the sender fail that very message with a Retry (§6.2).
+            raise ProtocolError("rate_limited", "slow down: this frame was dropped, send it again later",
+                                msg_id=protocol.peek_msg_id(message))
         self.rate_limited_in_a_row = 0
         self._dispatch(protocol.parse_frame(message, max_recipients=self.hub.config.max_participants))
 

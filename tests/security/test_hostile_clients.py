@@ -181,6 +181,20 @@ async def test_flood_is_rate_limited_then_closed(connect, config):
     await still_chatting(bob, carol)
 
 
+async def test_a_rate_limited_message_is_named_in_the_error(connect, config):
+    """The sender can fail exactly that message with a Retry: the error carries its id."""
+    alice, bob = await connect("alice"), await connect("bob")
+    await settle(alice, bob, members=2)
+    for _ in range(config.rate_burst):
+        await alice.send_frame({"v": 1, "type": "roster"})
+    dropped = alice.seal("one too many")
+    await alice.send_frame(dropped)
+    error = await alice.expect("error")
+    assert error["code"] == "rate_limited"
+    assert error["id"] == dropped["id"]
+    await settle(bob, members=2)
+
+
 async def test_cross_site_origin_is_refused(ws_url, http_port):
     client = ChatClient(ws_url, "victim")
     with pytest.raises(Exception):
