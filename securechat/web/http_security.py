@@ -65,8 +65,14 @@ class SecureHeadersMixin:
             self.set_header(name, value)
 
 
+# Types that nosniff makes matter and that not every Python's mimetypes table knows.
+STATIC_TYPES = {".webmanifest": "application/manifest+json", ".png": "image/png", ".svg": "image/svg+xml"}
+
+
 class SecureStaticFileHandler(SecureHeadersMixin, tornado.web.StaticFileHandler):
-    pass
+    def get_content_type(self) -> str:
+        suffix = Path(self.absolute_path).suffix.lower()
+        return STATIC_TYPES.get(suffix) or super().get_content_type()
 
 
 class NotFoundHandler(SecureHeadersMixin, tornado.web.RequestHandler):

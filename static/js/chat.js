@@ -12,6 +12,9 @@ const SEEN_IDS_PER_SENDER = 2000;
 // After a drop, queued messages wait this long for the people who were here to rejoin too;
 // otherwise the first browser back after a server restart would send only to itself.
 export const REJOIN_GRACE_MS = 5000;
+// A message the server has not confirmed by then is shown as failed, with Retry: "Sending…"
+// must never hang. A late ack still turns it into delivered.
+export const SEND_TIMEOUT_MS = 10000;
 
 // Join errors after which retrying the same join cannot help.
 const FATAL_JOIN_ERRORS = new Set(["bad_username", "username_taken", "identity_in_use", "bad_key",
@@ -20,7 +23,7 @@ const FATAL_JOIN_ERRORS = new Set(["bad_username", "username_taken", "identity_i
 const SEND_ERROR_TEXT = {
   replay: "The server saw this message as a replay.",
   clock_skew: "Your device clock differs from the server's by more than the allowed few minutes. Correct the clock, then retry.",
-  rate_limited: "Too many messages at once.",
+  rate_limited: "The server limits how fast messages can be sent. Wait a moment, then retry.",
   bad_recipient_key: "A recipient's key was refused by the server.",
   server_error: "The server could not store the message.",
   stale_recipients: "The participant list changed twice while sending.",
@@ -32,9 +35,14 @@ const SEND_ERROR_TEXT = {
  *   identity {fingerprint}           status {state, detail}
  *   welcome {room, you}              roster {participants}
  *   message {id, sid, username, fingerprint, ts, text, trust, verified}
- *   warning {text}                   outgoing {localId, text, ts, state, reason}
+ *   warning {text}                   outgoing {localId, text, ts, state, reason, withheld}
  *   trust {fingerprint, trust, verified}
+ *   presence {change: "joined"|"left", username, fingerprint}   (after the welcome only)
+ *   key-changed {username, fingerprint, previous}               (once per new key)
  *   join-failed {code, message}      ended {why, message}
+ * `withheld` lists the usernames a sent message was not encrypted to (key not accepted or
+ * not verifiable); participants in `roster` carry `previous`, the pinned fingerprint, while
+ * their trust is "changed".
  */
 export class ChatClient {
   constructor({ store, emit, url, room = DEFAULT_ROOM, WebSocketImpl, now = Date.now,
@@ -66,6 +74,7 @@ export class ChatClient {
     this.serverOffset = 0;
     this.chain = Promise.resolve();
     this.nextLocalId = 1;
+    this.announcedKeys = new Set(); // "username fingerprint" of key changes already reported
   }
 
   /** Run tasks one at a time: frame handling is async (verification) but order matters. */
@@ -221,7 +230,7 @@ export class ChatClient {
     if (!p || typeof p.sid !== "string" || typeof p.username !== "string") return null;
     const entry = { sid: p.sid, username: p.username, fingerprint: String(p.fingerprint ?? ""),
       joined: p.joined, ok: false, problem: null, trust: "new", verified: false,
-      identityKey: null, sessionKey: null };
+      previous: null, identityKey: null, sessionKey: null };
     // §5 again, whatever the server admitted: a name it should have refused is never a recipient.
     const nameProblem = c.usernameProblem(p.username) ?? scriptProblem(p.username);
     if (nameProblem) {
@@ -239,6 +248,7 @@ export class ChatClient {
     entry.trust = isSelf ? "self" : await this.pinTrust(entry);
     entry.verified = !isSelf && entry.trust !== "changed"
       && (await this.store.isVerified(entry.username, entry.fingerprint));
+    if (entry.trust === "changed") this.announceKeyChange(entry);
     return entry;
   }
 
@@ -252,15 +262,27 @@ export class ChatClient {
     if (pin?.fingerprint === entry.fingerprint) return "known";
     if (pin) {
       if (pin.username !== entry.username) entry.looksLike = pin.username;
+      entry.previous = pin.fingerprint;
       return "changed";
     }
     const alike = await this.store.pinsLike(entry.username);
-    if (alike.some((other) => other.fingerprint !== entry.fingerprint)) {
-      entry.looksLike = alike.find((other) => other.fingerprint !== entry.fingerprint).username;
+    const other = alike.find((pinned) => pinned.fingerprint !== entry.fingerprint);
+    if (other) {
+      entry.looksLike = other.username;
+      entry.previous = other.fingerprint;
       return "changed";
     }
     await this.store.setPin(entry.username, { fingerprint: entry.fingerprint, since: this.now() });
     return "new";
+  }
+
+  /** The timeline keeps a key change once, however often the roster is rebuilt. */
+  announceKeyChange(entry) {
+    const key = `${nameKeys(entry.username)[0]} ${entry.fingerprint}`;
+    if (this.announcedKeys.has(key)) return;
+    this.announcedKeys.add(key);
+    this.emit("key-changed", { username: entry.username, fingerprint: entry.fingerprint,
+      previous: entry.previous, looksLike: entry.looksLike ?? null });
   }
 
   async onJoined(participant) {
@@ -268,16 +290,25 @@ export class ChatClient {
     if (!entry) return;
     // A session replaced under the same name (§5) leaves no stale twin behind.
     const key = nameKeys(entry.username)[0];
+    let returning = false;
     for (const [sid, other] of this.roster) {
-      if (nameKeys(other.username)[0] === key) this.roster.delete(sid);
+      if (nameKeys(other.username)[0] === key) {
+        this.roster.delete(sid);
+        returning = true;
+      }
     }
     this.roster.set(entry.sid, entry);
     this.emitRoster();
+    if (!returning) this.emit("presence", { change: "joined", username: entry.username, fingerprint: entry.fingerprint });
     if (this.expectBack.size) await this.flushWhenComplete();
   }
 
   onLeft(frame) {
-    if (this.roster.delete(frame.sid)) this.emitRoster();
+    const entry = this.roster.get(frame.sid);
+    if (!entry) return;
+    this.roster.delete(frame.sid);
+    this.emitRoster();
+    this.emit("presence", { change: "left", username: entry.username, fingerprint: entry.fingerprint });
   }
 
   async onRoster(frame) {
@@ -290,7 +321,7 @@ export class ChatClient {
   emitRoster() {
     const participants = [...this.roster.values()].map((e) => ({
       sid: e.sid, username: e.username, fingerprint: e.fingerprint, ok: e.ok, problem: e.problem,
-      trust: e.trust, verified: e.verified, looksLike: e.looksLike ?? null,
+      trust: e.trust, verified: e.verified, looksLike: e.looksLike ?? null, previous: e.previous,
       you: this.session !== null && e.sid === this.session.sid,
     }));
     this.emit("roster", { participants });
@@ -336,11 +367,13 @@ export class ChatClient {
     const record = this.outbox.get(localId);
     if (!record) return;
     this.inflight.delete(frame.id);
+    this.clearTimer(record.timer);
     const others = Number.isSafeInteger(frame.recipients) ? frame.recipients - 1 : null;
     const reach = others === null ? null : others === 0 ? "only you can read it"
       : `to ${others} other${others === 1 ? "" : "s"}`;
     this.setOutgoing(record, "delivered", reach);
     this.outbox.delete(localId);
+    for (const [id, other] of this.inflight) if (other === localId) this.inflight.delete(id);
   }
 
   async onError(frame) {
@@ -362,6 +395,7 @@ export class ChatClient {
       return;
     }
     this.inflight.delete(frame.id);
+    this.clearTimer(record.timer);
     if (frame.code === "stale_recipients" && !record.resent) {
       // §7.5: refresh the roster, then re-send once with a new id and the next counter.
       record.resent = true;
@@ -403,7 +437,10 @@ export class ChatClient {
   failInflight(reason) {
     for (const localId of this.inflight.values()) {
       const record = this.outbox.get(localId);
-      if (record) this.setOutgoing(record, "failed", reason);
+      if (record) {
+        this.clearTimer(record.timer);
+        if (record.state === "sending") this.setOutgoing(record, "failed", reason);
+      }
     }
     this.inflight.clear();
     for (const record of this.awaitingRoster) this.setOutgoing(record, "failed", reason);
@@ -417,7 +454,7 @@ export class ChatClient {
     if (typeof text !== "string" || !text.trim()) return null;
     if ([...text].length > c.MAX_TEXT_CHARS) return `Messages can have at most ${c.MAX_TEXT_CHARS} characters.`;
     const record = { localId: `out-${this.nextLocalId++}`, text, ts: this.now(), state: "queued",
-      reason: null, resent: false, id: null };
+      reason: null, resent: false, id: null, withheld: [], timer: null };
     this.outbox.set(record.localId, record);
     const now = this.joined && this.expectBack.size === 0;
     this.setOutgoing(record, "queued", now ? null : "Offline: it will be sent when the connection is back.");
@@ -449,6 +486,7 @@ export class ChatClient {
       return;
     }
     const recipients = this.recipients();
+    record.withheld = this.withheld();
     if (!recipients.some((r) => r.sid === this.session.sid)) recipients.push({ sid: this.session.sid, sessionKey: this.session.publicKey });
     const frame = await c.sealMessage({
       identityPrivateKey: this.identity.privateKey, fingerprint: this.identity.fingerprint,
@@ -461,13 +499,25 @@ export class ChatClient {
     if (!this.connection.send(frame)) {
       this.inflight.delete(frame.id);
       this.setOutgoing(record, "queued", "Offline: it will be sent when the connection is back.");
+      return;
     }
+    this.clearTimer(record.timer);
+    const id = frame.id;
+    record.timer = this.setTimer(() => this.enqueue(() => this.sendTimedOut(record, id)), SEND_TIMEOUT_MS);
+  }
+
+  /** No ack or error for `id` in time: fail it (the id stays known, so a late ack still counts). */
+  sendTimedOut(record, id) {
+    if (record.id !== id || record.state !== "sending" || !this.inflight.has(id)) return;
+    this.setOutgoing(record, "failed",
+      `The server did not confirm it within ${SEND_TIMEOUT_MS / 1000} s; it may or may not have arrived.`);
   }
 
   setOutgoing(record, state, reason = null) {
     record.state = state;
     record.reason = reason;
-    this.emit("outgoing", { localId: record.localId, text: record.text, ts: record.ts, state, reason });
+    this.emit("outgoing", { localId: record.localId, text: record.text, ts: record.ts, state, reason,
+      withheld: record.withheld });
   }
 
   // -- trust actions --------------------------------------------------------------------

@@ -12,10 +12,10 @@ const JOIN_ERRORS = {
 };
 
 async function main() {
-  const ui = createUi(document);
-  ui.parts.loading.hidden = true; // the scripts run: the "could not load" hint goes
   // Without a secure context the browser hides crypto.subtle: say why instead of breaking.
   if (!globalThis.isSecureContext || !hasWebCrypto()) {
+    const ui = createUi(document);
+    ui.parts.loading.hidden = true;
     ui.showInsecure();
     return;
   }
@@ -28,6 +28,9 @@ async function main() {
     store = memoryStore();
     storeWarning = "This browser refused local storage: your identity and trusted keys will be forgotten when you close the page.";
   }
+  const prefs = (await store.getSetting("notifications")) ?? {};
+  const ui = createUi(document, { prefs, savePrefs: (p) => store.setSetting("notifications", p) });
+  ui.parts.loading.hidden = true; // the scripts run: the "could not load" hint goes
 
   let username = "";
   const client = new ChatClient({
@@ -46,8 +49,14 @@ async function main() {
     roster: ({ participants }) => {
       ui.renderParticipants(participants, { onAccept, onVerify });
       ui.showWithheld(client.withheld());
+      ui.setAlone(participants.filter((p) => !p.you).length === 0);
     },
-    message: (m) => ui.addMessage(m),
+    message: (m) => {
+      ui.addMessage(m);
+      ui.attention.notify({ username: m.username, text: m.text, room: client.room });
+    },
+    presence: (p) => ui.addPresence(p),
+    "key-changed": (k) => ui.addKeyChange(k),
     warning: ({ text }) => ui.addWarning(text),
     outgoing: (record) => ui.upsertOutgoing(record, username, (id) => client.retry(id)),
     trust: (detail) => ui.applyTrust(detail),
@@ -59,7 +68,16 @@ async function main() {
   };
 
   async function onAccept(p) {
+    const ok = await ui.confirm({
+      title: `Accept ${p.username}'s new key?`,
+      body: `${p.username} now uses a different identity key than the one this browser knew. A new device, a cleared browser or "New identity" does that, and so would someone else using the name. Compare the new fingerprint with ${p.username} in person or on a call you trust. Accepting makes this browser trust the new key: your messages are encrypted to it and the warning goes (the note in the conversation stays). Cancel keeps the warning and keeps your messages from ${p.username}'s new key.`,
+      previous: p.previous,
+      fingerprint: p.fingerprint,
+      ok: "Accept new key",
+    });
+    if (!ok) return;
     await client.acceptKey(p.sid);
+    ui.addNotice(`You accepted ${p.username}'s new key.`);
   }
 
   async function onVerify(p) {

@@ -3,7 +3,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 
 import * as c from "../../static/js/crypto.js";
-import { ChatClient, REJOIN_GRACE_MS } from "../../static/js/chat.js";
+import { ChatClient, REJOIN_GRACE_MS, SEND_TIMEOUT_MS } from "../../static/js/chat.js";
 import { memoryStore } from "../../static/js/store.js";
 import { FakeServer, until } from "./fake_server.mjs";
 
@@ -100,6 +100,12 @@ test("a returning username with a new key is flagged, withheld from, then accept
   alice.client.send("prove it");
   await until(() => alice.last("outgoing")?.state === "delivered");
   assert.deepEqual(Object.keys(server.received.filter((f) => f.type === "msg").at(-1).keys), [alice.client.session.sid]);
+  assert.deepEqual(alice.last("outgoing").withheld, ["bob"], "the sender is told who it was not sent to");
+  // The timeline hears of the change once, with both fingerprints, and of the comings and goings.
+  assert.deepEqual(alice.of("key-changed").map((e) => [e.username, e.previous, e.fingerprint]),
+    [["bob", bob1.client.identity.fingerprint, bob2.client.identity.fingerprint]]);
+  assert.equal(entry.previous, bob1.client.identity.fingerprint);
+  assert.deepEqual(alice.of("presence").map((e) => `${e.username} ${e.change}`), ["bob joined", "bob left", "bob joined"]);
   await alice.client.acceptKey(entry.sid);
   assert.equal(alice.last("trust").trust, "known");
   assert.equal((await alice.store.getPin("bob")).fingerprint, bob2.client.identity.fingerprint);
@@ -328,4 +334,46 @@ test("a rejoin where everyone is back sends the queue at once", async () => {
   timers.shift().fn();
   await until(() => texts(bob).includes("alice: quick blip"));
   assert.equal(timers.filter((t) => t.ms === REJOIN_GRACE_MS).length, 0);
+});
+
+test("a rate-limited message names its id and fails with a Retry path", async () => {
+  const server = new FakeServer();
+  const alice = person(server);
+  await joined(alice, "alice");
+  server.onClientFrame = (frame, socket) => {
+    if (frame.type !== "msg") return false;
+    socket.deliver({ v: 1, type: "error", code: "rate_limited", message: "slow down", id: frame.id });
+    return true;
+  };
+  alice.client.send("too fast");
+  await until(() => alice.last("outgoing")?.state === "failed");
+  assert.match(alice.last("outgoing").reason, /limits how fast/);
+  assert.deepEqual(alice.of("warning"), [], "matched to the message, not a loose warning");
+  server.onClientFrame = null;
+  alice.client.retry(alice.last("outgoing").localId);
+  await until(() => alice.last("outgoing")?.state === "delivered");
+});
+
+test("a message never stays Sending: no answer in time fails it, a late ack still delivers", async () => {
+  const server = new FakeServer();
+  const timers = [];
+  const alice = person(server, { timers });
+  await joined(alice, "alice");
+  let swallowed = null;
+  server.onClientFrame = (frame, socket) => {
+    if (frame.type !== "msg") return false;
+    swallowed = { frame, socket };
+    return true;
+  };
+  alice.client.send("anyone?");
+  await until(() => alice.last("outgoing")?.state === "sending" && swallowed);
+  const timeout = timers.find((t) => t.ms === SEND_TIMEOUT_MS);
+  assert.ok(timeout, "a timer bounds the wait for the ack");
+  assert.ok(SEND_TIMEOUT_MS <= 10000);
+  timeout.fn();
+  await until(() => alice.last("outgoing")?.state === "failed");
+  assert.match(alice.last("outgoing").reason, /did not confirm it within 10 s/);
+  swallowed.socket.deliver({ v: 1, type: "ack", id: swallowed.frame.id, recipients: 1 });
+  await until(() => alice.last("outgoing")?.state === "delivered");
+  assert.equal(alice.last("outgoing").reason, "only you can read it");
 });

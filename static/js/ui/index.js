@@ -2,6 +2,7 @@
 // panel; this one finds the page's parts and composes them into the `ui` main.js uses.
 
 import { groupFingerprint } from "../crypto.js";
+import { createAttention } from "./attention.js";
 import { createComposer } from "./composer.js";
 import { createDialog } from "./dialog.js";
 import { wireCopy } from "./dom.js";
@@ -16,7 +17,8 @@ const STATUS_TEXT = {
   offline: "Offline",
 };
 
-export function createUi(doc = document) {
+/** `prefs`/`savePrefs`: the notification settings, kept by main.js in the store. */
+export function createUi(doc = document, { prefs, savePrefs } = {}) {
   const $ = (id) => doc.getElementById(id);
   const parts = {
     status: $("status"), ownFingerprint: $("own-fingerprint"), newIdentity: $("new-identity"),
@@ -26,19 +28,30 @@ export function createUi(doc = document) {
     withheld: $("withheld"), composer: $("composer"), message: $("message"),
     dialog: $("confirm"), dialogTitle: $("confirm-title"), dialogBody: $("confirm-body"),
     dialogFingerprint: $("confirm-fingerprint"), dialogOk: $("confirm-ok"),
+    dialogFingerprintBlock: $("confirm-fingerprint-block"), dialogFingerprintLabel: $("confirm-fingerprint-label"),
+    dialogPreviousBlock: $("confirm-previous-block"), dialogPrevious: $("confirm-previous"),
     roomName: $("room-name"), chatActions: $("chat-actions"), peopleButton: $("people-button"),
     peopleCount: $("people-count"), menuButton: $("menu-button"), menu: $("menu"), people: $("people"),
     peopleClose: $("people-close"), copyFingerprint: $("copy-fingerprint"),
     composerError: $("composer-error"), charCount: $("char-count"), composerHint: $("composer-hint"),
     sendButton: $("send"),
+    jumpNew: $("jump-new"), emptyState: $("empty-state"), emptyTitle: $("empty-title"),
+    emptyBody: $("empty-body"), emptyShare: $("empty-share"), roomLink: $("room-link"),
+    copyLink: $("copy-link"), loopbackHint: $("loopback-hint"),
+    enableNotifications: $("enable-notifications"), notifyOptions: $("notify-options"),
+    notifyText: $("notify-text"), notifyState: $("notify-state"),
   };
   const { layout } = createLayout(parts);
   wireCopy(parts.copyFingerprint, () => parts.ownFingerprint.textContent);
 
+  const { attention } = createAttention(parts, { prefs, savePrefs, doc });
+  const roomLink = () => new URL("/", location.href).href;
+
   return {
     parts,
+    attention,
     ...createPeople(parts),
-    ...createTimeline(parts),
+    ...createTimeline(parts, { onUnread: (n) => attention.setUnread(n), roomLink }),
     ...createDialog(parts),
     ...createComposer(parts, layout),
     layout,
