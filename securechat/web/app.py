@@ -107,9 +107,6 @@ def make_app(config: Config, ciphertext_log: CiphertextLog | None = None, blobs:
     routes = [
         (r"/", IndexHandler, {"hub": hub}),
         (r"/healthz", HealthHandler, {"hub": hub}),
-        # Browsers ask for /favicon.ico on pages without an icon link (JSON errors, /healthz).
-        (r"/(favicon\.ico)", SecureStaticFileHandler, {"path": str(resources.static_dir() / "icons"),
-                                                       "default_filename": None}),
         (r"/ws", ChatSocket, {"hub": hub}),
         *blob_handlers.routes(blob_api),
         *admin.routes(hub, config.admin_token),

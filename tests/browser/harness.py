@@ -70,8 +70,10 @@ def launch(playwright, *, extra_args=(), config_home: Path):
 class ServerThread:
     """securechat's own start()/shutdown() on a loop in a thread; restartable on one port."""
 
-    def __init__(self, data_dir: Path, port: int = 0, ssl_context=None, hostname: str = "127.0.0.1"):
+    def __init__(self, data_dir: Path, port: int = 0, ssl_context=None, hostname: str = "127.0.0.1",
+                 **config):
         self.data_dir = data_dir
+        self.config = config  # further Config fields, e.g. rate_per_second=0.5
         self.port = port
         self.ssl_context = ssl_context
         self.hostname = hostname
@@ -87,7 +89,7 @@ class ServerThread:
         def run() -> None:
             asyncio.set_event_loop(self.loop)
             try:
-                config = Config(data_dir=self.data_dir, port=self.port, log_fsync="never")
+                config = Config(data_dir=self.data_dir, port=self.port, log_fsync="never", **self.config)
                 self.server = self.loop.run_until_complete(start(config, self.ssl_context))
                 self.port = self.server.port
             except BaseException as exc:  # reported to the starting thread

@@ -61,8 +61,9 @@ def main() -> None:
         try:
             for path in render(browser):
                 print(f"wrote {path.relative_to(ROOT)}")
-            write_ico(ICONS / "favicon-32.png", ICONS / "favicon.ico")
-            print("wrote static/icons/favicon.ico")
+            # Tornado serves static/favicon.ico at /favicon.ico (pages without an icon link).
+            write_ico(ICONS / "favicon-32.png", ICONS.parent / "favicon.ico")
+            print("wrote static/favicon.ico")
         finally:
             browser.close()
 

@@ -1,7 +1,7 @@
 // The participant list: names, fingerprints, trust badges and the per-person buttons.
 
 import { groupFingerprint } from "../crypto.js";
-import { el } from "./dom.js";
+import { button, el, wireCopy } from "./dom.js";
 
 export function createPeople(parts) {
   return {
@@ -14,8 +14,13 @@ export function createPeople(parts) {
         name.append(el("span", "name", p.username));
         if (p.you) name.append(el("span", "badge you", "you"));
         if (p.verified) name.append(el("span", "badge verified", "✓ Verified"));
-        li.append(name, el("code", "fingerprint", /^[0-9a-f]{64}$/.test(p.fingerprint)
-          ? groupFingerprint(p.fingerprint) : "invalid fingerprint"));
+        const valid = /^[0-9a-f]{64}$/.test(p.fingerprint);
+        li.append(name, el("code", "fingerprint", valid ? groupFingerprint(p.fingerprint) : "invalid fingerprint"));
+        const actions = el("div", "actions");
+        if (valid && !p.you) {
+          actions.append(wireCopy(button("Copy", "small quiet", `Copy ${p.username}'s fingerprint`),
+            () => groupFingerprint(p.fingerprint)));
+        }
         if (!p.ok) {
           li.append(el("p", "p-warning", `⚠ ${p.username}'s keys failed verification (${p.problem}). Nothing is sent to this participant.`));
         } else if (p.trust === "changed") {
@@ -28,14 +33,15 @@ export function createPeople(parts) {
           // to a screen reader.
           accept.setAttribute("aria-label", `Accept new key from ${p.username}`);
           accept.addEventListener("click", () => onAccept(p));
-          li.append(accept);
+          actions.prepend(accept);
         } else if (!p.you && !p.verified) {
           const verify = el("button", "small quiet", "Mark verified");
           verify.type = "button";
           verify.setAttribute("aria-label", `Mark ${p.username} verified`);
           verify.addEventListener("click", () => onVerify(p));
-          li.append(verify);
+          actions.prepend(verify);
         }
+        if (actions.childElementCount) li.append(actions);
         return li;
       });
       parts.participants.replaceChildren(...items);
