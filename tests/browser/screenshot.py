@@ -1,7 +1,9 @@
-"""Write docs/screenshot.png: a three-person conversation as alice sees it.
+"""Write docs/screenshot.png (desktop) and docs/screenshot-phone.png (a 390 px phone): a
+three-person conversation as alice sees it.
 
-Run from the repository root: `python tests/browser/screenshot.py [output.png]`.
-tests/browser/test_screenshot.py runs the same capture into a temporary file.
+Run from the repository root: `python tests/browser/screenshot.py [output.png [phone.png]]`.
+Add `--dark` for the dark scheme. tests/browser/test_screenshot.py runs the same capture into
+temporary files.
 """
 
 from __future__ import annotations
@@ -27,16 +29,21 @@ CONVERSATION = [
 ]
 
 
-def capture(browser, server, path: Path) -> None:
-    contexts = [browser.new_context(viewport={"width": 1280, "height": 760}, device_scale_factor=1)
-                for _ in range(3)]
+DESKTOP = {"viewport": {"width": 1280, "height": 760}, "device_scale_factor": 1}
+PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 1, "is_mobile": True, "has_touch": True}
+
+
+def capture(browser, server, path: Path, phone_path: Path | None = None, scheme: str = "light") -> None:
+    """alice on a desktop (and, with phone_path, carol on her phone)."""
+    sizes = [DESKTOP, DESKTOP, PHONE if phone_path else DESKTOP]
+    contexts = [browser.new_context(**size, color_scheme=scheme) for size in sizes]
     try:
         pages = {}
         for name, context in zip(("alice", "bob", "carol"), contexts):
             pages[name] = open_page(context, server.url)
             join(pages[name], name)
         for page in pages.values():
-            participants(page).nth(2).wait_for()
+            page.locator("#participants li").nth(2).wait_for(state="attached")  # behind People on a phone
         alice = pages["alice"]
         participant(alice, "bob").get_by_role("button", name="Mark bob verified").click()
         alice.get_by_role("dialog").get_by_role("button", name="They match").click()
@@ -47,6 +54,11 @@ def capture(browser, server, path: Path) -> None:
         alice.locator("article.mine[data-state=delivered]").nth(1).wait_for()
         alice.get_by_label("Message", exact=True).blur()
         alice.screenshot(path=str(path))
+        if phone_path:
+            phone = pages["carol"]
+            messages(phone).locator("article").nth(len(CONVERSATION) - 1).wait_for()
+            phone.get_by_label("Message", exact=True).blur()
+            phone.screenshot(path=str(phone_path))
     finally:
         for context in contexts:
             context.close()
@@ -55,16 +67,19 @@ def capture(browser, server, path: Path) -> None:
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "screenshot.png"
+    args = [a for a in sys.argv[1:] if a != "--dark"]
+    scheme = "dark" if "--dark" in sys.argv else "light"
+    out = Path(args[0]) if args else ROOT / "docs" / "screenshot.png"
+    phone = Path(args[1]) if len(args) > 1 else out.with_name(out.stem + "-phone" + out.suffix)
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as playwright:
         server = ServerThread(Path(tmp) / "data").start()
         browser = launch(playwright, config_home=Path(tmp))
         try:
-            capture(browser, server, out)
+            capture(browser, server, out, phone, scheme)
         finally:
             browser.close()
             server.stop()
-    print(f"wrote {out}")
+    print(f"wrote {out} and {phone}")
 
 
 if __name__ == "__main__":
