@@ -20,6 +20,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from . import crypto
 from . import filecrypto as fc
+from .client_transport import HttpStreamConnection
 
 PART_BYTES = 1024 * 1024  # what the browser sends per PATCH, too
 
@@ -79,7 +80,12 @@ class ChatClient:
     username: str
     identity: crypto.Identity = field(default_factory=crypto.Identity.generate)
     skew_ms: int = 300_000
-    ws: WebSocketClientConnection | None = None
+    # "websocket" (ws[s]://host/ws) or "http" (PROTOCOL.md §1.2: the same frames over an SSE
+    # stream and POSTs; `url` may then be the ws URL or the server's http(s) address).
+    transport: str = "websocket"
+    # The connection, either way: WebSocketClientConnection or HttpStreamConnection, which
+    # share read_message / write_message / close / close_code.
+    ws: WebSocketClientConnection | HttpStreamConnection | None = None
     session: crypto.SessionKey | None = None
     room: str = ""
     members: dict[str, Member] = field(default_factory=dict)
@@ -94,11 +100,16 @@ class ChatClient:
     # -- connecting ------------------------------------------------------------------------
 
     async def connect(self, *, origin: str | None = None, ssl_options=None, timeout: float = 10) -> dict:
-        """Open the socket, read the server's hello, join, and return the welcome frame."""
-        headers = {"Origin": origin} if origin else {}
+        """Open the connection, read the server's hello, join, and return the welcome frame."""
         self.ssl_options = ssl_options
-        request = HTTPRequest(self.url, headers=headers, ssl_options=ssl_options)
-        self.ws = await asyncio.wait_for(websocket_connect(request), timeout)
+        if self.transport == "http":
+            self.ws = await HttpStreamConnection(self.url, origin=origin, ssl_options=ssl_options).open(timeout)
+        elif self.transport == "websocket":
+            headers = {"Origin": origin} if origin else {}
+            request = HTTPRequest(self.url, headers=headers, ssl_options=ssl_options)
+            self.ws = await asyncio.wait_for(websocket_connect(request), timeout)
+        else:
+            raise ValueError(f"transport must be 'websocket' or 'http', not {self.transport!r}")
         self.room = (await self.expect("hello", timeout=timeout))["room"]
         return await self.join(timeout=timeout)
 

@@ -7,12 +7,10 @@ pipeline every transport shares (budget, parse, dispatch) is relay/session.py.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from tornado.iostream import StreamBufferFullError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from ..web.http_security import SecureHeadersMixin
+from ..web.http_security import SecureHeadersMixin, same_origin
 from .hub import Hub
 from .session import TOO_SLOW, Session
 
@@ -27,11 +25,7 @@ class ChatSocket(SecureHeadersMixin, WebSocketHandler):
         return self.request.remote_ip or ""
 
     def check_origin(self, origin: str) -> bool:
-        allowed = self.hub.config.allowed_origins
-        if origin in allowed:
-            return True
-        # Same origin means same scheme-less host:port as the request (what Tornado checks too).
-        return urlsplit(origin).netloc.lower() == self.request.host.lower()
+        return same_origin(origin, self.request.host, self.hub.config.allowed_origins)
 
     async def get(self, *args, **kwargs) -> None:
         refusal = self.hub.refusal(self.remote)

@@ -13,6 +13,7 @@ from ..admin import api as admin
 from ..config import Config
 from ..filecrypto import blob_size
 from ..relay.hub import Hub
+from ..relay import stream
 from ..relay.ws import ChatSocket
 from ..storage.blobs import BlobStore
 from ..storage.ciphertext_log import CiphertextLog
@@ -104,11 +105,13 @@ def make_app(config: Config, ciphertext_log: CiphertextLog | None = None, blobs:
     hub = Hub(config, ciphertext_log if ciphertext_log is not None else open_log(config),
               blobs if blobs is not None else open_blobs(config))
     blob_api = blob_handlers.BlobApi(hub)
+    stream_sessions = stream.StreamSessions(hub)
     routes = [
         (r"/", IndexHandler, {"hub": hub}),
         (r"/healthz", HealthHandler, {"hub": hub}),
         (r"/ws", ChatSocket, {"hub": hub}),
         *blob_handlers.routes(blob_api),
+        *stream.routes(stream_sessions),
         *admin.routes(hub, config.admin_token),
         *setup.routes(local_ca),
     ]
@@ -120,6 +123,7 @@ def make_app(config: Config, ciphertext_log: CiphertextLog | None = None, blobs:
         canonical=canonical,
         local_ca=local_ca,
         blob_api=blob_api,
+        stream_sessions=stream_sessions,
         sri=integrity_table(static_dir),
         template_path=str(resources.template_dir()),
         static_path=str(static_dir),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import tornado.web
 
@@ -51,6 +52,17 @@ def security_headers(host: str, secure: bool) -> dict[str, str]:
     if secure:
         headers["Strict-Transport-Security"] = "max-age=31536000"
     return headers
+
+
+def same_origin(origin: str, host: str, allowed: tuple[str, ...] = ()) -> bool:
+    """Whether a browser's Origin header names this server (or a configured extra origin).
+
+    Same origin means the same host:port as the request (after the trusted-proxy rewrite);
+    the scheme is not compared, as Tornado's own WebSocket check does not either.
+    """
+    if origin in allowed:
+        return True
+    return urlsplit(origin).netloc.lower() == host.lower()
 
 
 class SecureHeadersMixin:

@@ -1,0 +1,540 @@
+"""The HTTP transport: frames down one Server-Sent Events response, up as JSON POSTs.
+
+WebKit (every browser on iOS and iPadOS, Safari on macOS) refuses `wss://` to a certificate the
+user accepted by exception, yet serves `fetch` and `EventSource` to the same origin. For those
+browsers docs/PROTOCOL.md §1.2 carries the very same frames over plain HTTP(S) requests:
+
+    GET  /stream                              a new session: a text/event-stream response
+    GET  /stream?session=<id>&last=<n>        that session again, replaying every frame after n
+    POST /stream/send    one client frame as the body, exactly what a WebSocket text frame holds
+    POST /stream/ack     "I have every frame up to n": the server may forget them
+    POST /stream/close   the client is done
+
+A StreamSession is what the Hub sees: a Connection (send, close, remote) like a ChatSocket,
+with the same relay/session.py pipeline behind it, so frame validation, the rate budget,
+strikes and admission are the WebSocket's own. It outlives the HTTP requests that carry it:
+a stream that drops is resumed with nothing lost, because every frame stays in a bounded
+buffer until the client acknowledges it; that buffer is also how a reader that stopped is
+found and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import secrets
+import time
+from collections import OrderedDict, deque
+
+import tornado.web
+from tornado.ioloop import PeriodicCallback
+from tornado.iostream import StreamBufferFullError
+
+from ..web.http_security import SecureHeadersMixin, same_origin
+from . import sse
+from .hub import Hub
+from .session import POLICY_VIOLATION, TOO_SLOW, Session
+
+log = logging.getLogger("securechat")
+
+TOKEN_HEADER = "Securechat-Token"
+SEQ_HEADER = "Securechat-Seq"
+ACK_HEADER = "Securechat-Ack"
+CLIENT_CLOSED = 1000
+FRAME_TOO_LARGE = 1009
+TIMED_OUT = 4003
+# ack and close carry no frame: their body is `{}`, and anything much larger is not a client.
+SMALL_BODY_BYTES = 1024
+# Closed sessions are remembered this long (and at most this many) so that a late request
+# learns why its session ended (replaced, too slow, ...) instead of "unknown".
+TOMBSTONE_SECONDS = 120.0
+MAX_TOMBSTONES = 4096
+_SECRET = re.compile(r"[A-Za-z0-9_-]{22}\Z")  # secrets.token_urlsafe(16): 128 random bits
+_COUNT = re.compile(r"(0|[1-9][0-9]{0,15})\Z")
+
+
+class RequestProblem(Exception):
+    """A request refused before it reaches the session: an HTTP status and a §1.2 error code."""
+
+    def __init__(self, status: int, error: str, message: str, **extra):
+        super().__init__(message)
+        self.status, self.error, self.message, self.extra = status, error, message, extra
+
+    def body(self) -> dict:
+        return {"error": self.error, "message": self.message, **self.extra}
+
+
+def close_event(code: int, reason: str) -> bytes:
+    return sse.event(json.dumps({"code": code, "reason": reason}), name="close")
+
+
+def parse_count(text: str | None, what: str) -> int | None:
+    """A non-negative decimal from a header or query value; None when absent."""
+    if text is None:
+        return None
+    if not _COUNT.match(text):
+        raise RequestProblem(400, "bad_request", f"{what} must be a non-negative integer")
+    return int(text)
+
+
+class StreamSession:
+    """One participant on the HTTP transport: the Hub's Connection, whichever request is open."""
+
+    def __init__(self, sessions: "StreamSessions", remote: str):
+        self.sessions = sessions
+        config = sessions.hub.config
+        self.id = secrets.token_urlsafe(16)  # names the session in a resume URL
+        self.token = secrets.token_urlsafe(16)  # authorises its POSTs; never in a URL
+        self.remote = remote
+        self.limit = config.max_outbound_bytes
+        self.loop = asyncio.get_running_loop()
+        self.pipeline = Session(sessions.hub, self)
+        self.seq = 0  # id of the last frame sent
+        self.unacked: deque[tuple[int, bytes]] = deque()
+        self.unacked_bytes = 0
+        self.acked = 0
+        self.received = 0  # Securechat-Seq of the last client frame handled
+        self.stream: StreamHandler | None = None
+        self.pending: list[bytes] = []
+        now = time.monotonic()
+        self.heard = now
+        self.pinged = now
+        self.ended: tuple[int, str] | None = None
+
+    # -- the Hub's Connection --------------------------------------------------------------
+
+    def send(self, text: str) -> None:
+        if self.ended is not None:
+            return
+        self.seq += 1
+        event = sse.event(text, id=self.seq)
+        self.unacked.append((self.seq, event))
+        self.unacked_bytes += len(event)
+        if self.unacked_bytes > self.limit:
+            self._drop_slow_reader()
+        elif self.stream is not None:
+            self._queue(event)
+
+    def close(self, code: int, reason: str) -> None:
+        if self.ended is not None:
+            return
+        self.ended = (code, reason)
+        self.sessions.forget(self)
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            self._flush_to(stream)  # what was sent before the close, e.g. the error behind a 1008
+            stream.end(close_event(code, reason))
+        self.pending.clear()
+        self.unacked.clear()
+        self.unacked_bytes = 0
+        self.pipeline.closed()
+
+    # -- what the handlers call ------------------------------------------------------------
+
+    def start(self, stream: "StreamHandler") -> None:
+        self.attach(stream, None)
+        self.pipeline.open()  # admission bookkeeping and hello, frame 1 of the stream
+
+    def attach(self, stream: "StreamHandler", last: int | None) -> None:
+        """Carry the session on `stream` from frame `last + 1` on (a new stream: from 1)."""
+        if last is not None:
+            self.acknowledge(last)
+        previous, self.stream = self.stream, stream
+        if previous is not None:
+            previous.end(b"")  # superseded: the client gave up on it, it may be half dead
+        self.pending.clear()
+        self.heard = time.monotonic()
+        stream.write_raw(sse.event(json.dumps(self.greeting()), name="session"))
+        if self.unacked:
+            stream.write_raw(b"".join(event for _, event in self.unacked))
+
+    def greeting(self) -> dict:
+        config = self.sessions.hub.config
+        return {
+            "session": self.id, "token": self.token,
+            "ping_ms": int(config.ping_interval * 1000), "timeout_ms": int(config.ping_timeout * 1000),
+            "ack_bytes": max(1, self.limit // 4),
+        }
+
+    def detach(self, stream: "StreamHandler") -> None:
+        if self.stream is stream:
+            self.stream = None
+            self.pending.clear()
+            # The client gets the whole liveness window from now to resume.
+            self.heard = time.monotonic()
+
+    def acknowledge(self, last: int) -> None:
+        if last > self.seq:
+            raise RequestProblem(400, "bad_request", f"event {last} was never sent (the last is {self.seq})")
+        if last < self.acked:
+            raise RequestProblem(409, "cannot_resume",
+                                 f"events up to {self.acked} were acknowledged and are gone")
+        self.acked = last
+        while self.unacked and self.unacked[0][0] <= last:
+            self.unacked_bytes -= len(self.unacked.popleft()[1])
+
+    def ping(self, now: float) -> None:
+        self.pinged = now
+        self._queue(sse.PING)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _queue(self, data: bytes) -> None:
+        # Everything sent during one turn of the event loop leaves in one write: a fan-out of
+        # many messages costs this stream one chunk, not one per frame.
+        self.pending.append(data)
+        if len(self.pending) == 1:
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        if self.stream is not None:
+            self._flush_to(self.stream)
+
+    def _flush_to(self, stream: "StreamHandler") -> None:
+        if not self.pending:
+            return
+        data = b"".join(self.pending)
+        self.pending.clear()
+        try:
+            stream.write_raw(data)
+        except StreamBufferFullError:
+            self._drop_slow_reader()
+
+    def _drop_slow_reader(self) -> None:
+        """Unacknowledged frames past max_outbound_bytes: the reader stopped (or lies in its
+        acks and stopped reading the socket): free the memory instead of growing it."""
+        self.pending.clear()
+        self.pipeline.stalled()
+        if self.stream is not None:
+            self.stream.unlimit()  # room for the close event
+        self.close(TOO_SLOW, "too slow: stopped reading messages")
+
+
+class StreamSessions:
+    """Every live HTTP session by id and by token, and the memory of recently closed ones."""
+
+    def __init__(self, hub: Hub):
+        self.hub = hub
+        self.by_id: dict[str, StreamSession] = {}
+        self.by_token: dict[str, StreamSession] = {}
+        self.tombstones: OrderedDict[str, tuple[float, int, str]] = OrderedDict()
+        self.ticker: PeriodicCallback | None = None
+
+    def create(self, remote: str) -> StreamSession:
+        session = StreamSession(self, remote)
+        self.by_id[session.id] = session
+        self.by_token[session.token] = session
+        if self.ticker is None:
+            tick = min(1.0, self.hub.config.ping_interval / 4)
+            self.ticker = PeriodicCallback(self.tick, tick * 1000)
+            self.ticker.start()
+        return session
+
+    def forget(self, session: StreamSession) -> None:
+        self.by_id.pop(session.id, None)
+        self.by_token.pop(session.token, None)
+        code, reason = session.ended
+        expires = time.monotonic() + TOMBSTONE_SECONDS
+        for key in (session.id, session.token):
+            self.tombstones[key] = (expires, code, reason)
+        while len(self.tombstones) > 2 * MAX_TOMBSTONES:
+            self.tombstones.popitem(last=False)
+        if not self.by_id and self.ticker is not None:
+            self.ticker.stop()
+            self.ticker = None
+
+    def find(self, key: str, table: dict[str, StreamSession]) -> StreamSession:
+        session = table.get(key)
+        if session is not None:
+            return session
+        ended = self.tombstones.get(key)
+        if ended is not None and ended[0] > time.monotonic():
+            raise RequestProblem(410, "session_closed", f"this session has ended: {ended[2]}",
+                                 code=ended[1], reason=ended[2])
+        raise RequestProblem(404, "unknown_session",
+                             "no such session: it ended long ago, the server restarted, or it never existed")
+
+    def tick(self) -> None:
+        """Pings keep proxies and phones from cutting an idle stream and prompt the client's
+        ack; a session the server has not heard from for ping_interval + ping_timeout is dead,
+        like a WebSocket that misses its pong."""
+        config = self.hub.config
+        now = time.monotonic()
+        silence = config.ping_interval + config.ping_timeout
+        for session in list(self.by_id.values()):
+            if now - session.heard > silence:
+                session.close(TIMED_OUT, "timed out: no request from the client")
+            elif session.stream is not None and now - session.pinged >= config.ping_interval:
+                session.ping(now)
+        while self.tombstones:
+            key, (expires, _, _) = next(iter(self.tombstones.items()))
+            if expires > now:
+                break
+            del self.tombstones[key]
+
+
+class _Base(SecureHeadersMixin, tornado.web.RequestHandler):
+    def initialize(self, sessions: StreamSessions) -> None:
+        self.sessions = sessions
+        self.hub = sessions.hub
+
+    @property
+    def remote(self) -> str:
+        return self.request.remote_ip or ""
+
+    def check_request_origin(self, required: bool) -> None:
+        origin = self.request.headers.get("Origin")
+        allowed = self.hub.config.allowed_origins
+        if origin is None:
+            if required:
+                raise RequestProblem(403, "bad_origin", "requests must carry the page's Origin")
+        elif not same_origin(origin, self.request.host, allowed):
+            raise RequestProblem(403, "bad_origin", "requests from another origin are refused")
+        # A no-cors subresource (an <img> on another site pointing here) sends no Origin, but
+        # a current browser says where it comes from: without this, any page could spend its
+        # visitor's per-address session budget.
+        site = self.request.headers.get("Sec-Fetch-Site")
+        if site in ("cross-site", "same-site") and origin not in allowed:
+            raise RequestProblem(403, "bad_origin", "requests from another site are refused")
+
+    def refuse(self, problem: RequestProblem) -> None:
+        self.set_status(problem.status)
+        self.set_header("Cache-Control", "no-store")
+        if problem.status in (429, 503):
+            self.set_header("Retry-After", "30")
+        self.finish(problem.body())
+
+
+class StreamHandler(_Base):
+    """GET /stream: a new session, or an existing one resumed; frames arrive as SSE events."""
+
+    def initialize(self, sessions: StreamSessions) -> None:
+        super().initialize(sessions)
+        self.session: StreamSession | None = None
+        self.ended: asyncio.Future | None = None
+
+    async def get(self) -> None:
+        try:
+            self.check_request_origin(required=False)
+            resume = self.get_query_argument("session", None)
+            last = parse_count(self.get_query_argument("last", None), "last")
+            if resume is None:
+                if last is not None or "Last-Event-ID" in self.request.headers:
+                    raise RequestProblem(400, "bad_request",
+                                         "resume with ?session=<id>&last=<n> (PROTOCOL.md §1.2)")
+                refusal = self.hub.refusal(self.remote)
+                if refusal is not None:
+                    raise RequestProblem(refusal[0], "refused", refusal[1])
+                session = None
+            else:
+                if last is None:
+                    raise RequestProblem(400, "bad_request", "a resume needs last=<the last event id seen>")
+                if not _SECRET.match(resume):
+                    raise RequestProblem(404, "unknown_session", "no such session")
+                try:
+                    session = self.sessions.find(resume, self.sessions.by_id)
+                except RequestProblem as problem:
+                    if problem.status != 410:
+                        raise
+                    # Closed while the stream was away: say why on the stream itself, where an
+                    # EventSource can read it (it never sees an error response's body).
+                    self.open_stream()
+                    self.write_raw(close_event(problem.extra["code"], problem.extra["reason"]))
+                    self.finish()
+                    return
+        except RequestProblem as problem:
+            self.refuse(problem)
+            return
+        self.open_stream()
+        self.ended = asyncio.get_running_loop().create_future()
+        if session is None:
+            session = self.sessions.create(self.remote)
+            self.session = session
+            session.start(self)
+        else:
+            try:
+                session.attach(self, last)
+            except RequestProblem as problem:
+                # Asked for frames it had acknowledged (and we forgot), or never sent: a client
+                # this confused cannot be resumed without a gap. It starts over.
+                session.close(POLICY_VIOLATION, problem.message)
+                self.write_raw(close_event(POLICY_VIOLATION, problem.message))
+                self.finish()
+                return
+            self.session = session
+        await self.ended
+        if not self._finished:
+            self.finish()
+
+    def open_stream(self) -> None:
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Accel-Buffering", "no")  # nginx: pass events through unbuffered
+        stream = self.request.connection.stream
+        stream.set_nodelay(True)
+        stream.max_write_buffer_size = self.hub.config.max_outbound_bytes
+        self.flush()  # the headers go now: EventSource's `open`
+
+    def write_raw(self, data: bytes) -> None:
+        # Past the headers, chunks go straight to the HTTP connection: RequestHandler.write
+        # and flush would copy every delivery twice more on its way out.
+        self.request.connection.write(data)
+
+    def unlimit(self) -> None:
+        self.request.connection.stream.max_write_buffer_size = None
+
+    def end(self, data: bytes) -> None:
+        if self.ended is None or self.ended.done():
+            return
+        if data and not self.request.connection.stream.closed():
+            self.write_raw(data)
+        self.ended.set_result(None)
+
+    def on_connection_close(self) -> None:
+        if self.session is not None:
+            self.session.detach(self)
+        if self.ended is not None and not self.ended.done():
+            self.ended.set_result(None)
+
+    def on_finish(self) -> None:
+        if self.session is not None:
+            self.session.detach(self)
+        # The connection may serve other requests now (keep-alive): no cap for them.
+        stream = self.request.connection.stream
+        if stream is not None:
+            stream.max_write_buffer_size = None
+
+
+@tornado.web.stream_request_body
+class _SessionPost(_Base):
+    """What every POST shares: the Origin, the token, a JSON body within its size limit."""
+
+    max_body = SMALL_BODY_BYTES
+
+    def initialize(self, sessions: StreamSessions) -> None:
+        super().initialize(sessions)
+        self.session: StreamSession | None = None
+        self.body = bytearray()
+
+    def prepare(self) -> None:
+        limit = self.body_limit()
+        # Before anything else: a request refused below never has more than this read.
+        self.request.connection.set_max_body_size(limit)
+        try:
+            self.check_request_origin(required=True)
+            token = self.request.headers.get(TOKEN_HEADER)
+            if token is None:
+                raise RequestProblem(401, "no_token", f"this request needs the {TOKEN_HEADER} header")
+            if not _SECRET.match(token):
+                raise RequestProblem(404, "unknown_session", "no such session")
+            self.session = self.sessions.find(token, self.sessions.by_token)
+            self.session.heard = time.monotonic()
+            try:
+                self.check_body(limit)
+            except RequestProblem:
+                self.session.pipeline.strike()
+                raise
+        except RequestProblem as problem:
+            self.refuse(problem)
+
+    def body_limit(self) -> int:
+        return self.max_body
+
+    def check_body(self, limit: int) -> None:
+        kind, _, params = self.request.headers.get("Content-Type", "").partition(";")
+        charset = params.strip().lower()
+        if kind.strip().lower() != "application/json" or charset not in ("", "charset=utf-8"):
+            raise RequestProblem(415, "bad_content_type", "the body must be application/json (UTF-8)")
+        length = parse_count(self.request.headers.get("Content-Length"), "Content-Length")
+        if length is not None and length > limit:
+            self.too_large(limit)
+        self.ack = parse_count(self.request.headers.get(ACK_HEADER), ACK_HEADER)
+
+    def too_large(self, limit: int) -> None:
+        raise RequestProblem(413, "too_large", f"the body may have at most {limit} bytes")
+
+    def data_received(self, chunk: bytes) -> None:
+        if not self._finished:
+            self.body += chunk
+
+    def acknowledge(self) -> None:
+        if self.ack is not None:
+            self.session.acknowledge(self.ack)
+
+    async def post(self) -> None:
+        session = self.session
+        try:
+            if session.ended is not None:  # closed while the body was arriving
+                self.sessions.find(session.token, self.sessions.by_token)
+            self.handle(session)
+        except RequestProblem as problem:
+            if session.ended is None and problem.status != 410:
+                session.pipeline.strike()
+            self.refuse(problem)
+            return
+        self.set_status(204)
+        self.finish()
+
+    def handle(self, session: StreamSession) -> None:
+        raise NotImplementedError
+
+
+class SendHandler(_SessionPost):
+    """POST /stream/send: one client frame, handled exactly like a WebSocket text frame."""
+
+    def body_limit(self) -> int:
+        return self.hub.config.max_frame_bytes
+
+    def too_large(self, limit: int) -> None:
+        # The WebSocket closes with 1009 on an oversized frame; so does this session.
+        self.session.close(FRAME_TOO_LARGE, "frame too large")
+        super().too_large(limit)
+
+    def check_body(self, limit: int) -> None:
+        super().check_body(limit)
+        self.seq = parse_count(self.request.headers.get(SEQ_HEADER), SEQ_HEADER)
+        if self.seq is None or self.seq == 0:
+            raise RequestProblem(400, "bad_request", f"{SEQ_HEADER} must count the frames sent, from 1")
+
+    def handle(self, session: StreamSession) -> None:
+        if self.seq <= session.received:
+            return  # a retry of a frame already handled (its answer is on the stream)
+        if self.seq != session.received + 1:
+            raise RequestProblem(409, "out_of_order",
+                                 f"expected frame {session.received + 1}, got {self.seq}: send one at a time")
+        try:
+            text = bytes(self.body).decode("utf-8")
+        except UnicodeDecodeError:
+            raise RequestProblem(400, "bad_encoding", "the body is not UTF-8") from None
+        session.received = self.seq
+        self.acknowledge()
+        session.pipeline.receive(text)
+
+
+class AckHandler(_SessionPost):
+    """POST /stream/ack: the client has every frame up to Securechat-Ack."""
+
+    def handle(self, session: StreamSession) -> None:
+        if self.ack is None:
+            raise RequestProblem(400, "bad_request", f"an ack needs the {ACK_HEADER} header")
+        self.acknowledge()
+
+
+class CloseHandler(_SessionPost):
+    """POST /stream/close: the page is going away; leave now rather than at the timeout."""
+
+    def handle(self, session: StreamSession) -> None:
+        self.acknowledge()
+        session.close(CLIENT_CLOSED, "closed by the client")
+
+
+def routes(sessions: StreamSessions) -> list:
+    kwargs = {"sessions": sessions}
+    return [
+        (r"/stream", StreamHandler, kwargs),
+        (r"/stream/send", SendHandler, kwargs),
+        (r"/stream/ack", AckHandler, kwargs),
+        (r"/stream/close", CloseHandler, kwargs),
+    ]
