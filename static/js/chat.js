@@ -4,7 +4,8 @@
 
 import * as c from "./crypto.js";
 import { nameKeys, scriptProblem } from "./names.js";
-import { Connection, CLOSE_REPLACED, joinFrame, leaveFrame, rosterFrame, wsUrl } from "./protocol.js";
+import { joinFrame, leaveFrame, rosterFrame } from "./protocol.js";
+import { Connection, CLOSE_REPLACED, wsUrl } from "./transport.js";
 
 export const DEFAULT_ROOM = "lobby";
 const DEFAULT_SKEW_MS = 300000;
