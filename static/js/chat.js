@@ -16,6 +16,8 @@ export const REJOIN_GRACE_MS = 5000;
 // A message the server has not confirmed by then is shown as failed, with Retry: "Sending…"
 // must never hang. A late ack still turns it into delivered.
 export const SEND_TIMEOUT_MS = 10000;
+// The status line's addition while the HTTP transport carries the chat (transport.js).
+export const HTTP_FALLBACK_TEXT = "via HTTP fallback (WebSocket unavailable)";
 
 // Join errors after which retrying the same join cannot help.
 const FATAL_JOIN_ERRORS = new Set(["bad_username", "username_taken", "identity_in_use", "bad_key",
@@ -33,7 +35,7 @@ const SEND_ERROR_TEXT = {
 
 /**
  * emit(type, detail) events:
- *   identity {fingerprint}           status {state, detail}
+ *   identity {fingerprint}           status {state, detail, transport}
  *   welcome {room, you}              roster {participants}
  *   message {id, sid, username, fingerprint, ts, text, trust, verified}
  *   warning {text}                   outgoing {localId, text, ts, state, reason, withheld}
@@ -46,15 +48,15 @@ const SEND_ERROR_TEXT = {
  * their trust is "changed".
  */
 export class ChatClient {
-  constructor({ store, emit, url, room = DEFAULT_ROOM, WebSocketImpl, now = Date.now,
-    setTimer, clearTimer, random }) {
+  constructor({ store, emit, url, room = DEFAULT_ROOM, WebSocketImpl, EventSourceImpl, fetchImpl,
+    now = Date.now, setTimer, clearTimer, random, firstFrameTimeoutMs }) {
     this.store = store;
     this.emit = emit;
     this.url = url ?? (globalThis.location ? wsUrl(globalThis.location) : null);
     this.signRoom = room;
     this.room = room;
     this.now = now;
-    this.connOptions = { WebSocketImpl, setTimer, clearTimer, random };
+    this.connOptions = { WebSocketImpl, EventSourceImpl, fetchImpl, setTimer, clearTimer, random, firstFrameTimeoutMs };
     this.setTimer = setTimer ?? ((fn, ms) => setTimeout(fn, ms));
     this.clearTimer = clearTimer ?? ((id) => clearTimeout(id));
     this.expectBack = new Set(); // fingerprints present before a drop, not yet back
@@ -153,7 +155,7 @@ export class ChatClient {
       // Resolve once the socket is closed so a following join does not race the old session.
       connection.onDrop = () => resolve();
       connection.stop(leaveFrame());
-      if (!connection.socket || connection.socket.readyState > 1) resolve();
+      if (connection.closed) resolve();
       this.emit("status", { state: "offline", detail: "You left the chat." });
       this.emit("ended", { why: "left", message: "You left the chat." });
     });
@@ -196,7 +198,9 @@ export class ChatClient {
     this.connection.resetBackoff();
     this.emit("welcome", { room: this.room, you: { sid: this.session.sid, username: this.username,
       fingerprint: this.identity.fingerprint } });
-    this.emit("status", { state: "connected" });
+    const { transport } = this.connection;
+    this.emit("status", { state: "connected", transport,
+      ...(transport === "http" ? { detail: HTTP_FALLBACK_TEXT } : {}) });
     if (!(await this.flushWhenComplete()) && this.graceTimer === null) {
       this.graceTimer = this.setTimer(() => this.enqueue(() => this.flushWhenComplete(true)), REJOIN_GRACE_MS);
     }

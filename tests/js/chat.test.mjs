@@ -14,7 +14,8 @@ function person(server, { store = memoryStore(), timers = null } = {}) {
     url: "ws://test/ws",
     WebSocketImpl: server.WebSocket,
     emit: (type, detail) => events.push({ type, ...detail }),
-    ...(timers ? { setTimer: (fn, ms) => timers.push({ fn, ms }), clearTimer: () => {} } : {}),
+    // Manual timers hold only what the test fires; the WebSocket's first-frame watchdog is off.
+    ...(timers ? { setTimer: (fn, ms) => timers.push({ fn, ms }), clearTimer: () => {}, firstFrameTimeoutMs: 0 } : {}),
   });
   const of = (type) => events.filter((e) => e.type === type);
   const last = (type) => of(type).at(-1);

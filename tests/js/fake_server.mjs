@@ -1,6 +1,10 @@
 // A small in-memory stand-in for the server side of protocol v1, for node tests of
-// protocol.js and chat.js. It relays like PROTOCOL.md §6–§7 says and lets a test inject faults.
+// transport.js and chat.js. It relays like PROTOCOL.md §6–§7 says, over a fake WebSocket or the
+// HTTP transport of §1.2 (a fake EventSource and fetch), and lets a test inject faults.
 import * as c from "../../static/js/crypto.js";
+
+let keys = 0;
+const newKey = () => `k${(keys += 1).toString(36).padStart(21, "0")}`;
 
 export class FakeServer {
   constructor(room = "lobby") {
@@ -10,6 +14,19 @@ export class FakeServer {
     this.received = []; // every client frame, parsed
     this.onClientFrame = null; // (frame, socket) => true to swallow it
     this.connections = 0;
+    this.refuseWebSockets = false; // like WebKit with a certificate accepted by exception
+    this.down = false; // every request fails as a network error would
+    this.http = new Map(); // session id -> FakeHttpSession
+    this.tokens = new Map(); // token -> FakeHttpSession
+    this.tombstones = new Map(); // session id or token -> {code, reason}
+    this.eventSources = [];
+    this.posts = []; // every POST: {path, headers, body}
+    this.loseResponses = 0; // POSTs handled whose response then "gets lost" in the network
+  }
+
+  hello(peer) {
+    peer.deliver({ v: 1, type: "hello", room: this.room, server_time: Date.now(),
+      limits: { max_clock_skew_ms: 300000, max_recipients: 256 } });
   }
 
   /** A WebSocket class bound to this server, to pass as WebSocketImpl. */
@@ -19,12 +36,20 @@ export class FakeServer {
       constructor(url) {
         this.url = url;
         this.readyState = 0;
+        if (server.refuseWebSockets || server.down) {
+          setImmediate(() => {
+            this.readyState = 3;
+            this.onclose?.({ code: 1006, reason: "" });
+          });
+          return;
+        }
         server.connections += 1;
         server.sockets.add(this);
         setImmediate(() => {
           if (this.readyState !== 0) return;
           this.readyState = 1;
           this.onopen?.();
+          server.hello(this); // the server speaks first (§6.2)
         });
       }
 
@@ -42,6 +67,128 @@ export class FakeServer {
       deliver(frame) {
         if (this.readyState === 1) setImmediate(() => this.onmessage?.({ data: JSON.stringify(frame) }));
       }
+    };
+  }
+
+  /** An EventSource class bound to this server (§1.2's GET /stream). */
+  get EventSource() {
+    const server = this;
+    return class FakeEventSource {
+      constructor(url) {
+        this.url = url;
+        this.readyState = 0;
+        this.listeners = new Map();
+        this.onerror = null;
+        server.eventSources.push(this);
+        setImmediate(() => server.openStream(this));
+      }
+
+      addEventListener(type, fn) {
+        if (!this.listeners.has(type)) this.listeners.set(type, []);
+        this.listeners.get(type).push(fn);
+      }
+
+      close() {
+        this.readyState = 2;
+        if (this.session?.source === this) this.session.source = null;
+      }
+
+      emit(type, event) {
+        if (this.readyState !== 1) return;
+        for (const fn of this.listeners.get(type) ?? []) fn(event);
+      }
+
+      /** The connection failed: 0 = a network error (EventSource would retry), 2 = refused. */
+      fail(readyState) {
+        if (this.readyState === 2) return;
+        if (this.session?.source === this) this.session.source = null;
+        this.readyState = readyState;
+        this.onerror?.({});
+      }
+    };
+  }
+
+  openStream(source) {
+    if (source.readyState === 2) return;
+    if (this.down) return source.fail(0);
+    const url = new URL(source.url);
+    const resume = url.searchParams.get("session");
+    let session;
+    if (resume === null) {
+      session = new FakeHttpSession(this);
+      this.connections += 1;
+      this.http.set(session.id, session);
+      this.tokens.set(session.token, session);
+    } else {
+      session = this.http.get(resume);
+      if (!session) {
+        const ended = this.tombstones.get(resume);
+        if (!ended) return source.fail(2); // 404: EventSource only sees an error, then CLOSED
+        source.readyState = 1;
+        return source.emit("close", { data: JSON.stringify(ended) });
+      }
+      session.acknowledge(Number(url.searchParams.get("last")));
+      session.source?.fail(0);
+    }
+    source.readyState = 1;
+    source.session = session;
+    session.source = source;
+    source.emit("session", { data: JSON.stringify({ session: session.id, token: session.token,
+      ping_ms: 20000, timeout_ms: 10000, ack_bytes: this.ackBytes ?? 1 << 20 }) });
+    for (const { seq, data } of session.unacked) source.emit("message", { data, lastEventId: String(seq) });
+    if (resume === null) this.hello(session);
+  }
+
+  /** A restart: every connection dies and every session is forgotten. */
+  restart() {
+    for (const socket of [...this.sockets]) this.drop(socket, 1006);
+    for (const session of [...this.http.values()]) {
+      session.readyState = 3;
+      session.source?.fail(0);
+    }
+    this.http.clear();
+    this.tokens.clear();
+    this.members.clear();
+  }
+
+  /** The network drops the stream (not the session): the client should resume it. */
+  dropStream(session) {
+    session.source?.fail(0);
+  }
+
+  /** fetch() bound to this server (§1.2's POSTs). */
+  get fetch() {
+    return async (url, init) => {
+      await new Promise((resolve) => setImmediate(resolve));
+      if (this.down) throw new TypeError("Failed to fetch");
+      const path = new URL(url).pathname;
+      const { headers, body } = init;
+      this.posts.push({ path, headers, body });
+      const reply = (status, json = {}) => ({ ok: status >= 200 && status < 300, status, json: async () => json });
+      const session = this.tokens.get(headers["Securechat-Token"]);
+      if (!session) {
+        const ended = this.tombstones.get(headers["Securechat-Token"]);
+        return ended ? reply(410, { error: "session_closed", ...ended }) : reply(404, { error: "unknown_session" });
+      }
+      session.acknowledge(Number(headers["Securechat-Ack"]));
+      if (path === "/stream/send") {
+        const seq = Number(headers["Securechat-Seq"]);
+        if (seq === session.received + 1) {
+          session.received = seq;
+          const frame = JSON.parse(body);
+          this.received.push(frame);
+          setImmediate(() => this.handle(session, frame));
+        } else if (seq > session.received + 1) {
+          return reply(409, { error: "out_of_order" });
+        }
+      } else if (path === "/stream/close") {
+        this.drop(session, 1000, "closed by the client");
+      }
+      if (this.loseResponses > 0) {
+        this.loseResponses -= 1;
+        throw new TypeError("Failed to fetch"); // handled, but the answer never arrived
+      }
+      return reply(204);
     };
   }
 
@@ -121,6 +268,42 @@ export class FakeServer {
       this.members.get(sid).socket.deliver(this.relayed(sender, frame, sid));
     }
     socket.deliver({ v: 1, type: "ack", id: frame.id, recipients: Object.keys(frame.keys).length });
+  }
+}
+
+/** One session of the HTTP transport: the server's side of §1.2, as a relay peer. */
+class FakeHttpSession {
+  constructor(server) {
+    this.server = server;
+    this.id = newKey();
+    this.token = newKey();
+    this.readyState = 1;
+    this.seq = 0;
+    this.unacked = []; // {seq, data} until acknowledged
+    this.received = 0;
+    this.source = null;
+  }
+
+  deliver(frame) {
+    if (this.readyState !== 1) return;
+    this.seq += 1;
+    const event = { seq: this.seq, data: JSON.stringify(frame) };
+    this.unacked.push(event);
+    const source = this.source;
+    if (source) setImmediate(() => source.session === this && this.source === source && source.emit("message", { data: event.data, lastEventId: String(event.seq) }));
+  }
+
+  acknowledge(last) {
+    if (Number.isSafeInteger(last)) this.unacked = this.unacked.filter((e) => e.seq > last);
+  }
+
+  onclose({ code, reason }) {
+    const ended = { code, reason };
+    this.server.http.delete(this.id);
+    this.server.tokens.delete(this.token);
+    this.server.tombstones.set(this.id, ended);
+    this.server.tombstones.set(this.token, ended);
+    this.source?.emit("close", { data: JSON.stringify(ended) });
   }
 }
 

@@ -1,0 +1,162 @@
+"""The HTTP fallback in a real Chromium: a page that cannot use WebSocket (as an iPhone cannot
+with a certificate it accepted by exception) joins, chats both ways with WebSocket users,
+survives a server restart, and says on its status line which transport carries it."""
+
+from __future__ import annotations
+
+from playwright.sync_api import expect
+
+from securechat.relay.stream import StreamSession
+from securechat.relay.ws import ChatSocket
+
+from .harness import join, messages, open_page, participants, send
+
+# WebKit with an exception-accepted certificate: the WebSocket never opens; it reports an error
+# and a 1006 close, exactly as the socket of a failed TLS handshake does. fetch and EventSource
+# are untouched. `window.__allowWebSocket = true` lifts the block (the device trusts the server now).
+NO_WEBSOCKET = """
+(() => {
+  const Real = window.WebSocket;
+  window.WebSocket = function (url, protocols) {
+    if (window.__allowWebSocket) return new Real(url, protocols);
+    const socket = new EventTarget();
+    socket.url = url;
+    socket.readyState = 0;
+    socket.send = () => { throw new DOMException("Still in CONNECTING state.", "InvalidStateError"); };
+    socket.close = () => {};
+    window.__refusedWebSockets = (window.__refusedWebSockets || 0) + 1;
+    setTimeout(() => {
+      socket.readyState = 3;
+      socket.onerror?.(new Event("error"));
+      socket.onclose?.(Object.assign(new Event("close"), { code: 1006, reason: "", wasClean: false }));
+    }, 30);
+    return socket;
+  };
+  window.WebSocket.CONNECTING = 0; window.WebSocket.OPEN = 1; window.WebSocket.CLOSING = 2; window.WebSocket.CLOSED = 3;
+})();
+"""
+
+FALLBACK = "Connected · via HTTP fallback (WebSocket unavailable)"
+
+
+def phone_page(people, **options):
+    context = people.context(**options)
+    context.add_init_script(NO_WEBSOCKET)
+    page = open_page(context, people.server.url)
+    return page
+
+
+def transports(server) -> dict[str, str]:
+    def read():
+        kinds = {StreamSession: "http", ChatSocket: "websocket"}
+        return {p.username: kinds[type(p.connection)] for p in server.server.hub.rooms.get().members.values()}
+
+    return server.on_loop(read)
+
+
+def test_without_websocket_a_person_joins_chats_and_survives_a_restart(people, server):
+    alice = people.join("alice")
+    bob = people.join("bob")
+    phone = phone_page(people)
+    join(phone, "iris")
+    status = phone.get_by_role("status")
+    expect(status).to_have_text(FALLBACK)
+    assert phone.evaluate("window.__refusedWebSockets") >= 1
+    for page in (alice, bob):
+        expect(page.get_by_role("status")).to_have_text("Connected")
+        expect(participants(page)).to_have_count(3)
+    expect(participants(phone)).to_have_count(3)
+    assert transports(server) == {"alice": "websocket", "bob": "websocket", "iris": "http"}
+
+    send(phone, "hello from the phone")
+    for page in (alice, bob):
+        expect(messages(page).locator(".text")).to_have_text(["hello from the phone"])
+    mine = messages(phone).locator("article.mine").filter(has_text="hello from the phone")
+    expect(mine.locator(".delivery")).to_have_text("Delivered · to 2 others")
+    send(alice, "hi iris, from alice")
+    send(bob, "and from bob")
+    expect(messages(phone).locator("article:not(.mine) .text")).to_have_text(["hi iris, from alice", "and from bob"])
+
+    server.stop()
+    expect(status).to_contain_text("Reconnecting")
+    send(phone, "typed on the phone while the server was down")
+    server.start()  # same port, same data directory
+    expect(status).to_have_text(FALLBACK, timeout=30_000)
+    for page in (alice, bob):
+        expect(page.get_by_role("status")).to_have_text("Connected", timeout=30_000)
+        expect(participants(page)).to_have_count(3)
+    assert transports(server)["iris"] == "http"
+    for page in (alice, bob):
+        expect(messages(page).locator(".text").last).to_have_text("typed on the phone while the server was down")
+    send(bob, "welcome back, iris")
+    expect(messages(phone).locator("article:not(.mine) .text").last).to_have_text("welcome back, iris")
+    assert people.dialogs == []
+
+
+def test_a_websocket_that_closes_before_hello_falls_back_and_websocket_returns_later(people, server):
+    """Playwright's WebSocket routing: the socket opens, then closes before the server's hello
+    (a proxy that accepts the upgrade and drops it). Once WebSocket works, a later reconnection
+    uses it again."""
+    alice = people.join("alice")
+    context = people.context()
+    state = {"block": True}
+
+    def route(ws):
+        if state["block"]:
+            ws.close(code=1011, reason="no WebSocket through here")
+        else:
+            ws.connect_to_server()
+
+    context.route_web_socket("**/ws", route)
+    phone = open_page(context, server.url)
+    join(phone, "iris")
+    status = phone.get_by_role("status")
+    expect(status).to_have_text(FALLBACK)
+    send(alice, "can you read this?")
+    expect(messages(phone).locator("article:not(.mine) .text")).to_have_text(["can you read this?"])
+
+    state["block"] = False
+    server.stop()
+    server.start()
+    expect(status).to_have_text("Connected", timeout=30_000)
+    assert transports(server)["iris"] == "websocket"
+    send(phone, "back on a WebSocket")
+    expect(messages(alice).locator(".text").last).to_have_text("back on a WebSocket")
+
+
+def test_the_fallback_works_under_the_strict_content_security_policy(people, server):
+    phone = phone_page(people)
+    violations = []
+    phone.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    join(phone, "iris")
+    expect(phone.get_by_role("status")).to_have_text(FALLBACK)
+    csp = phone.evaluate("async () => (await fetch('/')).headers.get('content-security-policy')")
+    assert "connect-src 'self'" in csp
+    assert violations == []
+
+
+def test_a_network_blip_resumes_the_stream_without_losing_or_repeating_a_message(people, server):
+    alice = people.join("alice")
+    phone = phone_page(people)
+    join(phone, "iris")
+    status = phone.get_by_role("status")
+    expect(status).to_have_text(FALLBACK)
+    session = server.on_loop(lambda: server.server.hub.rooms.get().find("iris").connection)
+    resumes = []
+    phone.on("request", lambda r: resumes.append(r.url) if "/stream?session=" in r.url else None)
+    # The phone drops off the network: its stream breaks and, for a while, nothing gets through.
+    phone.context.set_offline(True)
+    server.on_loop(lambda: session.stream.request.connection.stream.close())
+    for i in range(3):
+        send(alice, f"sent during the blip {i}")
+    phone.wait_for_timeout(1500)
+    phone.context.set_offline(False)
+    received = messages(phone).locator("article:not(.mine) .text")
+    expect(received).to_have_text([f"sent during the blip {i}" for i in range(3)], timeout=20_000)
+    expect(status).to_have_text(FALLBACK)
+    assert resumes, "the stream was never cut (the test proves nothing)"
+    assert "&last=" in resumes[-1]
+    # The same session carried on: no rejoin, no second join record, nobody saw iris leave.
+    assert server.on_loop(lambda: server.server.hub.rooms.get().find("iris").connection) is session
+    assert [r["username"] for r in server.log_records() if r["event"] == "join"] == ["alice", "iris"]
+    assert [r for r in server.log_records() if r["event"] == "leave"] == []
