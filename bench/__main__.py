@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the reference relay's garbage-collector thresholds: Python's default "
                         "(a bare Tornado app) or securechat's tuned ones (like for like)")
     parser.add_argument("--only", choices=["securechat", "reference"], help="run one relay only")
+    parser.add_argument("--transports", action="store_true",
+                        help="compare securechat's HTTP fallback transport with its WebSocket instead "
+                        "(server CPU per delivered frame, both in this invocation)")
     parser.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
     args = parser.parse_args(argv)
 
@@ -66,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         s.reference_gc = GC_THRESHOLDS
     if args.only:
         s.relays = (args.only,)
+    if args.transports:
+        s.transports = True
     started = time.monotonic()
     results = asyncio.run(run_all(s))
     results["wall_seconds"] = time.monotonic() - started

@@ -46,6 +46,10 @@ def ratios(results: dict) -> list[dict]:
 
 
 def markdown(results: dict) -> str:
+    if results.get("transports") is not None and not results.get("runs"):
+        s = results["settings"]
+        return (f"Generator: {results['generator']}; servers pinned with taskset; {s['senders']} senders "
+                f"(fewer if N is smaller); {s['text_bytes']}-character messages.\n\n" + transports_markdown(results))
     s = results["settings"]
     out = []
     reference_gc = s.get("reference_gc")
@@ -95,7 +99,39 @@ def markdown(results: dict) -> str:
         for r in results["idle"]:
             out.append(f"| {r['relay']} | {r['connections']:,} | {r['open']:,} | {_f(r['rss_base_mb'])} "
                        f"| {_f(r['rss_mb'])} | {_f(r['kib_per_connection'])} |")
+    if results.get("transports"):
+        out.append(transports_markdown(results))
     errors = {f"{r['relay']} N={r['n']}": r["errors"] for r in results["runs"] if r.get("errors")}
     if errors:
         out.append(f"\nError frames seen: {errors}")
+    return "\n".join(out) + "\n"
+
+
+def transports_markdown(results: dict) -> str:
+    from .transports import ratios as transport_ratios
+
+    s = results["settings"]
+    runs = results["transports"]
+    out = [f"### securechat over WebSocket and over the HTTP fallback (closed loop, {s['window']} in flight "
+           f"per sender, {s['closed_seconds']} s; open loop {s['rate']:g} msg/s)\n",
+           "| transport | N | msgs/s | deliveries/s | server CPU µs/delivery | egress B/msg | p50 ms | p99 ms "
+           "| RSS MB (joined) | RSS MB (end) | HTTP errors |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in sorted(runs, key=lambda r: (r["n"], r["transport"] != "websocket")):
+        c, o = r["closed"], r["open"]
+        out.append(
+            f"| {r['transport']} | {r['n']} | {_f(c['messages_per_s'], 0)} | {_f(c['deliveries_per_s'], 0)} "
+            f"| {_f(c['server_cpu_us_per_delivery'], 1)} | {_f(c['egress_bytes_per_msg'], 0)} "
+            f"| {_f(o['p50_ms'], 2)} | {_f(o['p99_ms'], 2)} | {_f(r['rss_joined_mb'], 1)} | {_f(c['rss_mb'], 1)} "
+            f"| {r.get('http_errors') or '–'} |")
+        if c.get("clients_closed"):
+            out.append(f"| ⚠ {r['transport']} N={r['n']}: {c['clients_closed']:g} clients were closed during the run "
+                       "(the generator fell behind): its figures are not comparable | | | | | | | | | | |")
+    out.append("\n### HTTP fallback ÷ WebSocket\n")
+    out.append("| N | server CPU per delivered frame | deliveries/s | egress/msg | p50 | p99 |")
+    out.append("|---:|---:|---:|---:|---:|---:|")
+    for row in transport_ratios(runs):
+        spread = f" ({row['cpu_range'][0]:.2f}–{row['cpu_range'][1]:.2f} by pair)" if row["cpu_range"] else ""
+        out.append(f"| {row['n']} | {_r(row['cpu'])}{spread} | {_r(row['throughput'])} | {_r(row['egress'])} "
+                   f"| {_r(row['p50'])} | {_r(row['p99'])} |")
     return "\n".join(out) + "\n"

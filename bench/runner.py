@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from securechat import crypto
 
 from . import keys as bench_keys
+from .httpclient import connect as http_connect
 from .wsclient import WSClient, connect, encode_frame
 
 HOST = "127.0.0.1"
@@ -177,8 +178,9 @@ class FrameFactory:
     """
 
     def __init__(self, sender: bench_keys.BenchMember, recipients: list[bench_keys.BenchMember],
-                 text_bytes: int, room: str = "lobby"):
+                 text_bytes: int, room: str = "lobby", encode=encode_frame):
         self.sender = sender
+        self.encode = encode  # a WebSocket frame around the JSON, or (HTTP) the JSON itself
         self.room = room
         self.key = AESGCM.generate_key(bit_length=256)
         self.aes = AESGCM(self.key)
@@ -211,7 +213,7 @@ class FrameFactory:
         sig = s.identity.sign(crypto.signed_text(header, iv_b64, ct_b64))
         text = (f'{{"v":1,"type":"msg","id":"{msg_id}","ts":{ts},"counter":{self.counter},'
                 f'"iv":"{iv_b64}","ct":"{ct_b64}","sig":"{sig}","keys":{self.keys_json}}}')
-        return msg_id, encode_frame(text.encode())
+        return msg_id, self.encode(text.encode())
 
     def prebuild(self, count: int) -> None:
         for _ in range(count):
@@ -238,13 +240,16 @@ _ID = b',"id":"'
 class Room:
     """N joined clients of one relay and the counters the phases read."""
 
-    def __init__(self, relay: Relay, members: list[bench_keys.BenchMember], senders: int, text_bytes: int):
+    def __init__(self, relay: Relay, members: list[bench_keys.BenchMember], senders: int, text_bytes: int,
+                 transport: str = "websocket"):
         self.relay = relay
         self.members = members
-        self.clients: list[WSClient] = []
-        self.by_client: dict[WSClient, int] = {}
+        self.transport = transport
+        self.clients: list = []  # WSClient, or httpclient.HttpClient for the HTTP transport
+        self.by_client: dict = {}
         self.welcomes: dict[int, asyncio.Future] = {}
-        self.factories = [FrameFactory(m, members, text_bytes) for m in members[:senders]]
+        encode = encode_frame if transport == "websocket" else bytes
+        self.factories = [FrameFactory(m, members, text_bytes, encode=encode) for m in members[:senders]]
         self.sent: dict[str, int] = {}  # id -> perf_counter_ns at write
         self.sender_of: dict[str, int] = {}
         self.latencies: list[int] = []
@@ -287,8 +292,9 @@ class Room:
     async def join_all(self, timeout: float = 120) -> None:
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout
+        opener = connect if self.transport == "websocket" else http_connect
         for i, member in enumerate(self.members):
-            client = await connect(HOST, self.relay.port, on_text=self._on_text)
+            client = await opener(HOST, self.relay.port, on_text=self._on_text)
             self.clients.append(client)
             self.by_client[client] = i
             self.welcomes[i] = loop.create_future()
@@ -396,6 +402,10 @@ async def closed_loop(room: Room, duration: float, warmup: float, window: int) -
         "messages_per_s": (a1 - a0) / elapsed,
         "deliveries_per_s": (d1 - d0) / elapsed,
         "server_cpu_ms_per_msg": (c1 - c0) * 1000 / messages,
+        # Per frame the server wrote: every acknowledged message went to all members. (Counting
+        # the frames the generator read instead would charge the server for the generator's lag.)
+        "server_cpu_us_per_delivery": (c1 - c0) * 1e6 / (messages * len(room.members)),
+        "clients_closed": sum(1 for c in room.clients if c.closed.done()),
         "server_cpu_util": (c1 - c0) / elapsed,
         "generator_cpu_util": (g1 - g0) / elapsed,
         "egress_bytes_per_msg": (b1 - b0) / messages,
@@ -424,6 +434,8 @@ class Settings:
     # gc.set_threshold() values (securechat's own, for a like-for-like comparison).
     reference_gc: tuple[int, ...] | None = None
     pin: bool = True  # move this process to the second core (off for the test suite)
+    # Instead of securechat vs the reference relay: securechat's HTTP fallback vs its WebSocket.
+    transports: bool = False
     expected_msg_rate: float = 40000.0  # deliveries/s guess used to size the prebuilt pools
 
 
@@ -543,6 +555,14 @@ async def run_all(s: Settings) -> dict:
     results: dict = {"settings": s.__dict__.copy(), "generator": pinned, "runs": [], "idle": [], "slow": []}
     with tempfile.TemporaryDirectory(prefix="securechat-bench-") as tmp:
         workdir = Path(tmp)
+        if s.transports:
+            from .transports import run_transport_size
+
+            results["transports"] = []
+            for n in s.sizes:
+                log(f"N={n}: websocket vs http, {s.repeats} repeats ...")
+                results["transports"].extend(await run_transport_size(n, s, workdir))
+            return results
         for n in s.sizes:
             log(f"N={n}: {' vs '.join(s.relays)}, {s.repeats} repeats ...")
             results["runs"].extend(await run_size(n, s, workdir))

@@ -56,3 +56,25 @@ def test_cpu_ratio_shows_the_spread_of_back_to_back_pairs():
     (row,) = report.ratios(results)
     assert row["cpu"] == pytest.approx(3.0 / 2.5)
     assert row["cpu_range"] == pytest.approx((1.1, 1.2))
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_the_transport_mode_measures_both_transports_in_one_run():
+    settings = Settings(
+        sizes=(3,), senders=2, rate=20.0, open_seconds=0.5, closed_seconds=0.5, warmup=0.2,
+        window=1, idle=(), slow_size=0, repeats=1, expected_msg_rate=2000.0, pin=False, transports=True,
+    )
+    results = asyncio.run(run_all(settings))
+
+    assert results["runs"] == []
+    assert {r["transport"] for r in results["transports"]} == {"websocket", "http"}
+    for run in results["transports"]:
+        assert run["n"] == 3 and run["errors"] == {} and run["http_errors"] == {}
+        opened, closed = run["open"], run["closed"]
+        assert opened["latency_samples"] > 0 and opened["missing_deliveries"] == 0
+        assert closed["deliveries_per_s"] > closed["messages_per_s"] > 0
+        assert closed["server_cpu_us_per_delivery"] >= 0
+    text = report.markdown(results)
+    assert "| websocket | 3 |" in text and "| http | 3 |" in text
+    assert "HTTP fallback ÷ WebSocket" in text

@@ -170,7 +170,8 @@ async def test_acknowledged_frames_are_forgotten(over_http, connect, hub):
 @pytest.fixture
 def config(tmp_path) -> Config:
     # Short liveness settings (for every test here) so the ping and timeout tests take seconds.
-    return Config(data_dir=tmp_path / "data", port=0, log_fsync="never", ping_interval=1.0, ping_timeout=1.0)
+    return Config(data_dir=tmp_path / "data", port=0, log_fsync="never", ping_interval=1.0, ping_timeout=1.0,
+                  join_timeout=2.0)
 
 
 async def test_pings_keep_a_quiet_session_alive(over_http, connect, hub):
@@ -206,10 +207,31 @@ async def test_a_client_that_goes_silent_times_out_and_leaves(http_port, http_se
     finally:
         stream.close()
     assert "ping" in names
-    assert ended == {"code": 4003, "reason": "timed out: no request from the client"}
+    assert ended == {"code": 4004, "reason": "timed out: no request from the client"}
     assert time.monotonic() - started < 5
     assert (await bob.expect("left"))["username"] == "ghost"
     assert sessions(hub) == []
+
+
+async def test_a_session_that_never_joins_meets_the_hubs_join_deadline(http_port, http_server, hub):
+    stream = await in_thread(RawStream, "127.0.0.1", http_port)
+    token = stream.session["token"]
+
+    def keep_acking_until_closed():
+        # Alive (it answers every ping) but it never joins: the Hub's deadline, not ours, ends it.
+        while (event := stream.next_event()) is not None:
+            if event.name == "ping":
+                post("127.0.0.1", http_port, "/stream/ack", "{}", token=token, ack=stream.last)
+            if event.name == "close":
+                return json.loads(event.data)
+        return None
+
+    try:
+        assert hub.unjoined.held_by("127.0.0.1") == 1
+        assert await in_thread(keep_acking_until_closed) == {"code": 4003, "reason": "did not join in time"}
+    finally:
+        stream.close()
+    assert hub.unjoined.held_by("127.0.0.1") == 0 and sessions(hub) == []
 
 
 async def test_replaced_by_a_websocket_session_of_the_same_identity(over_http, http_port, hub, ws_url):

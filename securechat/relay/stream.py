@@ -33,6 +33,7 @@ from tornado.ioloop import PeriodicCallback
 from tornado.iostream import StreamBufferFullError
 
 from ..web.http_security import SecureHeadersMixin, same_origin
+from ..web.limits import allow_body
 from . import sse
 from .hub import Hub
 from .session import POLICY_VIOLATION, TOO_SLOW, Session
@@ -44,7 +45,7 @@ SEQ_HEADER = "Securechat-Seq"
 ACK_HEADER = "Securechat-Ack"
 CLIENT_CLOSED = 1000
 FRAME_TOO_LARGE = 1009
-TIMED_OUT = 4003
+TIMED_OUT = 4004  # (4003 is the Hub's: did not join in time)
 # ack and close carry no frame: their body is `{}`, and anything much larger is not a client.
 SMALL_BODY_BYTES = 1024
 # Closed sessions are remembered this long (and at most this many) so that a late request
@@ -420,8 +421,6 @@ class _SessionPost(_Base):
 
     def prepare(self) -> None:
         limit = self.body_limit()
-        # Before anything else: a request refused below never has more than this read.
-        self.request.connection.set_max_body_size(limit)
         try:
             self.check_request_origin(required=True)
             token = self.request.headers.get(TOKEN_HEADER)
@@ -438,6 +437,9 @@ class _SessionPost(_Base):
                 raise
         except RequestProblem as problem:
             self.refuse(problem)
+            return
+        # Only now, for the session's own requests, may the body be as large as a frame.
+        allow_body(self, limit)
 
     def body_limit(self) -> int:
         return self.max_body

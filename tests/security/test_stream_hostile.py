@@ -11,6 +11,7 @@ import time
 import pytest
 from conftest import serving, settle
 from rawstream import RawStream, Refused, post
+from rawws import HandshakeRefused, RawWebSocket
 
 from securechat import crypto
 from securechat.client import ChatClient, Message
@@ -279,21 +280,29 @@ async def test_acking_what_it_never_read_does_not_buy_unbounded_memory(http_port
 
 
 async def test_sessions_from_one_address_are_capped_like_websockets(http_port, connect, hub, config):
+    """The same Hub admission as the WebSocket: never-joined sessions from one address wait
+    in the small pre-join pool, and once it is full neither transport gets another one."""
     alice, bob = await honest_pair(connect)
+    cap = min(config.max_unjoined_per_address, config.max_connections_per_address)
 
     def open_many():
         opened, refused = [], []
-        for _ in range(config.max_connections_per_address + 4):
+        for _ in range(cap + 4):
             try:
                 opened.append(RawStream(HOST, http_port, source="127.0.0.4"))
             except Refused as exc:
-                refused.append((exc.status, exc.json()["error"]))
+                refused.append((exc.status, exc.json()["error"], exc.json()["message"]))
         return opened, refused
 
     opened, refused = await in_thread(open_many)
     try:
-        assert len(opened) == config.max_connections_per_address
-        assert set(refused) == {(429, "refused")}
+        assert len(opened) == cap
+        assert {(status, error) for status, error, _ in refused} == {(429, "refused")}
+        assert hub.unjoined.held_by("127.0.0.4") == cap
+        with pytest.raises(HandshakeRefused) as websocket:
+            await in_thread(RawWebSocket, HOST, http_port, source="127.0.0.4", timeout=5)
+        assert websocket.value.status == 429
+        assert json.loads(websocket.value.body)["error"] == refused[0][2], "one admission, one answer"
         await chat_round(alice, bob, "during the session flood")
     finally:
         for raw in opened:
