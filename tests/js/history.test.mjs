@@ -341,7 +341,9 @@ test("removing the passphrase stores the records readable again", async () => {
   const { h } = await history();
   await h.received("lobby", incoming());
   await h.enableLock("correct horse battery");
-  await h.disableLock();
+  await assert.rejects(h.disableLock("not the passphrase"), s.WrongPassphrase);
+  assert.equal(h.hasLock, true);
+  await h.disableLock("correct horse battery");
   assert.equal(h.hasLock, false);
   const [row] = await h.db.all();
   assert.equal(row.room, "lobby");

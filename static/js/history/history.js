@@ -320,10 +320,11 @@ export class History {
     await this.guard(() => this.db.putAll(sealed));
   }
 
-  /** Remove the passphrase (needs it entered this session): records are stored readable again. */
-  async disableLock() {
+  /** Remove the passphrase (it is asked again: WrongPassphrase): records are stored readable again. */
+  async disableLock(passphrase) {
     await this.enqueue(async () => {
       if (!this.lock) return;
+      await openLock(this.lock, passphrase);
       if (!this.key) throw new Error("Unlock the history first.");
       const rows = await this.db.all();
       const entries = await this.entries(rows);
