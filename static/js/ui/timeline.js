@@ -2,26 +2,11 @@
 // sender's own outgoing messages with a quiet delivery line, the empty state, and the
 // New messages button for someone reading older messages.
 
-import { button, dayKey, dayLabel, el, linkify, timeElement, wireCopy } from "./dom.js";
-
-const OUTGOING_TEXT = {
-  queued: "Waiting to send",
-  sending: "Sending…",
-  delivered: "Delivered",
-  failed: "Not sent",
-};
+import { dayKey, dayLabel, el, wireCopy } from "./dom.js";
+import { GROUP_MS, messageArticle as buildArticle, showDelivery, showTrust } from "./message.js";
 
 // Scrolled further than this from the bottom counts as "reading older messages".
 const STICKY_PX = 48;
-// Consecutive messages of one person this close together share one name.
-const GROUP_MS = 5 * 60 * 1000;
-// Longer than this (in lines, long lines counted by their wrapped length) starts collapsed.
-const COLLAPSE_LINES = 40;
-const CHARS_PER_LINE = 60;
-
-function estimatedLines(text) {
-  return text.split("\n").reduce((n, line) => n + Math.max(1, Math.ceil(line.length / CHARS_PER_LINE)), 0);
-}
 
 export function createTimeline(parts, { onUnread = () => {}, roomLink = () => location.href } = {}) {
   const log = parts.messages;
@@ -73,33 +58,11 @@ export function createTimeline(parts, { onUnread = () => {}, roomLink = () => lo
     if (counts && !(follow && !document.hidden)) setUnread(unread + 1);
   }
 
-  function textBlock(text) {
-    const body = el("p", "text");
-    body.append(linkify(text));
-    if (estimatedLines(text) <= COLLAPSE_LINES) return [body];
-    body.classList.add("collapsed");
-    const toggle = button("Show more", "small quiet show-more");
-    toggle.setAttribute("aria-expanded", "false");
-    toggle.addEventListener("click", () => {
-      const open = body.classList.toggle("collapsed") === false;
-      toggle.textContent = open ? "Show less" : "Show more";
-      toggle.setAttribute("aria-expanded", String(open));
-    });
-    return [body, toggle];
-  }
-
   function messageArticle({ username, ts, text, mine, fingerprint }) {
-    const article = el("article", mine ? "msg mine" : "msg");
-    if (fingerprint) article.dataset.fingerprint = fingerprint;
     const who = mine ? "\u0000me" : `${fingerprint} ${username}`;
-    if (lastGroup && lastGroup.who === who && ts - lastGroup.ts < GROUP_MS && dayKey(ts) === lastDay) {
-      article.classList.add("grouped");
-    }
+    const grouped = Boolean(lastGroup && lastGroup.who === who && ts - lastGroup.ts < GROUP_MS && dayKey(ts) === lastDay);
     lastGroup = { who, ts };
-    const head = el("header", "msg-head");
-    head.append(el("span", "sender", username), timeElement(ts));
-    article.append(head, ...textBlock(text));
-    return article;
+    return buildArticle({ username, ts, text, mine, fingerprint, grouped });
   }
 
   function notice(text, className = "log-notice") {
@@ -142,14 +105,9 @@ export function createTimeline(parts, { onUnread = () => {}, roomLink = () => lo
 
     addMessage({ username, fingerprint, ts, text, trust, verified }) {
       dayFor(ts);
-      const article = messageArticle({ username, ts, text, fingerprint });
-      if (verified) article.querySelector(".msg-head").append(el("span", "badge verified", "✓ Verified"));
-      if (trust === "changed") {
-        article.classList.remove("grouped");
-        article.append(el("p", "msg-warning",
-          `⚠ ${username}'s key changed. Compare fingerprints before trusting this message.`));
-      }
-      append(article, { ts, counts: true });
+      const node = messageArticle({ username, ts, text, fingerprint });
+      showTrust(node, { username, trust, verified });
+      append(node, { ts, counts: true });
     },
 
     /** The key of `fingerprint` was accepted or verified: update its messages in place. */
@@ -180,38 +138,14 @@ export function createTimeline(parts, { onUnread = () => {}, roomLink = () => lo
     },
 
     upsertOutgoing({ localId, text, ts, state, reason, withheld = [] }, username, onRetry) {
-      let article = outgoing.get(localId);
-      if (!article) {
+      let node = outgoing.get(localId);
+      if (!node) {
         dayFor(ts);
-        article = messageArticle({ username, ts, text, mine: true });
-        article.append(el("p", "delivery"));
-        outgoing.set(localId, article);
-        append(article, { ts });
+        node = messageArticle({ username, ts, text, mine: true });
+        outgoing.set(localId, node);
+        append(node, { ts });
       }
-      article.dataset.state = state;
-      const line = article.querySelector(".delivery");
-      line.replaceChildren(el("span", "delivery-state", OUTGOING_TEXT[state]));
-      if (reason) line.append(el("span", "delivery-reason", ` · ${reason}`));
-      if (state === "failed") {
-        const retry = button("Retry", "small");
-        retry.addEventListener("click", () => onRetry(localId));
-        line.append(retry);
-      }
-      // Quiet once delivered: a tick with the details, not a line under every message forever.
-      line.classList.toggle("visually-hidden", state === "delivered");
-      const head = article.querySelector(".msg-head");
-      head.querySelector(".tick")?.remove();
-      if (state === "delivered") {
-        const tick = el("span", "tick", "✓");
-        tick.title = reason ? `Delivered · ${reason}` : "Delivered";
-        tick.setAttribute("aria-hidden", "true");
-        head.append(tick);
-      }
-      // Who was left out is always said, where the message is: nothing suggests they got it.
-      article.querySelector(".not-sent")?.remove();
-      if (withheld.length && state !== "queued") {
-        article.append(el("p", "not-sent", `Not sent to ${withheld.join(", ")}`));
-      }
+      showDelivery(node, { state, reason, withheld }, () => onRetry(localId));
       if (state === "delivered") outgoing.delete(localId);
     },
 
