@@ -96,7 +96,7 @@ export function highlight(article) {
   article.tabIndex = -1;
   article.scrollIntoView({ block: "center" });
   article.focus({ preventScroll: true });
-  article.classList.remove("found");
+  for (const other of article.closest("[role=log]")?.querySelectorAll(".found") ?? []) other.classList.remove("found");
   void article.offsetWidth; // restart the animation when the same message is found twice
   article.classList.add("found");
   setTimeout(() => article.classList.remove("found"), FOUND_MS);

@@ -3,7 +3,7 @@
 // New messages button for someone reading older messages.
 
 import { dayKey, dayLabel, el, wireCopy } from "./dom.js";
-import { GROUP_MS, messageArticle as buildArticle, showDelivery, showTrust } from "./message.js";
+import { GROUP_MS, highlight, messageArticle as buildArticle, showDelivery, showTrust } from "./message.js";
 
 // Scrolled further than this from the bottom counts as "reading older messages".
 const STICKY_PX = 48;
@@ -103,9 +103,10 @@ export function createTimeline(parts, { onUnread = () => {}, roomLink = () => lo
         ? `Not sent to: ${names.join(", ")} (key not accepted or not verifiable).` : "";
     },
 
-    addMessage({ username, fingerprint, ts, text, trust, verified }) {
+    addMessage({ id, username, fingerprint, ts, text, trust, verified }) {
       dayFor(ts);
       const node = messageArticle({ username, ts, text, fingerprint });
+      if (typeof id === "string") node.dataset.msgId = id;
       showTrust(node, { username, trust, verified });
       append(node, { ts, counts: true });
     },
@@ -142,11 +143,30 @@ export function createTimeline(parts, { onUnread = () => {}, roomLink = () => lo
       if (!node) {
         dayFor(ts);
         node = messageArticle({ username, ts, text, mine: true });
+        node.dataset.localId = localId;
         outgoing.set(localId, node);
         append(node, { ts });
       }
       showDelivery(node, { state, reason, withheld }, () => onRetry(localId));
       if (state === "delivered") outgoing.delete(localId);
+    },
+
+    /** Scroll to a message of this page (by its id, or our own by its localId); false if absent. */
+    reveal({ id, localId }) {
+      const node = [...log.querySelectorAll("article.msg")].find((a) => (id && a.dataset.msgId === id)
+        || (localId && a.dataset.localId === localId));
+      if (!node) return false;
+      highlight(node);
+      return true;
+    },
+
+    /** Empty the conversation on screen (history cleared); messages still sending stay tracked. */
+    clear() {
+      log.replaceChildren();
+      lastDay = null;
+      lastGroup = null;
+      setUnread(0);
+      updateEmpty();
     },
 
     get unread() {
