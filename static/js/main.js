@@ -2,6 +2,7 @@
 
 import { hasWebCrypto } from "./crypto.js";
 import { ChatClient } from "./chat.js";
+import { openDeviceHistory } from "./device-history.js";
 import { memoryStore, openStore } from "./store.js";
 import { createUi } from "./ui/index.js";
 
@@ -10,6 +11,30 @@ const JOIN_ERRORS = {
   bad_username: "The server refused that username.",
   room_full: "The room is full.",
 };
+
+// A reload re-joins by itself: this tab was in the chat a moment ago. Per tab (sessionStorage),
+// so a new tab never silently takes the session over from the one already open.
+function rejoinFlag(room) {
+  const key = `securechat.rejoin:${room}`;
+  const storage = () => {
+    try {
+      return globalThis.sessionStorage ?? null;
+    } catch {
+      return null; // storage disabled: no automatic re-join
+    }
+  };
+  return {
+    get: () => storage()?.getItem(key) === "1",
+    set: (on) => {
+      try {
+        if (on) storage()?.setItem(key, "1");
+        else storage()?.removeItem(key);
+      } catch {
+        // full or refused: the next reload shows the join form, nothing worse
+      }
+    },
+  };
+}
 
 async function main() {
   // Without a secure context the browser hides crypto.subtle: say why instead of breaking.
@@ -39,12 +64,26 @@ async function main() {
     emit: (type, detail) => handlers[type]?.(detail),
   });
 
+  const rejoin = rejoinFlag(client.signRoom);
+  const device = await openDeviceHistory({
+    ui,
+    room: client.signRoom,
+    identity: () => ({ username, fingerprint: client.identity?.fingerprint ?? "" }),
+    send: (text) => client.send(text),
+  });
+  let revealed = false;
+
   const handlers = {
     identity: ({ fingerprint }) => ui.showIdentity(fingerprint),
     status: ({ state, detail }) => ui.setStatus(state, detail),
     welcome: ({ room, you }) => {
       username = you.username;
       ui.showChat(room);
+      rejoin.set(true);
+      if (!revealed) {
+        revealed = true;
+        device.revealFromAddress();
+      }
     },
     roster: ({ participants }) => {
       ui.renderParticipants(participants, { onAccept, onVerify });
@@ -53,15 +92,23 @@ async function main() {
     },
     message: (m) => {
       ui.addMessage(m);
+      device.received(m);
       ui.attention.notify({ username: m.username, text: m.text, room: client.room });
     },
     presence: (p) => ui.addPresence(p),
     "key-changed": (k) => ui.addKeyChange(k),
     warning: ({ text }) => ui.addWarning(text),
-    outgoing: (record) => ui.upsertOutgoing(record, username, (id) => client.retry(id)),
+    outgoing: (record) => {
+      ui.upsertOutgoing(record, username, (id) => client.retry(id));
+      device.sent(record);
+    },
     trust: (detail) => ui.applyTrust(detail),
-    "join-failed": ({ code, message }) => ui.showJoin(JOIN_ERRORS[code] ?? message),
+    "join-failed": ({ code, message }) => {
+      rejoin.set(false);
+      ui.showJoin(JOIN_ERRORS[code] ?? message);
+    },
     ended: ({ why, message }) => {
+      rejoin.set(false);
       if (why === "replaced") ui.addWarning(message);
       ui.showJoin(why === "replaced" ? message : "");
     },
@@ -102,18 +149,22 @@ async function main() {
 
   parts.leave.addEventListener("click", async () => {
     ui.layout.closePanels();
+    rejoin.set(false);
     await client.leave();
     ui.renderParticipants([], { onAccept, onVerify });
   });
 
   parts.newIdentity.addEventListener("click", async () => {
     ui.layout.closePanels();
-    const ok = await ui.confirm({
+    const answer = await ui.confirm({
       title: "Replace your identity?",
       body: "Your fingerprint will change for good. Everyone who knows your current key will see a key-change warning and must compare fingerprints with you again.",
       ok: "Replace identity",
+      choice: { label: "Keep the history on this device (the messages stay readable here)", checked: true },
     });
-    if (ok) await client.newIdentity();
+    if (!answer.ok) return;
+    if (!answer.checked) await device.clear();
+    await client.newIdentity();
   });
 
   // Back online: try now rather than wait out the backoff timer.
@@ -121,8 +172,18 @@ async function main() {
 
   await client.loadIdentity();
   parts.username.value = (await store.getSetting("username")) ?? "";
-  ui.showJoin("");
+  if (device.history.locked && device.history.keeping) ui.historyControls.promptUnlock();
+  await device.showEarlier();
+  if (rejoin.get() && client.identity && parts.username.value) {
+    // Straight back into the conversation as it was; the status line shows the reconnect.
+    ui.showChat(client.signRoom);
+    const problem = await client.join(parts.username.value);
+    if (problem) ui.showJoin(problem);
+  } else {
+    ui.showJoin("");
+  }
   if (storeWarning) ui.addWarning(storeWarning);
+  if (device.warning) ui.addWarning(device.warning);
   document.documentElement.dataset.ready = "true";
 }
 

@@ -19,18 +19,19 @@ def test_a_reload_keeps_the_identity_and_fingerprint(people, server):
     first_sid = server.roster()[0]["sid"]
     page.reload()
     page.wait_for_selector("html[data-ready=true]")
-    # Shown before joining again: it came from IndexedDB, not from a new key.
-    expect(page.locator("#own-fingerprint")).to_have_text(first)
-    expect(page.get_by_label("Username", exact=True)).to_have_value("alice")
-    page.get_by_role("button", name="Join chat").click()
+    # A reload re-joins by itself, with the key from IndexedDB, not a new one.
     expect(page.get_by_role("status")).to_contain_text("Connected")
+    expect(page.get_by_role("button", name="Join chat")).to_be_hidden()
     assert own_fingerprint(page) == first
     [entry] = server.roster()
     assert group(entry["fingerprint"]) == first
     assert entry["sid"] != first_sid, "every join has a fresh session key"
-    # A second tab of the same profile shares the identity too.
+    # A second tab of the same profile shares the identity too; shown before it joins, so it
+    # came from IndexedDB. A new tab never joins by itself (it would replace the first one).
     other_tab = people.page(context)
     expect(other_tab.locator("#own-fingerprint")).to_have_text(first)
+    expect(other_tab.get_by_label("Username", exact=True)).to_have_value("alice")
+    expect(other_tab.get_by_role("button", name="Join chat")).to_be_visible()
 
 
 def test_the_private_key_is_stored_non_extractable(people):
@@ -66,7 +67,6 @@ def test_mark_verified_shows_a_badge_that_survives_a_reload(people):
     expect(messages(alice).locator("article").filter(has_text="verified hello").locator(".badge.verified")).to_have_count(1)
     alice.reload()
     alice.wait_for_selector("html[data-ready=true]")
-    alice.get_by_role("button", name="Join chat").click()
     expect(participant(alice, "bob").locator(".badge.verified")).to_have_text("✓ Verified")
     # Nobody else's view changed: bob has not verified alice.
     expect(participant(bob, "alice").locator(".badge.verified")).to_have_count(0)
@@ -124,7 +124,6 @@ def test_new_identity_raises_a_key_change_warning_until_accepted(people):
     # The accepted pin is stored: a reload does not warn again.
     alice.reload()
     alice.wait_for_selector("html[data-ready=true]")
-    alice.get_by_role("button", name="Join chat").click()
     expect(participants(alice)).to_have_count(2)
     expect(participant(alice, "bob")).not_to_contain_text(KEY_CHANGED)
 

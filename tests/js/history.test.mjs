@@ -271,6 +271,19 @@ test("retention prunes old records and 'don't keep' keeps nothing", async () => 
   assert.equal(await h.count(), 0, "nothing is written while history is off");
 });
 
+test("an open page prunes every hour", async () => {
+  const { h, setNow } = await history();
+  let tick = null;
+  let every = null;
+  h.startPruning((fn, ms) => { tick = fn; every = ms; });
+  assert.equal(every, 60 * 60 * 1000);
+  await h.received("lobby", incoming({ ts: NOW - 29 * DAY }));
+  setNow(NOW + 2 * DAY);
+  tick();
+  await h.count();
+  assert.equal(await h.count(), 0);
+});
+
 test("clear removes every room's records and ignores later news of messages in flight", async () => {
   const { h } = await history();
   await h.received("lobby", incoming());

@@ -6,8 +6,11 @@ import { createAttention } from "./attention.js";
 import { createComposer } from "./composer.js";
 import { createDialog } from "./dialog.js";
 import { wireCopy } from "./dom.js";
+import { createEarlier } from "./earlier.js";
+import { createHistoryDialogs } from "./history-dialogs.js";
 import { createLayout } from "./layout.js";
 import { createPeople } from "./people.js";
+import { createSearch } from "./search.js";
 import { createTimeline } from "./timeline.js";
 
 const STATUS_TEXT = {
@@ -40,6 +43,22 @@ export function createUi(doc = document, { prefs, savePrefs } = {}) {
     copyLink: $("copy-link"), loopbackHint: $("loopback-hint"),
     enableNotifications: $("enable-notifications"), notifyOptions: $("notify-options"),
     notifyText: $("notify-text"), notifyState: $("notify-state"),
+    dialogChoice: $("confirm-choice"), dialogChoiceBox: $("confirm-choice-box"), dialogChoiceText: $("confirm-choice-text"),
+    historySearch: $("history-search"), historyExport: $("history-export"), historySettings: $("history-settings"),
+    historyClear: $("history-clear"), historyState: $("history-state"), historyLockedNotice: $("history-locked"),
+    historyUnlock: $("history-unlock"),
+    searchDialog: $("search-dialog"), searchQuery: $("search-query"), searchStatus: $("search-status"),
+    searchResults: $("search-results"), searchClose: $("search-close"), searchUnlock: $("search-unlock"),
+    unlockDialog: $("unlock-dialog"), unlockForm: $("unlock-form"), unlockPassphrase: $("unlock-passphrase"),
+    unlockError: $("unlock-error"), unlockLater: $("unlock-later"), unlockOk: $("unlock-ok"),
+    historyDialog: $("history-dialog"), retention: $("retention"), lockState: $("lock-state"),
+    lockNone: $("lock-none"), lockOpen: $("lock-open"), lockClosed: $("lock-closed"), lockNew: $("lock-new"),
+    lockRepeat: $("lock-repeat"), lockSet: $("lock-set"), lockCurrent: $("lock-current"),
+    lockChangeNew: $("lock-change-new"), lockChangeRepeat: $("lock-change-repeat"), lockChange: $("lock-change"),
+    lockRemove: $("lock-remove"), lockNow: $("lock-now"), lockUnlock: $("lock-unlock"), lockError: $("lock-error"),
+    lockDone: $("lock-done"), historyDone: $("history-done"),
+    exportDialog: $("export-dialog"), exportTitle: $("export-title"), exportBody: $("export-body"),
+    exportJson: $("export-json"), exportHtml: $("export-html"), exportClose: $("export-close"),
   };
   const { layout } = createLayout(parts);
   wireCopy(parts.copyFingerprint, () => parts.ownFingerprint.textContent);
@@ -55,6 +74,30 @@ export function createUi(doc = document, { prefs, savePrefs } = {}) {
     ...createDialog(parts),
     ...createComposer(parts, layout),
     layout,
+
+    /**
+     * This device's history (device-history.js): the earlier messages, Search, Export, History
+     * settings, Clear history on this device. `history` is the History; `room()` the room;
+     * `onRetry(entry)`, `onOpen(result)`, `onUnlocked()`, `onLocked()`, `onCleared({all})`.
+     */
+    attachHistory({ history, room, onRetry, onOpen, onUnlocked, onLocked, onCleared }) {
+      const controls = createHistoryDialogs(parts, { history, room, onUnlocked, onLocked, onCleared,
+        confirm: (question) => this.confirm(question) });
+      const search = createSearch(parts, {
+        search: async (query) => (history.locked ? { locked: true } : history.search(query)),
+        onOpen,
+        onUnlock: () => controls.historyControls.promptUnlock(),
+      });
+      Object.assign(this, createEarlier(parts, { onRetry }), search, controls);
+      const fromMenu = (action) => () => {
+        layout.closePanels();
+        action();
+      };
+      parts.historySearch.addEventListener("click", fromMenu(() => this.search.open()));
+      parts.historyExport.addEventListener("click", fromMenu(() => this.historyControls.openExport()));
+      parts.historySettings.addEventListener("click", fromMenu(() => this.historyControls.openSettings()));
+      parts.historyClear.addEventListener("click", fromMenu(() => this.historyControls.confirmClear()));
+    },
 
     showInsecure() {
       const url = `https://${location.hostname}:${location.port || "5000"}`;
