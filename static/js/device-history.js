@@ -51,7 +51,8 @@ export async function openDeviceHistory({ ui, room, identity, send }) {
     ui.earlier.clear();
     shown = false;
     if (kept.locked || !kept.keeping) return;
-    ui.earlier.show(await kept.load(room));
+    // What this page wrote itself is already on screen as live messages.
+    ui.earlier.show(await kept.load(room, { thisPage: false }));
     shown = true;
   }
 
@@ -78,7 +79,7 @@ export async function openDeviceHistory({ ui, room, identity, send }) {
     const { seq, record } = result;
     if (record.room === room) {
       if (ui.earlier.reveal(seq)) return;
-      if (seq > ui.earlier.lastSeq && ui.reveal({ id: record.id, localId: record.localId })) return;
+      if (kept.isFromThisPage(seq) && ui.reveal({ id: record.id, localId: record.localId })) return;
       showEarlier().then(() => ui.earlier.reveal(seq));
       return;
     }

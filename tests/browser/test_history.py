@@ -313,10 +313,24 @@ def launch_profile(browser, profile, tmp_path):
     return context
 
 
+def split_bytes(value, found: list) -> object:
+    """The JSON without its byte fields ({"hex": ...}), and those bytes collected in `found`."""
+    if isinstance(value, dict):
+        if set(value) == {"hex"}:
+            found.append(bytes.fromhex(value["hex"]))
+            return None
+        return {k: split_bytes(v, found) for k, v in value.items()}
+    if isinstance(value, list):
+        return [split_bytes(v, found) for v in value]
+    return value
+
+
 def assert_sealed(data: dict, *plaintexts: str) -> None:
-    raw = json.dumps(data)
+    blobs: list[bytes] = []
+    rest = json.dumps(split_bytes(data, blobs))
     for text in plaintexts:
-        assert text not in raw, text
+        assert text not in rest, text
+        assert not any(text.encode() in blob for blob in blobs), text
     for row in data["rows"]:
         assert set(row) == {"seq", "ts", "sealed"}, row  # no room, no record: only the time
         assert set(row["sealed"]) == {"iv", "data"}
@@ -384,11 +398,23 @@ def test_with_a_passphrase_the_stored_records_are_ciphertext_and_a_wrong_one_ope
     search.get_by_label("Search messages").fill("4711")
     expect(search.get_by_role("status")).to_have_text("History on this device is locked. Unlock it to search.")
     expect(search.get_by_role("list", name="Search results").get_by_role("listitem")).to_have_count(0)
+    search.get_by_role("button", name="Close").click()
+    # Arriving while locked: shown live, kept in memory, written (sealed) once unlocked.
+    send(bob, "while you were locked")
+    expect(messages(page).locator(".text")).to_have_text(["while you were locked"])
+    assert len(stored(page)["rows"]) == 3
+    open_menu(page)
+    page.get_by_role("button", name="Search", exact=True).click()
     search.get_by_role("button", name="Unlock history").click()
     prompt.get_by_label("Passphrase", exact=True).fill(PASSPHRASE)
     prompt.get_by_role("button", name="Unlock").click()
     expect(prompt).to_be_hidden(timeout=TIMEOUT_MS)
-    expect(earlier(page).locator(".text").first).to_have_text("the launch code is 4711")
+    expect(page.locator("#history-locked")).to_be_hidden()
+    expect(earlier(page).locator(".text")).to_have_text(
+        ["the launch code is 4711", "noted, shredding the paper", "sealed from the start"])
+    expect(messages(page).locator(".text").filter(has_text="while you were locked")).to_have_count(1)
+    wait_kept(page, 4)
+    assert_sealed(stored(page), "4711", "while you were locked", "lobby")
     thief.close()
 
 

@@ -256,6 +256,18 @@ test("received and sent messages come back per room, in the order they happened"
   assert.equal(await h.count(), 3);
 });
 
+test("what this page wrote itself can be left out of what it shows as earlier", async () => {
+  const { h } = await history();
+  await h.db.add({ ts: NOW - 5000, room: "lobby", record: r.receivedRecord("lobby", incoming({ text: "from before" }), NOW) });
+  await h.received("lobby", incoming({ text: "live here" }));
+  await h.sent("lobby", outgoing({ text: "mine, live" }), me);
+  assert.deepEqual((await h.load("lobby")).map((e) => e.record.text), ["from before", "live here", "mine, live"]);
+  const earlier = await h.load("lobby", { thisPage: false });
+  assert.deepEqual(earlier.map((e) => e.record.text), ["from before"]);
+  assert.equal(h.isFromThisPage(earlier[0].seq), false);
+  assert.equal(h.isFromThisPage(earlier[0].seq + 1), true);
+});
+
 test("retention prunes old records and 'don't keep' keeps nothing", async () => {
   const { h, setNow } = await history();
   await h.received("lobby", incoming({ ts: NOW - 40 * DAY, text: "old" }));

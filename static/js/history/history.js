@@ -32,6 +32,7 @@ export class History {
     this.pending = [];
     this.droppedWhileLocked = 0;
     this.sentByLocalId = new Map(); // this page's own messages: localId -> {seq, record, dead}
+    this.writtenHere = new Set(); // seqs this page added: already on its screen, live
     this.chain = Promise.resolve();
     this.quotaRefused = false;
     if (channel) channel.onmessage = (event) => this.enqueue(() => this.refresh(event.data?.type ?? "changed"));
@@ -137,7 +138,7 @@ export class History {
   received(room, message) {
     const record = receivedRecord(room, message, this.now());
     return this.write(async () => {
-      await this.db.add(await this.rowFor(record));
+      this.writtenHere.add(await this.db.add(await this.rowFor(record)));
     });
   }
 
@@ -155,7 +156,10 @@ export class History {
     const target = entry;
     return this.write(async () => {
       if (target.dead) return;
-      if (target.seq === null) target.seq = await this.db.add(await this.rowFor(target.record));
+      if (target.seq === null) {
+        target.seq = await this.db.add(await this.rowFor(target.record));
+        this.writtenHere.add(target.seq);
+      }
       else await this.db.put(await this.rowFor(target.record, target.seq));
     });
   }
@@ -192,14 +196,23 @@ export class History {
     return this.entries(await this.db.all());
   }
 
-  /** `room`'s records in the order they happened here, as they read after a reload. */
-  load(room) {
+  /** This page wrote record `seq` (it is on this page's screen as a live message). */
+  isFromThisPage(seq) {
+    return this.writtenHere.has(seq);
+  }
+
+  /**
+   * `room`'s records in the order they happened here, as they read after a reload.
+   * `thisPage: false` leaves out what this page wrote itself (already on its screen).
+   */
+  load(room, { thisPage = true } = {}) {
     return this.enqueue(async () => {
       if (this.locked) return [];
       // Sealed rows do not name their room on disk: open them all, keep this room's.
       const rows = this.lock ? await this.db.all() : await this.db.inRoom(room);
       const live = new Set([...this.sentByLocalId.values()].map((e) => e.seq));
-      return (await this.entries(rows)).filter((e) => e.record.room === room)
+      return (await this.entries(rows))
+        .filter((e) => e.record.room === room && (thisPage || !this.writtenHere.has(e.seq)))
         .map((e) => (live.has(e.seq) ? e : { ...e, record: asReloaded(e.record) }));
     });
   }

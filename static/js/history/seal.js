@@ -51,18 +51,22 @@ function randomHex(bytes) {
 
 async function wrap(dataKey, passphrase, iterations) {
   const salt = crypto.getRandomValues(new Uint8Array(SALT_BYTES));
-  const wrapped = await subtle().wrapKey("raw", dataKey, await wrappingKey(passphrase, salt, iterations), "AES-KW");
-  return { salt, wrapped: new Uint8Array(wrapped) };
+  const kek = await wrappingKey(passphrase, salt, iterations);
+  const wrapped = new Uint8Array(await subtle().wrapKey("raw", dataKey, kek, "AES-KW"));
+  return { salt, wrapped, kek };
 }
 
-async function unwrap(lock, passphrase, extractable) {
-  const kek = await wrappingKey(passphrase, lock.salt, lock.iterations);
+async function unwrapWith(kek, wrapped, extractable) {
   try {
-    return await subtle().unwrapKey("raw", lock.wrapped, kek, "AES-KW", { name: "AES-GCM", length: 256 },
+    return await subtle().unwrapKey("raw", wrapped, kek, "AES-KW", { name: "AES-GCM", length: 256 },
       extractable, ["encrypt", "decrypt"]);
   } catch {
     throw new WrongPassphrase();
   }
+}
+
+async function unwrap(lock, passphrase, extractable) {
+  return unwrapWith(await wrappingKey(passphrase, lock.salt, lock.iterations), lock.wrapped, extractable);
 }
 
 /**
@@ -72,9 +76,10 @@ async function unwrap(lock, passphrase, extractable) {
 export async function createLock(passphrase, { iterations = PBKDF2_ITERATIONS } = {}) {
   // Extractable only for the moment it takes to wrap it; the session uses the unwrapped copy.
   const fresh = await subtle().generateKey({ name: "AES-GCM", length: 256 }, true, ["encrypt", "decrypt"]);
-  const lock = { v: LOCK_VERSION, kdf: "PBKDF2-SHA-256", iterations, id: randomHex(16),
-    ...(await wrap(fresh, passphrase, iterations)) };
-  return { lock, key: await unwrap(lock, passphrase, false) };
+  const { salt, wrapped, kek } = await wrap(fresh, passphrase, iterations);
+  const lock = { v: LOCK_VERSION, kdf: "PBKDF2-SHA-256", iterations, id: randomHex(16), salt, wrapped };
+  // The derivation is the slow part on purpose: its result opens the session's copy too.
+  return { lock, key: await unwrapWith(kek, wrapped, false) };
 }
 
 /** The data key of `lock` (non-extractable), or WrongPassphrase. */
@@ -85,7 +90,8 @@ export function openLock(lock, passphrase) {
 /** The same data key under a new passphrase (and a new salt): records need no re-encryption. */
 export async function changePassphrase(lock, oldPassphrase, newPassphrase, { iterations = lock.iterations } = {}) {
   const dataKey = await unwrap(lock, oldPassphrase, true);
-  return { ...lock, iterations, ...(await wrap(dataKey, newPassphrase, iterations)) };
+  const { salt, wrapped } = await wrap(dataKey, newPassphrase, iterations);
+  return { ...lock, iterations, salt, wrapped };
 }
 
 function aad(ts) {

@@ -102,11 +102,6 @@ export function createEarlier(parts, { onRetry }) {
         return true;
       },
 
-      /** The highest seq shown here: later ones are in the live part of the log. */
-      get lastSeq() {
-        return entries.length ? entries[entries.length - 1].seq : 0;
-      },
-
       remove(seq) {
         const index = entries.findIndex((e) => e.seq === seq);
         if (index === -1) return;
