@@ -52,7 +52,8 @@ export async function openDeviceHistory({ ui, room, identity, send }) {
     shown = false;
     if (kept.locked || !kept.keeping) return;
     // What this page wrote itself is already on screen as live messages.
-    ui.earlier.show(await kept.load(room, { thisPage: false }));
+    const last = ui.earlier.show(await kept.load(room, { thisPage: false }));
+    if (last !== null) ui.startAfter(last);
     shown = true;
   }
 

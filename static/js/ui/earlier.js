@@ -63,10 +63,10 @@ export function createEarlier(parts, { onRetry }) {
 
   return {
     earlier: {
-      /** Show `list` ({seq, record}, oldest first) above everything else in the log. */
+      /** Show `list` ({seq, record}, oldest first) above everything else in the log; the time of its last one. */
       show(list) {
         clear();
-        if (!list.length) return;
+        if (!list.length) return null;
         entries = list;
         from = Math.max(0, entries.length - PAGE);
         section = el("section", "earlier");
@@ -86,6 +86,7 @@ export function createEarlier(parts, { onRetry }) {
         render();
         log.prepend(section);
         log.scrollTop = log.scrollHeight;
+        return entries[entries.length - 1].record.ts;
       },
 
       /** Scroll to kept message `seq` and mark it; false when it is not in this conversation. */

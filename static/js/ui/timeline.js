@@ -160,6 +160,14 @@ export function createTimeline(parts, { onUnread = () => {}, roomLink = () => lo
       return true;
     },
 
+    /**
+     * Earlier messages of the day `ts` are above (ui/earlier.js): the live part does not repeat
+     * that day's separator. Nothing changes once live messages are on screen.
+     */
+    startAfter(ts) {
+      if (lastDay === null) lastDay = dayKey(ts);
+    },
+
     /** Empty the conversation on screen (history cleared); messages still sending stay tracked. */
     clear() {
       log.replaceChildren();
