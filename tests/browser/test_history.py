@@ -549,6 +549,33 @@ def test_a_quota_refusal_is_said_and_the_chat_goes_on(people, server):
     expect(messages(alice).locator("article.mine[data-state=delivered]")).to_have_count(1)
 
 
+def test_when_the_browser_refuses_the_history_database_the_page_says_so_and_keeps_it_for_the_page(people):
+    context = people.context()
+    # As some private modes do: this database cannot be opened (the identity store still can).
+    context.add_init_script("""(() => {
+        const open = indexedDB.open.bind(indexedDB);
+        indexedDB.open = (name, ...rest) => {
+            if (name === 'securechat-history') throw new DOMException('refused', 'InvalidStateError');
+            return open(name, ...rest);
+        };
+    })()""")
+    alice = people.join("alice", context)
+    expect(messages(alice).locator(".log-warning")).to_contain_text(
+        "This browser refused local storage: history on this device lasts only until you close the page.")
+    open_menu(alice)
+    expect(alice.locator("#history-state")).to_have_text(
+        "This browser refused storage: history lasts only until this page closes.")
+    bob = people.join("bob")
+    send(bob, "kept in this page only")
+    expect(messages(alice).locator(".text")).to_have_text(["kept in this page only"])
+    alice.get_by_role("button", name="Search", exact=True).click()
+    search = alice.get_by_role("dialog", name="Search this device")
+    search.get_by_label("Search messages").fill("page only")
+    expect(search.get_by_role("status")).to_have_text("1 match")
+    search.get_by_role("list", name="Search results").get_by_role("button").click()
+    expect(messages(alice).locator("article.found")).to_have_text(re.compile("kept in this page only"))
+
+
 @pytest.mark.parametrize("size", ["phone", "keyboard", "desktop"])
 def test_screenshots_of_the_divider_search_and_passphrase_prompt(people, tmp_path, size):
     """Writes PNGs to look at (SECURECHAT_SHOTS=dir keeps them); asserts the parts are on screen."""
