@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import time
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
@@ -31,11 +32,15 @@ class BenchMember:
     identity_b64: str
     session_b64: str
 
-    def join_frame(self, room: str = "lobby") -> dict:
+    def join_frame(self, room: str = "lobby", challenge: str = "0" * 32) -> dict:
+        issued = int(time.time() * 1000)
+        stream = self.sid  # any 32 hex unique per member
         return {
-            "v": 1, "type": "join", "username": self.username,
+            "v": 2, "type": "join", "username": self.username,
             "identity_key": self.identity_b64, "session_key": self.session_b64,
-            "session_sig": crypto.sign_session(self.identity, room, self.username, self.session_b64),
+            "issued": issued, "challenge": challenge, "stream": stream,
+            "session_sig": crypto.sign_session(self.identity, room, self.username, self.session_b64,
+                                               issued, challenge, stream),
         }
 
 

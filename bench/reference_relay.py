@@ -1,11 +1,12 @@
 """The reference relay: the practical limit of this stack (Python + Tornado WebSocket).
 
-A bare tornado.websocket.WebSocketHandler that speaks just enough of protocol v1 for the load
-generator: a join registers the connection under its sid (hashed from the session key, as
-securechat does) and gets a minimal welcome; a msg is parsed with json.loads and routed per
-recipient with exactly the frame layout securechat sends (shared part serialised once, the
-recipient's wrapped key appended), then acked. No validation, no rate limit, no log, no
-roster frames. Same Tornado settings as securechat (ping interval, max message size).
+A bare tornado.websocket.WebSocketHandler that speaks just enough of protocol v2 for the load
+generator: a hello, then a join registers the connection under its sid (hashed from the session
+key, as securechat does) and gets a minimal welcome; a msg is parsed with json.loads and each
+recipient gets what any relay of per-recipient-wrapped messages must forward — the sender's
+shared fields and that recipient's wrapped key (serialised once, the key appended), in the
+layout securechat sends — then acked. No validation, no rate limit, no log, no roster frames,
+no recipient-list store. Same Tornado settings as securechat (ping interval, max message size).
 
 Run: python -m bench.reference_relay --port 8001
 """
@@ -38,6 +39,7 @@ class RelaySocket(tornado.websocket.WebSocketHandler):
 
     def open(self):
         self.set_nodelay(True)
+        self.write_message('{"v":2,"type":"hello","room":"lobby","challenge":"00000000000000000000000000000000"}')
 
     def on_message(self, message):
         frame = json.loads(message)
@@ -45,10 +47,8 @@ class RelaySocket(tornado.websocket.WebSocketHandler):
         if kind == "msg":
             keys = frame["keys"]
             shared = _encode({
-                "v": 1, "type": "msg", "room": ROOM, "from": self.sender, "id": frame["id"],
-                "ts": frame["ts"], "counter": frame["counter"], "recipients": sorted(keys),
-                "iv": frame["iv"], "ct": frame["ct"], "sig": frame["sig"],
-                "received": time.time_ns() // 1_000_000,
+                "v": 2, "type": "msg", "from": self.sid, "id": frame["id"], "ts": frame["ts"],
+                "iv": frame["iv"], "ct": frame["ct"], "to": frame["to"], "sig": frame["sig"],
             })
             head = shared[:-1] + ',"key":'
             sent = 0
@@ -60,13 +60,13 @@ class RelaySocket(tornado.websocket.WebSocketHandler):
                         sent += 1
                     except tornado.websocket.WebSocketClosedError:
                         pass
-            self.write_message(_encode({"v": 1, "type": "ack", "id": frame["id"], "recipients": sent}))
+            self.write_message(_encode({"v": 2, "type": "ack", "id": frame["id"], "recipients": sent}))
         elif kind == "join":
             self.sid = hashlib.sha256(base64.b64decode(frame["session_key"])).hexdigest()[:32]
             fingerprint = hashlib.sha256(base64.b64decode(frame["identity_key"])).hexdigest()
             self.sender = {"sid": self.sid, "username": frame["username"], "fingerprint": fingerprint}
             members[self.sid] = self
-            self.write_message(_encode({"v": 1, "type": "welcome", "room": ROOM, "you": self.sender}))
+            self.write_message(_encode({"v": 2, "type": "welcome", "room": ROOM, "you": self.sender}))
 
     def on_close(self):
         if self.sid is not None and members.get(self.sid) is self:

@@ -169,12 +169,11 @@ def start_relay(kind: str, workdir: Path, log_fsync: str | None = None,
 
 
 class FrameFactory:
-    """Builds one sender's msg frames: real AES-GCM ciphertext bound to the header, a real
-    ECDSA signature, and message keys really RSA-OAEP-wrapped to every recipient.
-
-    To keep the generator cheap the sender keeps one message key and wraps it once per
-    recipient (fresh random IV and id per frame, so every frame is still distinct and valid);
-    a browser would draw a new key per message. The `keys` JSON is therefore serialised once.
+    """Builds one sender's msg frames exactly as PROTOCOL.md §7.3 says: a fresh message key and
+    IV, padded plaintext, per-recipient sequence numbers, the Merkle tree, and every recipient's
+    key payload (key, position, seq, audit path) really RSA-OAEP-wrapped to its session key,
+    signed with the sender's identity key. Real wraps cost N public-key operations per frame,
+    so frames are pre-built before each phase.
     """
 
     def __init__(self, sender: bench_keys.BenchMember, recipients: list[bench_keys.BenchMember],
@@ -182,38 +181,25 @@ class FrameFactory:
         self.sender = sender
         self.encode = encode  # a WebSocket frame around the JSON, or (HTTP) the JSON itself
         self.room = room
-        self.key = AESGCM.generate_key(bit_length=256)
-        self.aes = AESGCM(self.key)
-        self.plaintext = crypto.encode_plaintext("x" * text_bytes)
-        self.counter = 0
+        self.text = "x" * text_bytes
         self.pool: deque[tuple[str, bytes]] = deque()
         self.built_live = 0
-        self._wrapped = {r.sid: crypto.wrap_key(r.session.private_key.public_key(), self.key)
-                         for r in recipients}
-        self._rekey()
-
-    def _rekey(self) -> None:
-        self.sids = sorted(self._wrapped)
-        self.keys_json = json.dumps(self._wrapped, separators=(",", ":"))
+        self.recipients = {r.sid: crypto.Recipient(r.sid, r.session.private_key.public_key(), 0)
+                           for r in recipients}
 
     def drop_recipient(self, sid: str) -> None:
-        if self._wrapped.pop(sid, None) is not None:
-            self._rekey()
+        if self.recipients.pop(sid, None) is not None:
             self.pool.clear()
 
     def build(self) -> tuple[str, bytes]:
-        self.counter += 1
-        msg_id = os.urandom(16).hex()
-        ts = time.time_ns() // 1_000_000
+        targets = []
+        for sid, r in self.recipients.items():
+            self.recipients[sid] = r = crypto.Recipient(sid, r.session_key, r.seq + 1)
+            targets.append(r)
         s = self.sender
-        header = crypto.message_header(self.room, s.fingerprint, s.sid, msg_id, ts, self.counter, self.sids)
-        iv = os.urandom(crypto.IV_BYTES)
-        iv_b64 = crypto.b64encode(iv)
-        ct_b64 = crypto.b64encode(self.aes.encrypt(iv, self.plaintext, header.encode()))
-        sig = s.identity.sign(crypto.signed_text(header, iv_b64, ct_b64))
-        text = (f'{{"v":1,"type":"msg","id":"{msg_id}","ts":{ts},"counter":{self.counter},'
-                f'"iv":"{iv_b64}","ct":"{ct_b64}","sig":"{sig}","keys":{self.keys_json}}}')
-        return msg_id, self.encode(text.encode())
+        frame = crypto.seal_message(identity=s.identity, sender_sid=s.sid, room=self.room, text=self.text,
+                                    recipients=targets)
+        return frame["id"], self.encode(json.dumps(frame, separators=(",", ":")).encode())
 
     def prebuild(self, count: int) -> None:
         for _ in range(count):
@@ -229,11 +215,12 @@ class FrameFactory:
 # -- the room of clients -------------------------------------------------------------------------
 
 
-_MSG = b'{"v":1,"type":"msg"'
-_ACK = b'{"v":1,"type":"ack","id":"'
-_WELCOME = b'{"v":1,"type":"welcome"'
-_LEFT = b'{"v":1,"type":"left"'
-_ERROR = b'{"v":1,"type":"error"'
+_MSG = b'{"v":2,"type":"msg"'
+_ACK = b'{"v":2,"type":"ack","id":"'
+_HELLO = b'{"v":2,"type":"hello"'
+_WELCOME = b'{"v":2,"type":"welcome"'
+_LEFT = b'{"v":2,"type":"left"'
+_ERROR = b'{"v":2,"type":"error"'
 _ID = b',"id":"'
 
 
@@ -249,6 +236,7 @@ class Room:
         self.by_client: dict = {}
         self.welcomes: dict[int, asyncio.Future] = {}
         encode = encode_frame if transport == "websocket" else bytes
+        self.hellos: dict[int, asyncio.Future] = {}
         self.factories = [FrameFactory(m, members, text_bytes, encode=encode) for m in members[:senders]]
         self.sent: dict[str, int] = {}  # id -> perf_counter_ns at write
         self.sender_of: dict[str, int] = {}
@@ -273,6 +261,10 @@ class Room:
             self.acks += 1
             if self.on_ack is not None:
                 self.on_ack(payload[26:58].decode())
+        elif payload.startswith(_HELLO):
+            future = self.hellos.get(self.by_client.get(client))
+            if future is not None and not future.done():
+                future.set_result(json.loads(payload)["challenge"])
         elif payload.startswith(_WELCOME):
             future = self.welcomes.get(self.by_client[client])
             if future is not None and not future.done():
@@ -294,11 +286,13 @@ class Room:
         deadline = time.monotonic() + timeout
         opener = connect if self.transport == "websocket" else http_connect
         for i, member in enumerate(self.members):
-            client = await opener(HOST, self.relay.port, on_text=self._on_text)
-            self.clients.append(client)
-            self.by_client[client] = i
+            self.hellos[i] = loop.create_future()
             self.welcomes[i] = loop.create_future()
-            client.send_text(json.dumps(member.join_frame()))
+            client = await connect(HOST, self.relay.port, on_text=self._on_text,
+                                   on_open=lambda c, i=i: self.by_client.__setitem__(c, i))
+            self.clients.append(client)
+            challenge = await asyncio.wait_for(self.hellos[i], max(0.1, deadline - time.monotonic()))
+            client.send_text(json.dumps(member.join_frame(challenge=challenge)))
             await asyncio.wait_for(self.welcomes[i], max(0.1, deadline - time.monotonic()))
         await asyncio.sleep(0.2)  # let the last joined frames land
 

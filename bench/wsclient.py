@@ -37,9 +37,11 @@ def encode_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
 class WSClient(asyncio.Protocol):
     """One connection. `on_text(client, payload_bytes, now_ns)` sees every text frame."""
 
-    def __init__(self, host: str, port: int, path: str, on_text: Callable | None = None):
+    def __init__(self, host: str, port: int, path: str, on_text: Callable | None = None,
+                 on_open: Callable | None = None):
         self.host, self.port, self.path = host, port, path
         self.on_text = on_text
+        self.on_open = on_open  # called before any frame, so the owner can know the client
         self.transport: asyncio.Transport | None = None
         self.opened = asyncio.get_running_loop().create_future()
         self.closed = asyncio.get_running_loop().create_future()
@@ -77,6 +79,8 @@ class WSClient(asyncio.Protocol):
                 return
             del buf[: end + 4]
             self._handshake = False
+            if self.on_open is not None:
+                self.on_open(self)
             self.opened.set_result(self)
         self.bytes_received += len(data)
         pos, size = 0, len(buf)
@@ -152,10 +156,11 @@ class WSClient(asyncio.Protocol):
             self.transport.close()
 
 
-async def connect(host: str, port: int, path: str = "/ws", on_text=None, timeout: float = 10) -> WSClient:
+async def connect(host: str, port: int, path: str = "/ws", on_text=None, timeout: float = 10,
+                  on_open=None) -> WSClient:
     loop = asyncio.get_running_loop()
     _, client = await asyncio.wait_for(
-        loop.create_connection(lambda: WSClient(host, port, path, on_text), host, port), timeout
+        loop.create_connection(lambda: WSClient(host, port, path, on_text, on_open), host, port), timeout
     )
     await asyncio.wait_for(client.opened, timeout)
     return client

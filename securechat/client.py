@@ -1,4 +1,4 @@
-"""The Python reference client of protocol v1: join, send, receive, verify and decrypt.
+"""The Python reference client of protocol v2: join, send, receive, verify and decrypt.
 
 It proves the protocol is implementable outside the browser, and the tests and the benchmark
 drive the server through it. Receiving applies every check of docs/PROTOCOL.md §7.4; a frame
@@ -32,7 +32,8 @@ class Member:
     fingerprint: str
     identity_key: object
     session_key: object
-    verified: bool  # the session-key signature checked out
+    verified: bool  # the session statement checked out and is fresh
+    stream: str = ""
 
 
 @dataclass
@@ -43,6 +44,9 @@ class Message:
     text: str
     ts: int
     files: list[fc.FileRef] = field(default_factory=list)
+    seq: int = 0
+    missed: int = 0  # messages from this sender that should have arrived before this one
+    late: bool = False  # it filled an earlier gap
 
 
 @dataclass
@@ -79,7 +83,7 @@ class ChatClient:
     url: str
     username: str
     identity: crypto.Identity = field(default_factory=crypto.Identity.generate)
-    skew_ms: int = 300_000
+    skew_ms: int = crypto.MAX_CLOCK_SKEW_MS
     # "websocket" (ws[s]://host/ws) or "http" (PROTOCOL.md §1.2: the same frames over an SSE
     # stream and POSTs; `url` may then be the ws URL or the server's http(s) address).
     transport: str = "websocket"
@@ -88,14 +92,16 @@ class ChatClient:
     ws: WebSocketClientConnection | HttpStreamConnection | None = None
     session: crypto.SessionKey | None = None
     room: str = ""
+    challenge: str = ""
+    stream: str = field(default_factory=lambda: os.urandom(16).hex())
     members: dict[str, Member] = field(default_factory=dict)
-    counter: int = 0
     acks: dict[str, int] = field(default_factory=dict)
     events: list = field(default_factory=list)
     attachments: dict | None = None  # the welcome's capability and limit (§10.2)
     ssl_options: object = None
+    _send_seq: dict[str, int] = field(default_factory=dict)  # recipient stream -> last seq sent
+    _recv: dict[str, dict] = field(default_factory=dict)  # sender stream -> {"last", "missing"}
     _seen: dict[str, set] = field(default_factory=dict)
-    _last_counter: dict[str, int] = field(default_factory=dict)
 
     # -- connecting ------------------------------------------------------------------------
 
@@ -110,27 +116,45 @@ class ChatClient:
             self.ws = await asyncio.wait_for(websocket_connect(request), timeout)
         else:
             raise ValueError(f"transport must be 'websocket' or 'http', not {self.transport!r}")
-        self.room = (await self.expect("hello", timeout=timeout))["room"]
+        hello = await self.expect("hello", timeout=timeout)
+        self.room, self.challenge = hello["room"], hello["challenge"]
         return await self.join(timeout=timeout)
 
     async def join(self, *, timeout: float = 10) -> dict:
         """Join the room the hello named, with a fresh session key."""
         self.session = crypto.SessionKey.generate()
-        self.counter = 0
         await self.send_frame(self.join_frame(self.room))
         welcome = await self.expect("welcome", timeout=timeout)
         self.attachments = welcome.get("attachments")
+        self.challenge = welcome["challenge"]
         self.members = {}
         for entry in welcome["participants"]:
             self._add_member(entry)
         return welcome
 
-    def join_frame(self, room: str) -> dict:
+    def statement(self, room: str, session: crypto.SessionKey, issued: int | None = None) -> dict:
+        issued = int(time.time() * 1000) if issued is None else issued
         return {
-            "v": 1, "type": "join", "username": self.username,
-            "identity_key": self.identity.spki_b64, "session_key": self.session.spki_b64,
-            "session_sig": crypto.sign_session(self.identity, room, self.username, self.session.spki_b64),
+            "session_key": session.spki_b64, "issued": issued, "challenge": self.challenge,
+            "session_sig": crypto.sign_session(self.identity, room, self.username, session.spki_b64,
+                                               issued, self.challenge, self.stream),
         }
+
+    def join_frame(self, room: str) -> dict:
+        statement = self.statement(room, self.session)
+        return {"v": 2, "type": "join", "username": self.username, "identity_key": self.identity.spki_b64,
+                "session_key": statement["session_key"], "issued": statement["issued"],
+                "challenge": statement["challenge"], "stream": self.stream,
+                "session_sig": statement["session_sig"]}
+
+    async def rotate(self, timeout: float = 10) -> dict:
+        """Replace the session key in place (§4 rotation) and return the `rekeyed` frame."""
+        fresh = crypto.SessionKey.generate()
+        await self.send_frame({"v": 2, "type": "rekey", **self.statement(self.room, fresh)})
+        rekeyed = await self.expect("rekeyed", timeout)
+        self.session = fresh
+        self.challenge = rekeyed.get("challenge", self.challenge)
+        return rekeyed
 
     @property
     def sid(self) -> str:
@@ -153,10 +177,12 @@ class ChatClient:
              files: list[fc.FileRef] = ()) -> dict:
         """Build the next msg frame to every verified member (or the given ones)."""
         targets = [m for m in (recipients or self.members.values()) if m.verified]
-        self.counter += 1
+        seqs = {m.sid: self._send_seq.get(m.stream, 0) + 1 for m in targets}
+        for m in targets:
+            self._send_seq[m.stream] = seqs[m.sid]
         return crypto.seal_message(
             identity=self.identity, sender_sid=self.sid, room=self.room, text=text,
-            recipients=[crypto.Recipient(m.sid, m.session_key) for m in targets], counter=self.counter,
+            recipients=[crypto.Recipient(m.sid, m.session_key, seqs[m.sid]) for m in targets],
             extra={"files": [ref.to_json() for ref in files]} if files else None,
             attachments=[ref.id for ref in files] or None,
         )
@@ -176,7 +202,7 @@ class ChatClient:
                 return frame["id"]
             if outcome["code"] != "stale_recipients" or attempt:
                 raise ClientError(f"{outcome['code']}: {outcome['message']}")
-            await self.send_frame({"v": 1, "type": "roster"})
+            await self.send_frame({"v": 2, "type": "roster"})
             await self.expect("roster", timeout)
         raise AssertionError("unreachable")
 
@@ -200,6 +226,9 @@ class ChatClient:
         frame = json.loads(text)
         kind = frame.get("type")
         if kind == "joined":
+            self._add_member(frame["participant"])
+        elif kind == "rekeyed":
+            self.members.pop(frame["old"], None)
             self._add_member(frame["participant"])
         elif kind == "left":
             self.members.pop(frame["sid"], None)
@@ -233,24 +262,45 @@ class ChatClient:
         return self.open(frame)
 
     def open(self, frame: dict) -> Message | Rejected:
-        sender = frame.get("from", {})
-        member = self.members.get(sender.get("sid"))
-        reject = lambda reason: Rejected(frame.get("id"), sender.get("username"), reason)  # noqa: E731
-        if member is None or not member.verified or member.fingerprint != sender.get("fingerprint"):
+        """§7.4: sender known and fresh, key/path/signature, then sequence and clock."""
+        member = self.members.get(frame.get("from"))
+        reject = lambda reason: Rejected(frame.get("id"), member.username if member else None, reason)  # noqa: E731
+        if member is None or not member.verified:
             return reject("the sender is not a verified member of the room")
+        try:
+            opened = crypto.open_message(frame, self.room, member.fingerprint, member.identity_key, self.session)
+        except (crypto.CryptoError, KeyError, TypeError) as exc:
+            return reject(str(exc))
         if abs(frame["ts"] - time.time() * 1000) > self.skew_ms:
             return reject("the message time is outside the clock-skew window")
         seen = self._seen.setdefault(member.fingerprint, set())
-        if frame["id"] in seen or frame["counter"] <= self._last_counter.get(member.sid, 0):
+        state = self._recv.setdefault(member.stream, {"last": 0, "missing": set()})
+        late = opened.seq in state["missing"]
+        if frame["id"] in seen or (opened.seq <= state["last"] and not late):
             return reject("replayed message")
         try:
-            body = crypto.open_message_body(frame, member.identity_key, self.session)
-            files = fc.parse_files(body)
+            files = fc.parse_files(opened.body)
         except (crypto.CryptoError, KeyError, TypeError) as exc:
             return reject(str(exc))
+        missed = 0
+        if late:
+            state["missing"].discard(opened.seq)
+        else:
+            missed = opened.seq - state["last"] - 1
+            state["missing"].update(range(state["last"] + 1, opened.seq))
+            state["last"] = opened.seq
         seen.add(frame["id"])
-        self._last_counter[member.sid] = frame["counter"]
-        return Message(frame["id"], member.username, member.fingerprint, body["text"], frame["ts"], files)
+        return Message(frame["id"], member.username, member.fingerprint, opened.text, frame["ts"], files,
+                       seq=opened.seq, missed=missed, late=late)
+
+    async def unknown_recipients(self, msg_id: str, to: str, timeout: float = 10) -> list[str]:
+        """Ask for a message's full recipient list, check it against its signed `to`, and return
+        the sids this client does not know (ghosts)."""
+        await self.send_frame({"v": 2, "type": "recipients", "id": msg_id})
+        frame = await self.expect("recipients", timeout)
+        if crypto.recipients_commitment(frame["sids"]) != to:
+            raise ClientError("the server's recipient list does not match the message's commitment")
+        return [sid for sid in frame["sids"] if sid not in self.members]
 
     # -- attachments (§10) -------------------------------------------------------------------
 
@@ -381,12 +431,15 @@ class ChatClient:
     def _add_member(self, entry: dict) -> None:
         identity_key = crypto.load_identity_public_key(entry["identity_key"])
         session_key = crypto.load_session_public_key(entry["session_key"])
-        text = crypto.session_text(self.room, entry["username"], entry["session_key"])
+        text = crypto.session_text(self.room, entry["username"], entry["session_key"], entry["issued"],
+                                   entry["challenge"], entry["stream"])
         verified = (
             crypto.verify(identity_key, text, entry["session_sig"])
             and crypto.fingerprint_of(crypto.spki_der(identity_key)) == entry["fingerprint"]
             and crypto.session_id_of(crypto.spki_der(session_key)) == entry["sid"]
+            and crypto.session_age_problem(entry["issued"], int(time.time() * 1000)) is None
         )
         self.members[entry["sid"]] = Member(
-            entry["sid"], entry["username"], entry["fingerprint"], identity_key, session_key, verified
+            entry["sid"], entry["username"], entry["fingerprint"], identity_key, session_key, verified,
+            entry["stream"],
         )

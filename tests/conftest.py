@@ -18,7 +18,7 @@ from securechat.web.app import make_app, open_blobs, open_log
 # unrelated test with "unclosed event loop". Saying "no loop" up front makes the call a no-op.
 asyncio.set_event_loop(None)
 
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "v1.json").read_text())
+VECTORS = json.loads((Path(__file__).parent / "vectors" / "v2.json").read_text())
 
 
 @pytest.fixture

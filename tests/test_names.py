@@ -9,6 +9,7 @@ import pytest
 
 from securechat import names
 from securechat.names import generate
+from securechat.web.resources import static_dir
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "names.json").read_text())
 
@@ -35,7 +36,7 @@ def test_the_lookalikes_of_the_attack_collapse_onto_the_real_name():
 
 def test_the_checked_in_data_is_what_the_generator_makes_from_its_sources():
     # The sources are test dependencies (setup.cfg), so this runs everywhere the suite does.
-    path = Path(names.__file__).resolve().parents[2] / "static" / "js" / "names-data.js"
+    path = static_dir() / "js" / "names-data.js"
     assert path.read_text(encoding="ascii") == generate.build()
     about = names.data()["about"]
     assert about["confusables"]["version"] == "13.0.0"

@@ -134,7 +134,8 @@ async def join(url: str, name: str, *, source: str | None = None, origin: str | 
     request = HTTPRequest(url, headers={**({"Origin": origin} if origin else {}), **(headers or {})},
                           network_interface=source, ssl_options=insecure() if url.startswith("wss:") else None)
     client.ws = await asyncio.wait_for(websocket_connect(request), 10)
-    client.room = (await client.expect("hello"))["room"]  # the server speaks first
+    hello = await client.expect("hello")  # the server speaks first
+    client.room, client.challenge = hello["room"], hello["challenge"]
     await client.join()
     return client
 

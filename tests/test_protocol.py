@@ -13,8 +13,9 @@ from securechat.relay.protocol import ProtocolError, parse_frame
 
 MSG = VECTORS["message"]["frame_out"]
 SESSION, IDENTITY = VECTORS["session"], VECTORS["identity"]
-JOIN = {"v": 1, "type": "join", "username": "alice", "identity_key": IDENTITY["spki"],
-        "session_key": SESSION["spki"], "session_sig": SESSION["sig"]}
+JOIN = {"v": 2, "type": "join", "username": "alice", "identity_key": IDENTITY["spki"],
+        "session_key": SESSION["spki"], "issued": SESSION["issued"], "challenge": SESSION["challenge"],
+        "stream": SESSION["stream"], "session_sig": SESSION["sig"]}
 
 
 def code_of(frame) -> str:
@@ -38,8 +39,8 @@ def test_valid_frames_parse():
     assert isinstance(msg, protocol.Msg) and msg.id == MSG["id"] and msg.keys == MSG["keys"]
     join = parse_frame(json.dumps(JOIN))
     assert isinstance(join, protocol.Join) and join.username == "alice"
-    assert isinstance(parse_frame('{"v":1,"type":"roster"}'), protocol.RosterRequest)
-    assert isinstance(parse_frame('{"v":1,"type":"leave"}'), protocol.Leave)
+    assert isinstance(parse_frame('{"v":2,"type":"roster"}'), protocol.RosterRequest)
+    assert isinstance(parse_frame('{"v":2,"type":"leave"}'), protocol.Leave)
 
 
 @pytest.mark.parametrize("frame, code", [
@@ -49,15 +50,19 @@ def test_valid_frames_parse():
     ({"type": "msg"}, "unsupported_version"),
     ({"v": True, "type": "roster"}, "unsupported_version"),
     ({"v": "1", "type": "roster"}, "unsupported_version"),
-    ({"v": 1}, "unknown_type"),
-    ({"v": 1, "type": ["msg"]}, "unknown_type"),
+    ({"v": 2}, "unknown_type"),
+    ({"v": 2, "type": ["msg"]}, "unknown_type"),
     (with_(MSG, id="XYZ"), "bad_frame"),
     (with_(MSG, id=MSG["id"].upper()), "bad_frame"),
     (with_(MSG, ts=-1), "bad_frame"),
     (with_(MSG, ts=1.5), "bad_frame"),
     (with_(MSG, ts=True), "bad_frame"),
     (with_(MSG, ts=2**53), "bad_frame"),
-    (with_(MSG, counter=0), "bad_frame"),
+    (with_(MSG, counter=1), "bad_frame"),
+    (with_(MSG, to=MSG["to"][:-2] + "A="), "bad_frame"),
+    (with_(MSG, ct=MSG["ct"][:-4]), "bad_frame"),
+    (with_(JOIN, challenge="00"), "bad_frame"),
+    (with_(JOIN, issued=...), "bad_frame"),
     (with_(MSG, iv="AAAA"), "bad_frame"),
     (with_(MSG, iv=MSG["iv"][:-1] + "!"), "bad_frame"),
     (with_(MSG, ct="not base64"), "bad_frame"),
@@ -77,6 +82,21 @@ def test_valid_frames_parse():
 ])
 def test_rejections(frame, code):
     assert code_of(frame) == code
+
+
+def test_a_v1_frame_gets_a_v1_error_that_says_reload():
+    with pytest.raises(ProtocolError) as info:
+        parse_frame('{"v":1,"type":"join","username":"alice"}')
+    error = json.loads(protocol.error_frame(info.value))
+    assert (error["v"], error["code"]) == (1, "unsupported_version")
+    assert "reload the page" in error["message"]
+
+
+def test_to_must_commit_to_exactly_the_keys():
+    keys = dict(MSG["keys"])
+    keys.pop(next(iter(keys)))
+    with pytest.raises(ProtocolError, match="commitment"):
+        parse_frame(json.dumps(with_(MSG, keys=keys)))
 
 
 def test_msg_errors_carry_the_message_id():
@@ -135,14 +155,23 @@ def test_single_script_and_latin_with_cjk_usernames_pass(name):
     assert protocol.check_username(name) == name
 
 
-def test_verify_join_checks_signature_and_derives_ids():
-    verified = protocol.verify_join(parse_frame(json.dumps(JOIN)), "lobby")
+def verify(join=JOIN, room="lobby", expected=SESSION["challenge"], now=SESSION["issued"]):
+    frame = parse_frame(json.dumps(join))
+    return protocol.verify_session(
+        room=room, username=frame.username, identity_key=frame.identity_key, session_key=frame.session_key,
+        issued=frame.issued, challenge=frame.challenge, stream=frame.stream, session_sig=frame.session_sig,
+        expected_challenge=expected, now_ms=now, max_skew_ms=300_000)
+
+
+def test_verify_session_checks_signature_challenge_time_and_derives_ids():
+    verified = verify()
     assert verified.fingerprint == IDENTITY["fingerprint"] and verified.sid == SESSION["sid"]
     assert verified.wrapped_key_length == 344
-    with pytest.raises(ProtocolError, match="signature") as info:
-        protocol.verify_join(parse_frame(json.dumps(JOIN)), "another-room")
-    assert info.value.code == "bad_signature"
-    swapped = with_(JOIN, identity_key=SESSION["spki"])
-    with pytest.raises(ProtocolError) as info:
-        protocol.verify_join(parse_frame(json.dumps(swapped)), "lobby")
-    assert info.value.code == "bad_key"
+    for kwargs, code in [({"room": "another-room"}, "bad_signature"),
+                         ({"expected": "0" * 32}, "bad_challenge"), ({"expected": None}, "bad_challenge"),
+                         ({"now": SESSION["issued"] + 300_001}, "clock_skew"),
+                         ({"join": with_(JOIN, identity_key=SESSION["spki"])}, "bad_key"),
+                         ({"join": with_(JOIN, stream="1" * 32)}, "bad_signature")]:
+        with pytest.raises(ProtocolError) as info:
+            verify(**kwargs)
+        assert info.value.code == code, kwargs

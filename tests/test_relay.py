@@ -76,7 +76,7 @@ async def test_log_holds_every_message_and_no_plaintext(connect, config, ciphert
 async def test_leave_is_announced_and_logged(connect, config):
     alice, bob = await connect("alice"), await connect("bob")
     await settle(alice, bob, members=2)
-    await bob.send_frame({"v": 1, "type": "leave"})
+    await bob.send_frame({"v": 2, "type": "leave"})
     left = await alice.expect("left")
     assert (left["username"], left["fingerprint"]) == ("bob", bob.fingerprint)
     assert list(alice.members) == [alice.sid]

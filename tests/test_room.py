@@ -19,9 +19,8 @@ def person(name: str, n: int, fingerprint: str | None = None) -> Participant:
                        wrapped_key_length=344, joined=NOW)
 
 
-def message(*sids: str, msg_id: str = "f" * 32, counter: int = 1, ts: int = NOW) -> Msg:
-    return Msg(id=msg_id, ts=ts, counter=counter, iv="iv", ct="ct", sig="sig",
-               keys={sid: WRAPPED for sid in sids})
+def message(*sids: str, msg_id: str = "f" * 32, ts: int = NOW) -> Msg:
+    return Msg(id=msg_id, ts=ts, iv="iv", ct="ct", to="to", sig="sig", keys={sid: WRAPPED for sid in sids})
 
 
 @pytest.fixture
@@ -80,14 +79,15 @@ def test_full_room(room):
 
 def test_each_recipient_gets_its_own_key_and_nothing_else(room):
     alice, bob, carol = (room.find(n) for n in ("alice", "bob", "carol"))
-    msg = Msg(id="f" * 32, ts=NOW, counter=1, iv="iv", ct="ct", sig="sig",
+    msg = Msg(id="f" * 32, ts=NOW, iv="iv", ct="ct", to="to", sig="sig",
               keys={alice.sid: "a" * 344, bob.sid: "b" * 344, carol.sid: "c" * 344})
     relay = room.prepare(alice, msg, NOW)
     frames = {p.username: json.loads(text) for p, text in relay.deliveries()}
     assert frames["bob"]["key"] == "b" * 344 and frames["carol"]["key"] == "c" * 344
-    assert frames["bob"]["from"] == {"sid": alice.sid, "username": "alice", "fingerprint": alice.fingerprint}
-    assert frames["bob"]["recipients"] == sorted(msg.keys)
-    assert all("keys" not in f for f in frames.values())
+    assert frames["bob"]["from"] == alice.sid
+    # O(1) per delivery (§6.2): no recipient list, no other member's key
+    assert all("keys" not in f and "recipients" not in f for f in frames.values())
+    assert json.loads(relay.recipients_json) == sorted(msg.keys)
     record = json.loads(relay.log_line)
     assert record["keys"] == msg.keys and record["t"] == NOW
 
@@ -96,15 +96,40 @@ def test_log_line_is_exactly_what_json_dumps_writes(room):
     alice, bob = room.find("alice"), room.find("bob")
     alice.username = 'al"ice ✓ \\'  # escaped by the JSON encoder, not by the hand-joined parts
     keys = {bob.sid: "QUJD" * 86, alice.sid: "REVG" * 85 + "RA=="}
-    msg = Msg(id="e" * 32, ts=NOW, counter=3, iv="AAAAAAAAAAAAAAAA", ct="Y3Q=", sig="c2ln", keys=keys)
+    msg = Msg(id="e" * 32, ts=NOW, iv="AAAAAAAAAAAAAAAA", ct="Y3Q=", to="dG8=", sig="c2ln", keys=keys)
     relay = room.prepare(alice, msg, NOW)
     expected = {
         "event": "msg", "t": NOW, "room": room.name, "id": msg.id,
         "from": {"sid": alice.sid, "username": alice.username, "fingerprint": alice.fingerprint},
-        "ts": NOW, "counter": 3, "recipients": sorted(keys), "iv": msg.iv, "ct": msg.ct,
+        "ts": NOW, "recipients": sorted(keys), "iv": msg.iv, "ct": msg.ct, "to": msg.to,
         "sig": msg.sig, "keys": keys,
     }
     assert relay.log_line == json.dumps(expected, separators=(",", ":"), ensure_ascii=False)
+    delivery = {"v": 2, "type": "msg", "from": alice.sid, "id": msg.id, "ts": NOW, "iv": msg.iv,
+                "ct": msg.ct, "to": msg.to, "sig": msg.sig, "key": keys[bob.sid]}
+    frames = dict(relay.deliveries())
+    assert frames[bob] == json.dumps(delivery, separators=(",", ":"), ensure_ascii=False)
+
+
+def test_recent_recipient_lists_are_kept_and_bounded(room):
+    alice, bob = room.find("alice"), room.find("bob")
+    room.recipient_lists_kept = 2
+    for i in range(3):
+        room.commit(room.prepare(alice, message(alice.sid, bob.sid, msg_id=f"{i:032x}"), NOW), NOW)
+    assert room.recipient_list(f"{0:032x}") is None
+    assert json.loads(room.recipient_list(f"{2:032x}")) == sorted([alice.sid, bob.sid])
+
+
+def test_rekey_swaps_the_session_in_place(room):
+    bob = room.find("bob")
+    old = bob.sid
+    assert room.rekey(bob, sid="7" * 32, session_key="sk2", session_sig="sig2", wrapped_key_length=344,
+                      issued=NOW, challenge="c" * 32) == old
+    assert old not in room.members and room.members["7" * 32] is bob
+    assert [p["username"] for p in room.roster()] == ["alice", "bob", "carol"]
+    with pytest.raises(ProtocolError):
+        room.rekey(bob, sid=room.find("alice").sid, session_key="x", session_sig="x", wrapped_key_length=344,
+                   issued=NOW, challenge="c" * 32)
 
 
 def test_stale_recipients_reject_the_whole_message(room):
@@ -117,30 +142,29 @@ def test_stale_recipients_reject_the_whole_message(room):
 
 def test_wrapped_key_length_must_match_recipient_modulus(room):
     alice = room.find("alice")
-    msg = Msg(id="f" * 32, ts=NOW, counter=1, iv="iv", ct="ct", sig="sig", keys={alice.sid: "A" * 684})
+    msg = Msg(id="f" * 32, ts=NOW, iv="iv", ct="ct", to="to", sig="sig", keys={alice.sid: "A" * 684})
     with pytest.raises(ProtocolError) as info:
         room.prepare(alice, msg, NOW)
     assert info.value.code == "bad_recipient_key"
 
 
-def test_replay_by_id_and_by_counter(room):
+def test_replay_by_id(room):
     alice = room.find("alice")
-    first = message(alice.sid, counter=1)
+    first = message(alice.sid)
     room.commit(room.prepare(alice, first, NOW), NOW)
-    for replay in (first, message(alice.sid, msg_id="e" * 32, counter=1)):
-        with pytest.raises(ProtocolError) as info:
-            room.prepare(alice, replay, NOW)
-        assert info.value.code == "replay"
-    room.prepare(alice, message(alice.sid, msg_id="e" * 32, counter=2), NOW)
+    with pytest.raises(ProtocolError) as info:
+        room.prepare(alice, first, NOW)
+    assert info.value.code == "replay"
+    room.prepare(alice, message(alice.sid, msg_id="e" * 32), NOW)
 
 
 def test_ids_are_remembered_across_sessions_of_the_same_identity(room):
     alice = room.find("alice")
-    room.commit(room.prepare(alice, message(alice.sid, counter=5), NOW), NOW)
+    room.commit(room.prepare(alice, message(alice.sid), NOW), NOW)
     newer = person("alice", 8, fingerprint=alice.fingerprint)
     room.add(newer)
     with pytest.raises(ProtocolError) as info:
-        room.prepare(newer, message(newer.sid, counter=1), NOW)
+        room.prepare(newer, message(newer.sid), NOW)
     assert info.value.code == "replay"
 
 

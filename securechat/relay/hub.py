@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from ..storage.ciphertext_log import CiphertextLog
 from . import protocol
 from .admission import Pool, address_keys
 from .limits import SlidingWindow
-from .protocol import Join, Msg, ProtocolError
+from .protocol import Join, Msg, ProtocolError, Rekey
 from .room import Participant, Rooms
 
 log = logging.getLogger("securechat")
@@ -79,6 +80,8 @@ class Hub:
         # Sessions that have not joined yet: a smaller pool, each with a join deadline.
         self.unjoined = Pool("unjoined", config.max_unjoined, config.max_unjoined_per_address)
         self._deadlines: dict[Connection, asyncio.TimerHandle] = {}
+        # The challenge each connection must sign into its next session statement (§4).
+        self.challenges: dict[Connection, str] = {}
         self.joins = SlidingWindow(config.joins_per_minute, 60.0)
         self.started = now_ms()
 
@@ -122,6 +125,7 @@ class Hub:
             self.unjoined.give_back(self.connections[connection])
 
     def disconnected(self, connection: Connection) -> None:
+        self.challenges.pop(connection, None)
         keys = self.connections.get(connection)
         if keys is None:
             return
@@ -132,22 +136,38 @@ class Hub:
     def limits(self) -> dict:
         return {
             "max_frame_bytes": self.config.max_frame_bytes,
-            "max_recipients": self.config.max_participants,
+            "max_recipients": min(self.config.max_participants, protocol.crypto.MAX_RECIPIENTS),
             "max_clock_skew_ms": int(self.config.max_clock_skew * 1000),
             "rate_per_second": self.config.rate_per_second,
             "rate_burst": self.config.rate_burst,
         }
 
+    def _challenge(self, connection: Connection) -> str:
+        """A fresh challenge for this connection's next session statement."""
+        challenge = self.challenges[connection] = os.urandom(16).hex()
+        return challenge
+
+    def _verify_session(self, connection: Connection, room, **statement):
+        return protocol.verify_session(
+            room=room.name, **statement, expected_challenge=self.challenges.get(connection),
+            now_ms=now_ms(), max_skew_ms=int(self.config.max_clock_skew * 1000),
+        )
+
     def join(self, connection: Connection, join: Join) -> Participant:
         if not self.joins.allow(connection.remote, time.monotonic()):
             raise ProtocolError("rate_limited", "too many joins from your address; wait a minute")
         room = self.rooms.get()
-        verified = protocol.verify_join(join, room.name)
+        verified = self._verify_session(
+            connection, room, username=join.username, identity_key=join.identity_key,
+            session_key=join.session_key, issued=join.issued, challenge=join.challenge,
+            stream=join.stream, session_sig=join.session_sig,
+        )
         participant = Participant(
             sid=verified.sid, username=join.username, fingerprint=verified.fingerprint,
             identity_key=join.identity_key, session_key=join.session_key,
             session_sig=join.session_sig, wrapped_key_length=verified.wrapped_key_length,
-            joined=now_ms(), remote=connection.remote, connection=connection,
+            joined=now_ms(), issued=join.issued, challenge=join.challenge, stream=join.stream,
+            remote=connection.remote, connection=connection,
         )
         replaced = room.add(participant)
         if replaced is not None:
@@ -161,7 +181,7 @@ class Hub:
         # lacks the session it replaced, so only the others hear that one left.
         connection.send(protocol.frame(
             "welcome", room=room.name, you=participant.public(), participants=room.roster(),
-            server_time=now_ms(), limits=self.limits(), **extra,
+            server_time=now_ms(), limits=self.limits(), challenge=self._challenge(connection), **extra,
         ))
         if replaced is not None:
             self._announce_leave(replaced, skip=participant)
@@ -173,11 +193,39 @@ class Hub:
         self._left_pre_join_pool(connection)
         return participant
 
+    def rekey(self, participant: Participant, rekey: Rekey) -> None:
+        """Rotate a member's session key (§4): everyone swaps it in place, nobody sees a leave."""
+        room = self.rooms.get()
+        connection = participant.connection
+        # Same identity, name and stream: only the session key and its statement change.
+        verified = self._verify_session(
+            connection, room, username=participant.username, identity_key=participant.identity_key,
+            session_key=rekey.session_key, issued=rekey.issued, challenge=rekey.challenge,
+            stream=participant.stream, session_sig=rekey.session_sig,
+        )
+        old = room.rekey(participant, sid=verified.sid, session_key=rekey.session_key,
+                         session_sig=rekey.session_sig, wrapped_key_length=verified.wrapped_key_length,
+                         issued=rekey.issued, challenge=rekey.challenge)
+        connection.send(protocol.frame("rekeyed", old=old, participant=participant.public(),
+                                       challenge=self._challenge(connection)))
+        announce = protocol.frame("rekeyed", old=old, participant=participant.public())
+        for other in room.others(participant):
+            other.connection.send(announce)
+
     def hello(self, connection: Connection) -> None:
         """The first frame on every socket: which room this is, before the client signs a join."""
         connection.send(protocol.frame(
-            "hello", room=self.rooms.default, server_time=now_ms(), limits=self.limits()
+            "hello", room=self.rooms.default, server_time=now_ms(), limits=self.limits(),
+            challenge=self._challenge(connection),
         ))
+
+    def recipients(self, participant: Participant, msg_id: str) -> None:
+        """A recent message's full recipient list, which the client checks against its `to`."""
+        listed = self.rooms.get().recipient_list(msg_id)
+        if listed is None:
+            raise ProtocolError("unknown_message", "the server no longer has this message's recipient list",
+                                msg_id=msg_id)
+        participant.connection.send(f'{{"v":{protocol.VERSION},"type":"recipients","id":"{msg_id}","sids":{listed}}}')
 
     def leave(self, participant: Participant) -> None:
         self.revoke(participant)

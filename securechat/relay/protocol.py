@@ -1,4 +1,4 @@
-"""Frames of protocol v1 (docs/PROTOCOL.md §6): parse and validate client frames into typed
+"""Frames of protocol v2 (docs/PROTOCOL.md §6): parse and validate client frames into typed
 objects, and build server frames. Pure: no sockets, no clock, no room state.
 
 Everything a client can get wrong raises ProtocolError with a stable code from §6.2.
@@ -17,6 +17,9 @@ from .. import crypto, names
 VERSION = crypto.PROTOCOL_VERSION
 MAX_USERNAME = 32
 MAX_CT_BYTES = 65536 + 16
+# §7.1: padded plaintexts are one of these sizes, so the ciphertext's base64 length is one of these.
+CT_B64_LENGTHS = frozenset(crypto.b64_length(bucket + 16) for bucket in crypto.PAD_BUCKETS)
+RELOAD = "This server speaks protocol v2 now: reload the page to get the current securechat."
 MAX_INT = 2**53 - 1
 HEX32 = re.compile(r"[0-9a-f]{32}\Z")
 HEX64 = re.compile(r"[0-9a-f]{64}\Z")
@@ -28,12 +31,13 @@ _FORBIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 class ProtocolError(Exception):
     """A frame the server refuses; `code` is the machine-readable §6.2 code."""
 
-    def __init__(self, code: str, message: str, *, msg_id: str | None = None, stale=None):
+    def __init__(self, code: str, message: str, *, msg_id: str | None = None, stale=None, version: int = 2):
         super().__init__(message)
         self.code = code
         self.message = message
         self.msg_id = msg_id
         self.stale = stale
+        self.version = version  # a v1 client reads only v1 frames: its refusal must be one
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,17 @@ class Join:
     username: str
     identity_key: str
     session_key: str
+    issued: int
+    challenge: str
+    stream: str
+    session_sig: str
+
+
+@dataclass(frozen=True)
+class Rekey:
+    session_key: str
+    issued: int
+    challenge: str
     session_sig: str
 
 
@@ -48,12 +63,17 @@ class Join:
 class Msg:
     id: str
     ts: int
-    counter: int
     iv: str
     ct: str
+    to: str
     sig: str
     keys: dict[str, str]
     attachments: tuple[str, ...] = ()  # blob ids (§10.3), in the clear so the log can keep them
+
+
+@dataclass(frozen=True)
+class RecipientsRequest:
+    id: str
 
 
 @dataclass(frozen=True)
@@ -66,7 +86,7 @@ class Leave:
     pass
 
 
-Frame = Join | Msg | RosterRequest | Leave
+Frame = Join | Rekey | Msg | RecipientsRequest | RosterRequest | Leave
 
 
 # -- field checks ----------------------------------------------------------------------------
@@ -140,6 +160,8 @@ def parse_frame(text: str, *, max_recipients: int = 256) -> Frame:
         raise ProtocolError("bad_json", "the frame is not valid JSON") from None
     if not isinstance(data, dict):
         raise ProtocolError("bad_json", "the frame must be a JSON object")
+    if data.get("v") == 1 and not isinstance(data.get("v"), bool):
+        raise ProtocolError("unsupported_version", RELOAD, version=1)
     if data.get("v") != VERSION or isinstance(data.get("v"), bool):
         raise ProtocolError("unsupported_version", f"this server speaks protocol v{VERSION}")
     parser = _PARSERS.get(data.get("type")) if isinstance(data.get("type"), str) else None
@@ -163,6 +185,18 @@ def _join(data: dict, _max_recipients: int) -> Join:
         username=check_username(_string(data["username"], "username")),
         identity_key=_b64(data["identity_key"], "identity_key", max_size=1024),
         session_key=_b64(data["session_key"], "session_key", max_size=1024),
+        issued=_integer(data["issued"], "issued"),
+        challenge=_hex32(data["challenge"], "challenge"),
+        stream=_hex32(data["stream"], "stream"),
+        session_sig=_b64(data["session_sig"], "session_sig", size=crypto.SIGNATURE_BYTES),
+    )
+
+
+def _rekey(data: dict, _max_recipients: int) -> Rekey:
+    return Rekey(
+        session_key=_b64(data["session_key"], "session_key", max_size=1024),
+        issued=_integer(data["issued"], "issued"),
+        challenge=_hex32(data["challenge"], "challenge"),
         session_sig=_b64(data["session_sig"], "session_sig", size=crypto.SIGNATURE_BYTES),
     )
 
@@ -170,16 +204,22 @@ def _join(data: dict, _max_recipients: int) -> Join:
 def _msg(data: dict, max_recipients: int) -> Msg:
     msg_id = _hex32(data["id"], "id")
     try:
-        return Msg(
+        ct = _b64(data["ct"], "ct", max_size=MAX_CT_BYTES)
+        if len(ct) not in CT_B64_LENGTHS:
+            raise ProtocolError("bad_frame", "ct must hold a plaintext padded to a bucket size (§7.1)")
+        msg = Msg(
             id=msg_id,
             ts=_integer(data["ts"], "ts"),
-            counter=_integer(data["counter"], "counter", minimum=1),
             iv=_b64(data["iv"], "iv", size=crypto.IV_BYTES),
-            ct=_b64(data["ct"], "ct", max_size=MAX_CT_BYTES),
+            ct=ct,
+            to=_b64(data["to"], "to", size=32),
             sig=_b64(data["sig"], "sig", size=crypto.SIGNATURE_BYTES),
             keys=_keys(data["keys"], max_recipients),
             attachments=_attachments(data["attachments"]) if "attachments" in data else (),
         )
+        if crypto.recipients_commitment(msg.keys) != msg.to:
+            raise ProtocolError("bad_frame", "to is not the commitment to the recipients in keys")
+        return msg
     except ProtocolError as exc:
         exc.msg_id = msg_id
         raise
@@ -196,6 +236,7 @@ def _attachments(value: Any) -> tuple[str, ...]:
 
 
 def _keys(value: Any, max_recipients: int) -> dict[str, str]:
+    max_recipients = min(max_recipients, crypto.MAX_RECIPIENTS)
     if not isinstance(value, dict) or not 1 <= len(value) <= max_recipients:
         raise ProtocolError("bad_frame", f"keys must map 1 to {max_recipients} session ids to keys")
     if _all_hex32(value) and _all_canonical_b64(list(value.values()), crypto.RSA_MAX_BITS // 8):
@@ -252,8 +293,11 @@ def _all_canonical_b64(texts: list, max_size: int) -> bool:
 
 
 _PARSERS: dict[str, tuple[frozenset[str], Callable[[dict, int], Frame]]] = {
-    "join": (frozenset({"username", "identity_key", "session_key", "session_sig"}), _join),
-    "msg": (frozenset({"id", "ts", "counter", "iv", "ct", "sig", "keys"}), _msg),
+    "join": (frozenset({"username", "identity_key", "session_key", "issued", "challenge", "stream",
+                        "session_sig"}), _join),
+    "rekey": (frozenset({"session_key", "issued", "challenge", "session_sig"}), _rekey),
+    "msg": (frozenset({"id", "ts", "iv", "ct", "to", "sig", "keys"}), _msg),
+    "recipients": (frozenset({"id"}), lambda data, _: RecipientsRequest(_hex32(data["id"], "id"))),
     "roster": (frozenset(), lambda data, _: RosterRequest()),
     "leave": (frozenset(), lambda data, _: Leave()),
 }
@@ -292,7 +336,7 @@ def encode(frame: dict) -> str:
 
 
 def error_frame(error: ProtocolError) -> str:
-    frame: dict[str, Any] = {"v": VERSION, "type": "error", "code": error.code, "message": error.message}
+    frame: dict[str, Any] = {"v": error.version, "type": "error", "code": error.code, "message": error.message}
     if error.msg_id is not None:
         frame["id"] = error.msg_id
     if error.stale is not None:
@@ -308,23 +352,32 @@ def frame(kind: str, **fields) -> str:
 
 
 @dataclass(frozen=True)
-class VerifiedJoin:
+class VerifiedSession:
     fingerprint: str
     sid: str
     wrapped_key_length: int
 
 
-def verify_join(join: Join, room: str) -> VerifiedJoin:
-    """Parse both keys and check the session-key signature (§4), as every client will again."""
+def verify_session(*, room: str, username: str, identity_key: str, session_key: str, issued: int,
+                   challenge: str, stream: str, session_sig: str, expected_challenge: str | None,
+                   now_ms: int, max_skew_ms: int) -> VerifiedSession:
+    """Parse both keys and check the session statement (§4), as every client will again.
+
+    The challenge is the one this connection was given; `issued` must be the present.
+    """
     try:
-        identity = crypto.load_identity_public_key(join.identity_key)
-        session = crypto.load_session_public_key(join.session_key)
+        identity = crypto.load_identity_public_key(identity_key)
+        session = crypto.load_session_public_key(session_key)
     except crypto.CryptoError as exc:
         raise ProtocolError("bad_key", str(exc)) from None
-    text = crypto.session_text(room, join.username, join.session_key)
-    if not crypto.verify(identity, text, join.session_sig):
+    if expected_challenge is None or challenge != expected_challenge:
+        raise ProtocolError("bad_challenge", "the session statement must sign this connection's latest challenge")
+    if abs(issued - now_ms) > max_skew_ms:
+        raise ProtocolError("clock_skew", "the session statement's time is too far from the server's clock; check the device clock")
+    text = crypto.session_text(room, username, session_key, issued, challenge, stream)
+    if not crypto.verify(identity, text, session_sig):
         raise ProtocolError("bad_signature", "the session key's signature does not verify")
-    return VerifiedJoin(
+    return VerifiedSession(
         fingerprint=crypto.fingerprint_of(crypto.spki_der(identity)),
         sid=crypto.session_id_of(crypto.spki_der(session)),
         wrapped_key_length=crypto.b64_length(session.key_size // 8),

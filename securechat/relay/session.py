@@ -18,7 +18,7 @@ import time
 from . import protocol
 from .hub import Connection, Hub
 from .limits import Strikes, TokenBucket
-from .protocol import Join, Leave, Msg, ProtocolError, RosterRequest
+from .protocol import Join, Leave, Msg, ProtocolError, RecipientsRequest, Rekey, RosterRequest
 
 log = logging.getLogger("securechat")
 
@@ -75,6 +75,10 @@ class Session:
             raise ProtocolError("not_joined", "join the room first")
         elif isinstance(frame, Msg):
             self.hub.relay(self.participant, frame)
+        elif isinstance(frame, RecipientsRequest):
+            self.hub.recipients(self.participant, frame.id)
+        elif isinstance(frame, Rekey):
+            self.hub.rekey(self.participant, frame)
         elif isinstance(frame, RosterRequest):
             self.hub.roster(self.participant)
         elif isinstance(frame, Leave):

@@ -4,12 +4,14 @@
 
 import * as c from "./crypto.js";
 import { nameKeys, scriptProblem } from "./names.js";
-import { joinFrame, leaveFrame, rosterFrame } from "./protocol.js";
+import { joinFrame, leaveFrame, recipientsFrame, rekeyFrame, rosterFrame } from "./protocol.js";
 import { Connection, CLOSE_REPLACED, wsUrl } from "./transport.js";
 
 export const DEFAULT_ROOM = "lobby";
-const DEFAULT_SKEW_MS = 300000;
 const SEEN_IDS_PER_SENDER = 2000;
+const MISSING_KEPT = 200; // gaps remembered per sender, so a late message can still fill one
+// How often a connected client looks at its session's age (rotation, §4).
+export const ROTATION_CHECK_MS = 60000;
 // After a drop, queued messages wait this long for the people who were here to rejoin too;
 // otherwise the first browser back after a server restart would send only to itself.
 export const REJOIN_GRACE_MS = 5000;
@@ -33,12 +35,24 @@ const SEND_ERROR_TEXT = {
   bad_frame: "The server refused the message as malformed.",
 };
 
+/** Sequence numbers run per (identity, stream): another identity cannot borrow a stream id. */
+function streamKey(entry) {
+  return `${entry.fingerprint}/${entry.stream}`;
+}
+
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
 /**
  * emit(type, detail) events:
  *   identity {fingerprint}           status {state, detail, transport}
  *   welcome {room, you}              roster {participants}
- *   message {id, sid, username, fingerprint, ts, text, trust, verified}
- *   warning {text}                   outgoing {localId, text, ts, state, reason, withheld}
+ *   message {id, sid, username, fingerprint, ts, text, trust, verified, seq, late, before}
+ *       late: it filled a gap; before: the id of the first later message from that sender shown
+ *   warning {text, kind?}            notice {text, kind: "joined"|"left"|"missed"|"late"}
+ *   outgoing {localId, text, ts, state, reason, withheld}
+ *   mode {verifiedOnly}
  *   trust {fingerprint, trust, verified}
  *   presence {change: "joined"|"left", username, fingerprint}   (after the welcome only)
  *   key-changed {username, fingerprint, previous}               (once per new key)
@@ -67,13 +81,22 @@ export class ChatClient {
     this.joined = false; // welcome received on the current socket
     this.connection = null;
     this.roster = new Map(); // sid -> entry
-    this.counter = 0;
-    this.lastCounter = new Map(); // sender sid -> last accepted counter
+    // One stream per page (§7.3): sequence numbers run per (sender stream, recipient stream)
+    // and survive reconnects and key rotations, so a forced reconnect cannot hide a drop.
+    this.stream = c.randomId();
+    this.challenge = null;
+    this.rotating = null; // the next session while a rekey is in flight
+    this.rotationTimer = null;
+    this.sendSeq = new Map(); // recipient stream -> last sequence number sent to it
+    this.recv = new Map(); // sender stream -> {last, missing: Map seq -> true, shown: [[seq, id]]}
+    this.knownSids = new Set(); // every session this connection was told about
+    this.checkedTo = new Set(); // recipient commitments already checked against the full list
+    this.verifiedOnly = false;
     this.seenIds = new Map(); // sender fingerprint -> Set of message ids
     this.outbox = new Map(); // localId -> outgoing record
     this.inflight = new Map(); // message id -> localId
     this.awaitingRoster = []; // records to re-send once after stale_recipients
-    this.limits = { max_clock_skew_ms: DEFAULT_SKEW_MS };
+    this.limits = { max_clock_skew_ms: c.MAX_CLOCK_SKEW_MS };
     this.serverOffset = 0;
     this.chain = Promise.resolve();
     this.nextLocalId = 1;
@@ -117,7 +140,7 @@ export class ChatClient {
     const connection = new Connection({
       url: this.url,
       ...this.connOptions,
-      onOpen: () => this.enqueue(() => connection === this.connection && this.sendJoin()),
+      onOpen: () => {}, // the server speaks first: the join answers its hello (challenge)
       onFrame: (frame) => this.enqueue(() => connection === this.connection && this.onFrame(frame)),
       onDrop: (info) => this.enqueue(() => connection === this.connection && this.onDrop(info)),
     });
@@ -127,15 +150,55 @@ export class ChatClient {
     return null;
   }
 
-  async sendJoin() {
+  /** A fresh session key and its signed statement (§4) for the server's latest challenge. */
+  async newSession(challenge) {
+    const session = await c.generateSession();
+    session.issued = this.now();
+    session.sig = await c.signSession(this.identity.privateKey, this.signRoom, this.username, session.spki,
+      session.issued, challenge, this.stream);
+    session.challenge = challenge;
+    return session;
+  }
+
+  async sendJoin(challenge) {
     // A fresh session key for every join (§3): nothing wrapped before survives this session.
-    this.session = await c.generateSession();
-    this.counter = 0;
     this.joined = false;
-    const sessionSig = await c.signSession(this.identity.privateKey, this.signRoom, this.username,
-      this.session.spki);
+    this.rotating = null;
+    this.session = await this.newSession(challenge);
+    this.verifiedOnly = Boolean(await this.store.getSetting(`verified-only:${this.signRoom}`));
+    this.emit("mode", { verifiedOnly: this.verifiedOnly });
     this.connection.send(joinFrame({ username: this.username, identityKey: this.identity.spki,
-      sessionKey: this.session.spki, sessionSig }));
+      sessionKey: this.session.spki, issued: this.session.issued, challenge, stream: this.stream,
+      sessionSig: this.session.sig }));
+  }
+
+  /** Rotate the session key once it is old (§4): invisible to people, checked every minute. */
+  async maybeRotate() {
+    if (!this.joined || this.rotating || !this.connection?.isOpen || !this.challenge) return false;
+    if (this.now() - this.session.issued < c.SESSION_ROTATE_MS) return false;
+    const next = await this.newSession(this.challenge);
+    this.rotating = next;
+    this.connection.send(rekeyFrame({ sessionKey: next.spki, issued: next.issued, challenge: next.challenge,
+      sessionSig: next.sig }));
+    return true;
+  }
+
+  scheduleRotationCheck() {
+    // Its own timer, not the injectable reconnect timers: tests drive rotation with maybeRotate().
+    clearTimeout(this.rotationTimer);
+    this.rotationTimer = setTimeout(() => this.enqueue(async () => {
+      await this.maybeRotate();
+      if (this.connection) this.scheduleRotationCheck();
+    }), ROTATION_CHECK_MS);
+    this.rotationTimer?.unref?.(); // node: a pending check must not keep the process alive
+  }
+
+  /** The per-room Verified only mode (§7.3 recipients): send only to people you verified. */
+  async setVerifiedOnly(on) {
+    this.verifiedOnly = Boolean(on);
+    await this.store.setSetting(`verified-only:${this.signRoom}`, this.verifiedOnly);
+    this.emit("mode", { verifiedOnly: this.verifiedOnly });
+    this.emitRoster();
   }
 
   leave() {
@@ -143,6 +206,8 @@ export class ChatClient {
     this.expectBack.clear();
     this.clearTimer(this.graceTimer);
     this.graceTimer = null;
+    clearTimeout(this.rotationTimer);
+    this.rotationTimer = null;
     this.connection = null;
     this.joined = false;
     this.roster.clear();
@@ -175,7 +240,10 @@ export class ChatClient {
 
   async onFrame(frame) {
     switch (frame.type) {
+      case "hello": return this.sendJoin(typeof frame.challenge === "string" ? frame.challenge : "");
       case "welcome": return this.onWelcome(frame);
+      case "rekeyed": return this.onRekeyed(frame);
+      case "recipients": return this.onRecipients(frame);
       case "joined": return this.onJoined(frame.participant);
       case "left": return this.onLeft(frame);
       case "roster": return this.onRoster(frame);
@@ -188,14 +256,20 @@ export class ChatClient {
 
   async onWelcome(frame) {
     this.room = frame.room;
-    this.limits = { ...this.limits, ...(frame.limits ?? {}) };
+    this.challenge = typeof frame.challenge === "string" ? frame.challenge : null;
+    // §6.3: security limits are our own constants; the server may only make them stricter.
+    const skew = frame.limits?.max_clock_skew_ms;
+    this.limits = { max_clock_skew_ms: Number.isSafeInteger(skew) && skew > 0
+      ? Math.min(skew, c.MAX_CLOCK_SKEW_MS) : c.MAX_CLOCK_SKEW_MS };
     if (Number.isSafeInteger(frame.server_time)) this.serverOffset = frame.server_time - this.now();
     if (frame.you?.sid !== this.session.sid || frame.you?.fingerprint !== this.identity.fingerprint) {
       this.emit("warning", { text: "The server's welcome does not match our own keys." });
     }
+    this.knownSids.clear();
     await this.rebuildRoster(frame.participants ?? []);
     this.joined = true;
     this.connection.resetBackoff();
+    this.scheduleRotationCheck();
     this.emit("welcome", { room: this.room, you: { sid: this.session.sid, username: this.username,
       fingerprint: this.identity.fingerprint } });
     const { transport } = this.connection;
@@ -224,7 +298,10 @@ export class ChatClient {
     const fresh = new Map();
     for (const p of participants) {
       const entry = await this.checkParticipant(p);
-      if (entry) fresh.set(entry.sid, entry);
+      if (entry) {
+        fresh.set(entry.sid, entry);
+        this.knownSids.add(entry.sid);
+      }
     }
     this.roster = fresh;
     this.emitRoster();
@@ -234,8 +311,8 @@ export class ChatClient {
   async checkParticipant(p) {
     if (!p || typeof p.sid !== "string" || typeof p.username !== "string") return null;
     const entry = { sid: p.sid, username: p.username, fingerprint: String(p.fingerprint ?? ""),
-      joined: p.joined, ok: false, problem: null, trust: "new", verified: false,
-      previous: null, identityKey: null, sessionKey: null };
+      joined: p.joined, issued: p.issued, stream: p.stream, ok: false, problem: null, trust: "new",
+      verified: false, previous: null, identityKey: null, sessionKey: null };
     // §5 again, whatever the server admitted: a name it should have refused is never a recipient.
     const nameProblem = c.usernameProblem(p.username) ?? scriptProblem(p.username);
     if (nameProblem) {
@@ -247,6 +324,12 @@ export class ChatClient {
     } catch (err) {
       // Shown with a warning and never used as a recipient.
       entry.problem = err.message;
+      return entry;
+    }
+    // §4: a session statement older than our own maximum age is refused, whatever the server says.
+    const stale = c.sessionAgeProblem(p.issued, this.now(), c.SESSION_MAX_AGE_MS, this.limits.max_clock_skew_ms);
+    if (stale) {
+      Object.assign(entry, { ok: false, problem: stale });
       return entry;
     }
     const isSelf = entry.fingerprint === this.identity.fingerprint;
@@ -293,6 +376,7 @@ export class ChatClient {
   async onJoined(participant) {
     const entry = await this.checkParticipant(participant);
     if (!entry) return;
+    this.knownSids.add(entry.sid);
     // A session replaced under the same name (§5) leaves no stale twin behind.
     const key = nameKeys(entry.username)[0];
     let returning = false;
@@ -316,6 +400,30 @@ export class ChatClient {
     this.emit("presence", { change: "left", username: entry.username, fingerprint: entry.fingerprint });
   }
 
+  /** Someone's session key rotated (§4): swap it in place, silently; ours too. */
+  async onRekeyed(frame) {
+    const old = this.roster.get(frame.old);
+    const own = frame.old === this.session?.sid;
+    if (own && this.rotating && frame.participant?.sid === this.rotating.sid) {
+      this.session = this.rotating;
+      this.rotating = null;
+      if (typeof frame.challenge === "string") this.challenge = frame.challenge;
+    }
+    const entry = await this.checkParticipant(frame.participant);
+    if (!entry) return;
+    // The same person with a new key: same identity, name and stream, or it is not a rotation.
+    if (old && (old.fingerprint !== entry.fingerprint || old.username !== entry.username
+      || old.stream !== entry.stream)) {
+      entry.ok = false;
+      entry.problem = "the server presented a key rotation that changes who this is";
+    }
+    this.roster.delete(frame.old);
+    this.roster.set(entry.sid, entry);
+    this.knownSids.add(entry.sid);
+    this.emitRoster();
+    if (own) await this.flushWhenComplete();
+  }
+
   async onRoster(frame) {
     await this.rebuildRoster(frame.participants ?? []);
     const waiting = this.awaitingRoster;
@@ -324,46 +432,118 @@ export class ChatClient {
   }
 
   emitRoster() {
+    // One key under two names (§5): the server should have refused it; say so on both.
+    const byKey = new Map();
+    for (const e of this.roster.values()) {
+      if (e.ok) byKey.set(e.fingerprint, [...(byKey.get(e.fingerprint) ?? []), e.username]);
+    }
+    for (const e of this.roster.values()) {
+      const names = (byKey.get(e.fingerprint) ?? []).filter((n) => n !== e.username);
+      e.sameKeyAs = names.length ? names : null;
+    }
     const participants = [...this.roster.values()].map((e) => ({
       sid: e.sid, username: e.username, fingerprint: e.fingerprint, ok: e.ok, problem: e.problem,
       trust: e.trust, verified: e.verified, looksLike: e.looksLike ?? null, previous: e.previous,
+      sameKeyAs: e.sameKeyAs ?? null,
       you: this.session !== null && e.sid === this.session.sid,
     }));
     this.emit("roster", { participants });
   }
 
   async onMsg(frame) {
-    const from = frame.from ?? {};
-    const name = typeof from.username === "string" ? from.username : "someone";
+    const sender = this.roster.get(frame.from);
+    const name = sender?.username ?? "someone";
     const warn = (why) => this.emit("warning", {
       text: `A message from ${name} was not shown: ${why}.`, ts: this.now() });
-    const sender = this.roster.get(from.sid);
-    if (!sender || sender.fingerprint !== from.fingerprint) return warn("the sender is not in the room with that key");
-    if (!sender.ok) return warn("the sender's session key signature did not verify");
-    let text;
+    if (!sender) return warn("the sender is not in the room");
+    if (!sender.ok) return warn("the sender's session key did not verify");
+    let opened;
     try {
-      text = await c.openMessage(frame, sender.identityKey, this.session);
+      opened = await c.openMessage(frame, this.room, sender, this.session);
     } catch (err) {
-      const reasons = { not_for_us: "it was not addressed to us", bad_signature: "its signature does not verify",
-        no_decrypt: "it does not decrypt", bad_recipients: "its recipient list is malformed" };
+      const reasons = { bad_signature: "its signature, key or sequence number does not match what the sender signed",
+        no_decrypt: "it was not addressed to us or does not decrypt", bad_plaintext: "it is malformed" };
       return warn(reasons[err.code] ?? "it is malformed");
     }
-    const seen = this.seenIds.get(from.fingerprint) ?? new Set();
-    if (seen.has(frame.id) || frame.counter <= (this.lastCounter.get(from.sid) ?? 0)) {
-      return warn("it is a replay of an earlier message");
+    const seen = this.seenIds.get(sender.fingerprint) ?? new Set();
+    const state = this.recv.get(streamKey(sender)) ?? { last: 0, missing: new Map(), shown: [] };
+    this.recv.set(streamKey(sender), state);
+    const late = state.missing.has(opened.seq);
+    if (seen.has(frame.id) || (opened.seq <= state.last && !late)) {
+      return warn("it repeats a message already received");
     }
     if (Math.abs(frame.ts - this.now()) > this.limits.max_clock_skew_ms) {
-      return warn("its time is too far from this device's clock");
+      if (late) state.missing.delete(opened.seq);
+      return warn(`it was sent at ${new Date(frame.ts).toISOString()}, too far from this device's clock${late ? " (it arrived late)" : ""}`);
     }
     seen.add(frame.id);
     if (seen.size > SEEN_IDS_PER_SENDER) seen.delete(seen.values().next().value);
-    this.seenIds.set(from.fingerprint, seen);
-    this.lastCounter.set(from.sid, frame.counter);
-    if (from.sid === this.session.sid && this.inflight.has(frame.id)) {
+    this.seenIds.set(sender.fingerprint, seen);
+    let before = null;
+    if (late) {
+      state.missing.delete(opened.seq);
+      before = state.shown.find(([seq]) => seq > opened.seq)?.[1] ?? null;
+      this.emit("notice", { kind: "late", text: `A message from ${name} arrived late and is shown in its place.`,
+        ts: this.now(), sender: sender.fingerprint, missing: this.missingFrom(sender) });
+    } else {
+      const gap = opened.seq - state.last - 1;
+      for (let seq = state.last + 1; seq < opened.seq; seq += 1) state.missing.set(seq, true);
+      while (state.missing.size > MISSING_KEPT) state.missing.delete(state.missing.keys().next().value);
+      state.last = opened.seq;
+      if (gap > 0) {
+        this.emit("notice", { kind: "missed", ts: this.now(), sender: sender.fingerprint, count: gap,
+          text: `${plural(gap, "message")} from ${name} did not arrive.` });
+      }
+    }
+    state.shown.push([opened.seq, frame.id]);
+    state.shown.sort((x, y) => x[0] - y[0]);
+    if (state.shown.length > SEEN_IDS_PER_SENDER) state.shown.shift();
+    await this.checkRecipients(frame, sender, opened);
+    if (frame.from === this.session.sid && this.inflight.has(frame.id)) {
       return undefined; // our own echo: already on screen; the ack that follows confirms it
     }
-    this.emit("message", { id: frame.id, sid: from.sid, username: sender.username,
-      fingerprint: sender.fingerprint, ts: frame.ts, text, trust: sender.trust, verified: sender.verified });
+    this.emit("message", { id: frame.id, sid: frame.from, username: sender.username,
+      fingerprint: sender.fingerprint, ts: frame.ts, text: opened.text, trust: sender.trust,
+      verified: sender.verified, seq: opened.seq, late, before });
+  }
+
+  missingFrom(sender) {
+    return this.recv.get(streamKey(sender))?.missing.size ?? 0;
+  }
+
+  /**
+   * Ghosts (§7.4): a message's signed `to` commits to every recipient. If it is not the set of
+   * sessions we know, fetch the full list, check it against `to`, and warn about strangers.
+   */
+  async checkRecipients(frame, sender, opened) {
+    if (this.checkedTo.has(frame.to)) return;
+    const expected = [...this.roster.values()].filter((e) => e.ok).map((e) => e.sid);
+    if (expected.length === opened.n && (await c.recipientsCommitment(expected)) === frame.to) {
+      this.checkedTo.add(frame.to);
+      return;
+    }
+    this.pendingLists = this.pendingLists ?? new Map();
+    this.pendingLists.set(frame.id, { to: frame.to, n: opened.n, sender: sender.username });
+    this.connection?.send(recipientsFrame(frame.id));
+  }
+
+  async onRecipients(frame) {
+    const pending = this.pendingLists?.get(frame.id);
+    if (!pending) return;
+    this.pendingLists.delete(frame.id);
+    const sids = Array.isArray(frame.sids) ? frame.sids.filter((x) => typeof x === "string") : [];
+    if (sids.length !== pending.n || (await c.recipientsCommitment(sids)) !== pending.to) {
+      this.emit("warning", { kind: "ghost", ts: this.now(),
+        text: `The server's list of who received ${pending.sender}'s message does not match what ${pending.sender} signed.` });
+      return;
+    }
+    const strangers = sids.filter((sid) => !this.knownSids.has(sid));
+    if (strangers.length === 0) {
+      this.checkedTo.add(pending.to);
+      return;
+    }
+    this.emit("warning", { kind: "ghost", ts: this.now(), count: strangers.length,
+      text: `⚠ ${pending.sender}'s message was also sent to ${plural(strangers.length, "session")} you cannot see. Someone hidden from you may be reading this conversation.` });
   }
 
   /** Relayed and logged (§6.2): delivered, and to how many others. */
@@ -374,8 +554,11 @@ export class ChatClient {
     this.inflight.delete(frame.id);
     this.clearTimer(record.timer);
     const others = Number.isSafeInteger(frame.recipients) ? frame.recipients - 1 : null;
-    const reach = others === null ? null : others === 0 ? "only you can read it"
+    let reach = others === null ? null : others === 0 ? "only you can read it"
       : `to ${others} other${others === 1 ? "" : "s"}`;
+    if (reach && record.withheldWhy?.length) {
+      reach += ` · not sent to ${record.withheldWhy.map((w) => `${w.username} (${w.why})`).join(", ")}`;
+    }
     this.setOutgoing(record, "delivered", reach);
     this.outbox.delete(localId);
     for (const [id, other] of this.inflight) if (other === localId) this.inflight.delete(id);
@@ -394,6 +577,13 @@ export class ChatClient {
       }
       return;
     }
+    if (frame.code === "unknown_message" && this.pendingLists?.has(frame.id)) {
+      const { sender } = this.pendingLists.get(frame.id);
+      this.pendingLists.delete(frame.id);
+      this.emit("warning", { kind: "ghost", ts: this.now(),
+        text: `Could not check who else received ${sender}'s message: the server no longer has its recipient list.` });
+      return;
+    }
     const record = this.outbox.get(this.inflight.get(frame.id));
     if (!record) {
       this.emit("warning", { text: `The server reported: ${frame.message ?? frame.code}` });
@@ -402,7 +592,7 @@ export class ChatClient {
     this.inflight.delete(frame.id);
     this.clearTimer(record.timer);
     if (frame.code === "stale_recipients" && !record.resent) {
-      // §7.5: refresh the roster, then re-send once with a new id and the next counter.
+      // §7.5: refresh the roster, then re-send once with a new id (nothing was relayed).
       record.resent = true;
       this.setOutgoing(record, "sending");
       this.awaitingRoster.push(record);
@@ -424,6 +614,7 @@ export class ChatClient {
       }
     }
     this.joined = false;
+    this.rotating = null;
     this.failInflight("The connection dropped before the server confirmed this message; it may or may not have arrived.");
     if (code === CLOSE_REPLACED) {
       this.connection = null;
@@ -476,29 +667,57 @@ export class ChatClient {
     if (now) this.enqueue(() => this.transmit(record));
   }
 
-  /** Who a message is wrapped to: verified sessions whose key is not in a pending key change. */
+  /** Why an entry gets nothing from us now, or null when it is a recipient. */
+  withheldBecause(e) {
+    if (e.sid === this.session?.sid) return null;
+    if (!e.ok) return "keys not verifiable";
+    if (c.sessionAgeProblem(e.issued, this.now(), c.SESSION_MAX_AGE_MS, this.limits.max_clock_skew_ms)) {
+      return "session expired";
+    }
+    if (e.trust === "changed") return "key not accepted";
+    if (this.verifiedOnly && !e.verified) return "not verified";
+    return null;
+  }
+
+  /** Who a message is wrapped to: checked, fresh sessions (and, in Verified only, verified people). */
   recipients() {
-    return [...this.roster.values()].filter((e) => e.ok && e.trust !== "changed");
+    return [...this.roster.values()].filter((e) => this.withheldBecause(e) === null);
   }
 
   withheld() {
-    return [...this.roster.values()].filter((e) => !e.ok || e.trust === "changed").map((e) => e.username);
+    return [...this.roster.values()].filter((e) => this.withheldBecause(e) !== null).map((e) => e.username);
   }
 
   async transmit(record) {
-    if (!this.joined || !this.connection?.isOpen) {
-      this.setOutgoing(record, "queued", "Offline: it will be sent when the connection is back.");
+    if (!this.joined || !this.connection?.isOpen || this.rotating) {
+      this.setOutgoing(record, "queued", this.rotating ? null : "Offline: it will be sent when the connection is back.");
       return;
     }
     const recipients = this.recipients();
     record.withheld = this.withheld();
-    if (!recipients.some((r) => r.sid === this.session.sid)) recipients.push({ sid: this.session.sid, sessionKey: this.session.publicKey });
+    if (!recipients.some((r) => r.sid === this.session.sid)) {
+      recipients.push({ sid: this.session.sid, sessionKey: this.session.publicKey, stream: this.stream,
+        fingerprint: this.identity.fingerprint });
+    }
+    // A re-send (stale roster, Retry) keeps the sequence numbers it was first given, so its
+    // recipients see it arrive late in its place rather than a gap and a stranger (§7.4).
+    record.seqs = record.seqs ?? new Map();
+    const claimed = recipients.map((r) => {
+      const key = streamKey(r);
+      if (!record.seqs.has(key)) {
+        const seq = (this.sendSeq.get(key) ?? 0) + 1;
+        this.sendSeq.set(key, seq);
+        record.seqs.set(key, seq);
+      }
+      return { ...r, seq: record.seqs.get(key) };
+    });
     const frame = await c.sealMessage({
       identityPrivateKey: this.identity.privateKey, fingerprint: this.identity.fingerprint,
-      senderSid: this.session.sid, room: this.room, text: record.text, recipients,
-      counter: ++this.counter, ts: this.now(),
+      senderSid: this.session.sid, room: this.room, text: record.text, recipients: claimed, ts: this.now(),
     });
     record.id = frame.id;
+    record.withheldWhy = [...this.roster.values()].filter((e) => this.withheldBecause(e) !== null)
+      .map((e) => ({ username: e.username, why: this.withheldBecause(e) }));
     this.inflight.set(frame.id, record.localId);
     this.setOutgoing(record, "sending");
     if (!this.connection.send(frame)) {

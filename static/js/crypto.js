@@ -1,14 +1,22 @@
-// The cryptographic framing of protocol v1 (docs/PROTOCOL.md §2–§7) on WebCrypto.
+// The cryptographic framing of protocol v2 (docs/PROTOCOL.md §2–§7) on WebCrypto.
 // Pure functions: no DOM, no storage, no network, so Node 20 (globalThis.crypto.subtle) can
-// import this file unchanged and check it against tests/vectors/v1.json.
+// import this file unchanged and check it against tests/vectors/v2.json.
 
 const subtle = globalThis.crypto?.subtle;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder("utf-8", { fatal: true });
 
-export const PROTOCOL_VERSION = 1;
-export const SESSION_LABEL = "securechat/v1 session";
-export const MESSAGE_LABEL = "securechat/v1 msg";
+export const PROTOCOL_VERSION = 2;
+export const SESSION_LABEL = "securechat/v2 session";
+export const MESSAGE_LABEL = "securechat/v2 msg";
+export const LEAF_LABEL = "securechat/v2 leaf";
+export const MAX_RECIPIENTS = 256;
+export const PAD_BUCKETS = Array.from({ length: 9 }, (_, i) => 256 << i); // 256 B .. 64 KiB
+// Client security limits (§6.3): our own constants; a server's welcome may only tighten them.
+export const MAX_CLOCK_SKEW_MS = 300000;
+export const SESSION_MAX_AGE_MS = 2 * 3600000;
+export const SESSION_ROTATE_MS = 3600000;
+const NODE_BYTES = 16;
 export const MAX_TEXT_CHARS = 16000;
 export const MAX_USERNAME_CODE_POINTS = 32;
 
@@ -18,7 +26,7 @@ const RSA_OAEP = { name: "RSA-OAEP", hash: "SHA-256" };
 const RSA_MIN_BITS = 2048;
 const RSA_MAX_BITS = 4096;
 
-/** A key, signature or ciphertext that protocol v1 does not accept. `reason` is for people. */
+/** A key, signature or ciphertext that protocol v2 does not accept. `reason` is for people. */
 export class CryptoError extends Error {
   constructor(reason, code = "crypto") {
     super(reason);
@@ -198,18 +206,26 @@ export async function verify(publicKey, data, sigB64) {
   return subtle.verify(ECDSA_SIGN, publicKey, raw, data);
 }
 
-export function sessionText(room, username, sessionSpkiB64) {
-  return textLines(SESSION_LABEL, room, username, sessionSpkiB64);
+export function sessionText(room, username, sessionSpkiB64, issued, challenge, stream) {
+  return textLines(SESSION_LABEL, room, username, sessionSpkiB64, decimal(issued), challenge, stream);
 }
 
-export function signSession(identityPrivateKey, room, username, sessionSpkiB64) {
-  return sign(identityPrivateKey, sessionText(room, username, sessionSpkiB64));
+export function signSession(identityPrivateKey, room, username, sessionSpkiB64, issued, challenge, stream) {
+  return sign(identityPrivateKey, sessionText(room, username, sessionSpkiB64, issued, challenge, stream));
+}
+
+/** Why a session statement is not fresh (§4), or null. */
+export function sessionAgeProblem(issued, now, maxAge = SESSION_MAX_AGE_MS, skew = MAX_CLOCK_SKEW_MS) {
+  if (!Number.isSafeInteger(issued)) return "its session statement has no valid time";
+  if (issued > now + skew) return "its session statement is dated in the future";
+  if (issued < now - maxAge) return "its session key is older than the maximum session age";
+  return null;
 }
 
 /**
  * Check a roster participant (§4, §6.2) before anything is wrapped to it: the fingerprint and
  * sid must be the hashes of the keys given, and the identity key must have signed the session
- * key for this room and username. Returns {identityKey, sessionKey} CryptoKeys or throws.
+ * statement for this room and username. Returns {identityKey, sessionKey} CryptoKeys or throws.
  */
 export async function verifyParticipant(room, p) {
   const identityKey = await importIdentityPublicKey(p.identity_key);
@@ -220,8 +236,18 @@ export async function verifyParticipant(room, p) {
   if ((await sessionIdOf(b64decode(p.session_key))) !== p.sid) {
     throw new CryptoError("the session id does not match the session key", "bad_sid");
   }
-  const ok = await verify(identityKey, sessionText(room, p.username, p.session_key), p.session_sig);
-  if (!ok) throw new CryptoError("the session key signature does not verify", "bad_signature");
+  if (!/^[0-9a-f]{32}$/.test(p.challenge ?? "") || !/^[0-9a-f]{32}$/.test(p.stream ?? "")) {
+    throw new CryptoError("the session statement is malformed", "bad_signature");
+  }
+  let text;
+  try {
+    text = sessionText(room, p.username, p.session_key, p.issued, p.challenge, p.stream);
+  } catch {
+    throw new CryptoError("the session statement is malformed", "bad_signature");
+  }
+  if (!(await verify(identityKey, text, p.session_sig))) {
+    throw new CryptoError("the session key signature does not verify", "bad_signature");
+  }
   return { identityKey, sessionKey };
 }
 
@@ -233,23 +259,116 @@ function decimal(n) {
   return String(n);
 }
 
-export function messageHeader(room, fingerprint, sid, id, ts, counter, recipients) {
-  return [MESSAGE_LABEL, room, fingerprint, sid, id, decimal(ts), decimal(counter),
-    recipients.join(",")].join("\n");
+async function sha256(bytes) {
+  return new Uint8Array(await subtle.digest("SHA-256", bytes));
+}
+
+function concat(...parts) {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/** `to`: b64 SHA-256 of the sorted recipient sids joined with "," (§7.2). */
+export async function recipientsCommitment(sids) {
+  return b64encode(await sha256(utf8([...sids].sort().join(","))));
+}
+
+/** `kc`: binds the header to one message key (§7.2). */
+export async function keyCommitment(messageKey) {
+  return hex(await sha256(concat(utf8("securechat/v2 key\n"), messageKey)));
+}
+
+export async function leafHash(id, sid, seq) {
+  return (await sha256(concat(new Uint8Array([0]), textLines(LEAF_LABEL, id, sid, decimal(seq))))).slice(0, NODE_BYTES);
+}
+
+async function nodeHash(left, right) {
+  return (await sha256(concat(new Uint8Array([1]), left, right))).slice(0, NODE_BYTES);
+}
+
+function split(n) {
+  let k = 1;
+  while (k << 1 < n) k <<= 1;
+  return k;
+}
+
+export async function merkleRoot(leaves) {
+  if (leaves.length === 1) return leaves[0];
+  const k = split(leaves.length);
+  return nodeHash(await merkleRoot(leaves.slice(0, k)), await merkleRoot(leaves.slice(k)));
+}
+
+/** RFC 6962 §2.1.1 audit path, the sibling nearest the leaf first. */
+export async function merklePath(index, leaves) {
+  if (leaves.length === 1) return [];
+  const k = split(leaves.length);
+  if (index < k) return [...(await merklePath(index, leaves.slice(0, k))), await merkleRoot(leaves.slice(k))];
+  return [...(await merklePath(index - k, leaves.slice(k))), await merkleRoot(leaves.slice(0, k))];
+}
+
+function pathLength(index, n) {
+  let depth = 0;
+  while (n > 1) {
+    const k = split(n);
+    if (index < k) n = k;
+    else [index, n] = [index - k, n - k];
+    depth += 1;
+  }
+  return depth;
+}
+
+export async function rootFromPath(index, n, leaf, path) {
+  if (n === 1) {
+    if (path.length) throw new CryptoError("the Merkle path is too long", "bad_path");
+    return leaf;
+  }
+  if (!path.length) throw new CryptoError("the Merkle path is too short", "bad_path");
+  const k = split(n);
+  const rest = path.slice(0, -1);
+  const sibling = path.at(-1);
+  if (index < k) return nodeHash(await rootFromPath(index, k, leaf, rest), sibling);
+  return nodeHash(sibling, await rootFromPath(index - k, n - k, leaf, rest));
+}
+
+export function messageHeader(room, fingerprint, sid, id, ts, n, to, root, kc) {
+  return [MESSAGE_LABEL, room, fingerprint, sid, id, decimal(ts), decimal(n), to, root, kc].join("\n");
 }
 
 export function signedText(header, ivB64, ctB64) {
   return textLines(header, ivB64, ctB64);
 }
 
+/** §7.1: 0x80 then zeros up to the smallest bucket that holds it. */
+export function pad(bytes) {
+  const bucket = PAD_BUCKETS.find((b) => bytes.length + 1 <= b);
+  if (!bucket) throw new CryptoError("the message is too long", "too_long");
+  const out = new Uint8Array(bucket);
+  out.set(bytes);
+  out[bytes.length] = 0x80;
+  return out;
+}
+
+export function unpad(bytes) {
+  if (!PAD_BUCKETS.includes(bytes.length)) throw new CryptoError("the plaintext is not padded", "bad_plaintext");
+  let end = bytes.length;
+  while (end > 0 && bytes[end - 1] === 0) end -= 1;
+  if (end === 0 || bytes[end - 1] !== 0x80) throw new CryptoError("the plaintext padding is malformed", "bad_plaintext");
+  return bytes.subarray(0, end - 1);
+}
+
 export function encodePlaintext(text) {
-  return utf8(JSON.stringify({ text }));
+  return pad(utf8(JSON.stringify({ text })));
 }
 
 export function decodePlaintext(bytes) {
   let body;
   try {
-    body = JSON.parse(decoder.decode(bytes));
+    body = JSON.parse(decoder.decode(unpad(bytes)));
   } catch {
     throw new CryptoError("the plaintext is not UTF-8 JSON", "bad_plaintext");
   }
@@ -273,8 +392,35 @@ export async function aesDecrypt(rawKey, iv, ct, aad) {
   );
 }
 
-export async function wrapKey(sessionPublicKey, rawKey) {
-  return b64encode(await subtle.encrypt({ name: "RSA-OAEP" }, sessionPublicKey, rawKey));
+/** What is RSA-OAEP-wrapped to one recipient (§7.3): key ‖ n ‖ index ‖ seq ‖ path. */
+export function keyPayload(messageKey, n, index, seq, path) {
+  const fixed = new Uint8Array(12);
+  const view = new DataView(fixed.buffer);
+  view.setUint16(0, n);
+  view.setUint16(2, index);
+  view.setBigUint64(4, BigInt(seq));
+  return concat(messageKey, fixed, ...path);
+}
+
+export function parseKeyPayload(raw) {
+  if (raw.length < 44 || (raw.length - 44) % NODE_BYTES) {
+    throw new CryptoError("the wrapped key payload has the wrong length", "no_decrypt");
+  }
+  const view = new DataView(raw.buffer, raw.byteOffset, raw.length);
+  const n = view.getUint16(32);
+  const index = view.getUint16(34);
+  const seq = Number(view.getBigUint64(36));
+  const path = [];
+  for (let i = 44; i < raw.length; i += NODE_BYTES) path.push(raw.slice(i, i + NODE_BYTES));
+  if (n < 1 || n > MAX_RECIPIENTS || index >= n || seq < 1 || !Number.isSafeInteger(seq)
+    || path.length !== pathLength(index, n)) {
+    throw new CryptoError("the wrapped key payload is malformed", "no_decrypt");
+  }
+  return { messageKey: raw.slice(0, 32), n, index, seq, path };
+}
+
+export async function wrapKey(sessionPublicKey, payload) {
+  return b64encode(await subtle.encrypt({ name: "RSA-OAEP" }, sessionPublicKey, payload));
 }
 
 export async function unwrapKey(sessionPrivateKey, wrappedB64) {
@@ -286,68 +432,63 @@ export async function unwrapKey(sessionPrivateKey, wrappedB64) {
   } catch {
     throw new CryptoError("the message key does not unwrap with our session key", "no_decrypt");
   }
-  if (raw.length !== 32) throw new CryptoError("the message key is not 32 bytes", "no_decrypt");
-  return raw;
+  return parseKeyPayload(raw);
 }
 
 /**
  * Build a client→server msg frame (§7.3).
- * recipients: [{sid, sessionKey: CryptoKey}] whose session signatures were verified.
+ * recipients: [{sid, sessionKey: CryptoKey, seq}] whose session statements were verified;
+ * seq is that recipient's next sequence number from this sender.
  * messageKey/iv overrides exist only so tests can reproduce the vectors.
  */
 export async function sealMessage({
-  identityPrivateKey, fingerprint, senderSid, room, text, recipients, counter,
+  identityPrivateKey, fingerprint, senderSid, room, text, recipients,
   ts = Date.now(), id = randomId(), messageKey = randomBytes(32), iv = randomBytes(12),
 }) {
-  if (!recipients.length) throw new CryptoError("a message needs at least one recipient");
-  const sids = recipients.map((r) => r.sid).sort();
-  const header = messageHeader(room, fingerprint, senderSid, id, ts, counter, sids);
+  if (!recipients.length || recipients.length > MAX_RECIPIENTS) {
+    throw new CryptoError(`a message has 1 to ${MAX_RECIPIENTS} recipients`);
+  }
+  const ordered = [...recipients].sort((a, b) => (a.sid < b.sid ? -1 : 1));
+  const leaves = await Promise.all(ordered.map((r) => leafHash(id, r.sid, r.seq)));
+  const n = ordered.length;
+  const to = await recipientsCommitment(ordered.map((r) => r.sid));
+  const header = messageHeader(room, fingerprint, senderSid, id, ts, n, to,
+    hex(await merkleRoot(leaves)), await keyCommitment(messageKey));
   const ct = b64encode(await aesEncrypt(messageKey, iv, encodePlaintext(text), utf8(header)));
   const ivB64 = b64encode(iv);
   const keys = {};
-  for (const r of recipients) keys[r.sid] = await wrapKey(r.sessionKey, messageKey);
+  for (const [i, r] of ordered.entries()) {
+    keys[r.sid] = await wrapKey(r.sessionKey, keyPayload(messageKey, n, i, r.seq, await merklePath(i, leaves)));
+  }
   const sig = await sign(identityPrivateKey, signedText(header, ivB64, ct));
-  return { v: PROTOCOL_VERSION, type: "msg", id, ts, counter, iv: ivB64, ct, sig, keys };
-}
-
-export function relayedHeader(frame) {
-  const from = frame.from;
-  return messageHeader(frame.room, from.fingerprint, from.sid, frame.id, frame.ts, frame.counter,
-    frame.recipients);
-}
-
-function isSortedUnique(list) {
-  return list.every((s, i) => typeof s === "string" && (i === 0 || list[i - 1] < s));
+  return { v: PROTOCOL_VERSION, type: "msg", id, ts, iv: ivB64, ct, to, sig, keys };
 }
 
 /**
- * Verify and decrypt a relayed msg frame (§7.4 steps 2, 3 and 6); returns the text.
- * Roster, replay and clock checks need client state and live in chat.js.
+ * Verify and decrypt a relayed msg frame (§7.4 steps 2-5); returns {text, seq, n, to}.
+ * Roster, sequence and clock checks need client state and live in chat.js.
  * Throws CryptoError whose code says which check failed.
  */
-export async function openMessage(frame, senderIdentityKey, session) {
-  const recipients = frame.recipients;
-  if (!Array.isArray(recipients) || !isSortedUnique(recipients)) {
-    throw new CryptoError("the recipient list is not sorted and unique", "bad_recipients");
-  }
-  if (!recipients.includes(session.sid)) {
-    throw new CryptoError("the message was not addressed to us", "not_for_us");
-  }
+export async function openMessage(frame, room, sender, session) {
+  const payload = await unwrapKey(session.privateKey, frame.key);
   let header;
   try {
-    header = relayedHeader(frame);
+    const leaf = await leafHash(frame.id, session.sid, payload.seq);
+    const root = await rootFromPath(payload.index, payload.n, leaf, payload.path);
+    header = messageHeader(room, sender.fingerprint, frame.from, frame.id, frame.ts, payload.n, frame.to,
+      hex(root), await keyCommitment(payload.messageKey));
   } catch {
     throw new CryptoError("the message header is malformed", "bad_frame");
   }
-  if (!(await verify(senderIdentityKey, signedText(header, frame.iv, frame.ct), frame.sig))) {
+  if (!(await verify(sender.identityKey, signedText(header, frame.iv, frame.ct), frame.sig))) {
+    // A wrong signature, or a key, sequence number or path that is not the one the sender signed.
     throw new CryptoError("the message signature does not verify", "bad_signature");
   }
-  const messageKey = await unwrapKey(session.privateKey, frame.key);
   let plaintext;
   try {
-    plaintext = await aesDecrypt(messageKey, b64decode(frame.iv), b64decode(frame.ct), utf8(header));
+    plaintext = await aesDecrypt(payload.messageKey, b64decode(frame.iv), b64decode(frame.ct), utf8(header));
   } catch {
     throw new CryptoError("the message does not decrypt", "no_decrypt");
   }
-  return decodePlaintext(plaintext);
+  return { text: decodePlaintext(plaintext), seq: payload.seq, n: payload.n, to: frame.to };
 }

@@ -98,6 +98,10 @@ async function main() {
     presence: (p) => ui.addPresence(p),
     "key-changed": (k) => ui.addKeyChange(k),
     warning: ({ text }) => ui.addWarning(text),
+    notice: ({ text }) => ui.addNotice(text),
+    mode: ({ verifiedOnly }) => {
+      ui.parts.verifiedOnly.checked = verifiedOnly;
+    },
     outgoing: (record) => {
       ui.upsertOutgoing(record, username, (id) => client.retry(id));
       device.sent(record);
@@ -138,6 +142,7 @@ async function main() {
   }
 
   const { parts } = ui;
+  parts.verifiedOnly.addEventListener("change", () => client.setVerifiedOnly(parts.verifiedOnly.checked));
   parts.joinForm.addEventListener("submit", async (event) => {
     event.preventDefault();
     ui.joining();

@@ -94,7 +94,7 @@ def test_new_identity_raises_a_key_change_warning_until_accepted(people):
     expect(alice.locator("#withheld")).to_contain_text("bob")
     send(alice, "prove it first")
     mine = messages(alice).locator("article.mine")
-    expect(mine.locator(".delivery")).to_have_text("Delivered · only you can read it")
+    expect(mine.locator(".delivery")).to_have_text("Delivered · only you can read it · not sent to bob (key not accepted)")
     # Said where the message is: bob was left out, and nothing suggests he got it.
     expect(mine.locator(".not-sent")).to_have_text("Not sent to bob")
     expect(messages(bob)).not_to_contain_text("prove it first")

@@ -3,14 +3,15 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
+import * as c from "../../static/js/crypto.js";
 import { ChatClient } from "../../static/js/chat.js";
 import { memoryStore } from "../../static/js/store.js";
 import { FakeServer, forgedParticipant, until } from "./fake_server.mjs";
 
-function person(server, { store = memoryStore() } = {}) {
+function person(server, { store = memoryStore(), now = Date.now } = {}) {
   const events = [];
   const client = new ChatClient({
-    store, url: "ws://test/ws", WebSocketImpl: server.WebSocket,
+    store, url: "ws://test/ws", WebSocketImpl: server.WebSocket, now,
     emit: (type, detail) => events.push({ type, ...detail }),
   });
   const of = (type) => events.filter((e) => e.type === type);
@@ -26,7 +27,7 @@ async function joined(p, name) {
 /** The server shows `victim` a participant nobody else sees. */
 async function inject(server, victim, participant) {
   const { socket } = server.members.get(victim.client.session.sid);
-  socket.deliver({ v: 1, type: "joined", participant });
+  socket.deliver({ v: 2, type: "joined", participant });
   await until(() => victim.last("roster")?.participants.some((p) => p.sid === participant.sid), 5000, "injected entry");
   return victim.last("roster").participants.find((p) => p.sid === participant.sid);
 }
@@ -78,4 +79,185 @@ test("attack 1: a pin survives a look-alike that differs only in capital letters
   assert.equal(fake.trust, "changed");
   assert.equal(fake.looksLike, "HEKA");
   assert.ok(!carol.client.recipients().some((r) => r.sid === fake.sid));
+});
+
+// -- 2. Old session keys -------------------------------------------------------------------------
+
+test("attack 2: a session key older than the client's maximum age is never a recipient", async () => {
+  const server = new FakeServer();
+  const alice = person(server);
+  await joined(alice, "alice");
+  const old = await forgedParticipant(server.room, "dave", { issued: Date.now() - 7 * 24 * 3600_000 });
+  const entry = await inject(server, alice, old);
+  assert.equal(entry.ok, false, "v1 verified a week-old session key and wrapped to it");
+  assert.match(entry.problem, /older than the maximum session age/);
+  assert.ok(!alice.client.recipients().some((r) => r.sid === old.sid));
+});
+
+test("attack 2: a long stay rotates the session key, invisibly for the others", async () => {
+  const server = new FakeServer();
+  let offset = 0;
+  const alice = person(server, { now: () => Date.now() + offset });
+  const bob = person(server, { now: () => Date.now() + offset });
+  await joined(alice, "alice");
+  await joined(bob, "bob");
+  await until(() => bob.last("roster")?.participants.length === 2);
+  const before = alice.client.session.sid;
+  offset = c.SESSION_ROTATE_MS + 1000;
+  assert.equal(await alice.client.enqueue(() => alice.client.maybeRotate()).then(() => alice.client.rotating !== null || alice.client.session.sid !== before), true);
+  await until(() => alice.client.session.sid !== before, 5000, "rotated");
+  await until(() => bob.last("roster")?.participants.some((p) => p.sid === alice.client.session.sid));
+  assert.equal(bob.of("presence").filter((n) => n.username === "alice").length, 0, "no join/leave shown");
+  alice.client.send("after rotation");
+  await until(() => bob.of("message").some((m) => m.text === "after rotation"));
+  assert.deepEqual(bob.of("warning"), []);
+});
+
+// -- 3. Ghosts -----------------------------------------------------------------------------------
+
+test("attack 3: a message also addressed to a session hidden from the receiver raises a ghost warning", async () => {
+  const server = new FakeServer();
+  const alice = person(server);
+  const bob = person(server);
+  await joined(alice, "alice");
+  await joined(bob, "bob");
+  await until(() => bob.last("roster")?.participants.length === 2);
+  // The server shows alice a ghost that bob never sees; alice's messages are wrapped to it.
+  const ghost = await forgedParticipant(server.room, "ghost");
+  server.members.set(ghost.sid, { socket: { deliver() {} }, participant: ghost });
+  await inject(server, alice, ghost);
+  alice.client.send("just between us");
+  await until(() => bob.of("message").length === 1);
+  await until(() => bob.of("warning").some((w) => w.kind === "ghost"), 5000, "ghost warning");
+  assert.match(bob.of("warning").find((w) => w.kind === "ghost").text, /1 session you cannot see/);
+});
+
+test("attack 3: Verified only sends to verified people and says who was left out", async () => {
+  const server = new FakeServer();
+  const alice = person(server);
+  const bob = person(server);
+  const carol = person(server);
+  await joined(alice, "alice");
+  await joined(bob, "bob");
+  await joined(carol, "carol");
+  await until(() => alice.last("roster")?.participants.length === 3);
+  await alice.client.markVerified(bob.client.session.sid);
+  await alice.client.setVerifiedOnly(true);
+  alice.client.send("verified people only");
+  await until(() => alice.last("outgoing")?.state === "delivered");
+  const sent = server.received.filter((f) => f.type === "msg").at(-1);
+  assert.deepEqual(Object.keys(sent.keys).sort(), [alice.client.session.sid, bob.client.session.sid].sort());
+  assert.match(alice.last("outgoing").reason, /not sent to carol \(not verified\)/);
+  assert.equal(await alice.store.getSetting("verified-only:lobby"), true);
+});
+
+// -- 4. Silent drops and reordering ------------------------------------------------------------
+
+test("attack 4: a dropped copy is reported to its recipient from signed sequence numbers", async () => {
+  const server = new FakeServer();
+  const alice = person(server);
+  const bob = person(server);
+  await joined(alice, "alice");
+  await joined(bob, "bob");
+  await until(() => alice.last("roster")?.participants.length === 2);
+  let drop = true;
+  server.onDeliver = (sid) => sid === bob.client.session.sid && drop && !(drop = false);
+  alice.client.send("one");
+  await until(() => alice.last("outgoing")?.state === "delivered");
+  alice.client.send("two");
+  await until(() => bob.of("message").length === 1);
+  const missed = bob.of("notice").find((n) => n.kind === "missed");
+  assert.ok(missed, "v1 showed nothing: the sender still saw 'to 1 other'");
+  assert.equal(missed.text, "1 message from alice did not arrive.");
+});
+
+test("attack 4: a delayed message is shown late, in its place, not refused as a replay", async () => {
+  const server = new FakeServer();
+  const alice = person(server);
+  const bob = person(server);
+  await joined(alice, "alice");
+  await joined(bob, "bob");
+  await until(() => alice.last("roster")?.participants.length === 2);
+  const held = [];
+  server.onDeliver = (sid, frame) => {
+    if (sid !== bob.client.session.sid || held.length) return false;
+    held.push(frame);
+    return true;
+  };
+  alice.client.send("first");
+  await until(() => held.length === 1);
+  alice.client.send("second");
+  await until(() => bob.of("message").length === 1);
+  server.onDeliver = null;
+  const sender = [...server.members.values()].find((m) => m.participant.username === "alice");
+  server.members.get(bob.client.session.sid).socket.deliver(server.relayed(sender, held[0], bob.client.session.sid));
+  await until(() => bob.of("message").length === 2);
+  const [second, first] = bob.of("message");
+  assert.equal(first.text, "first");
+  assert.equal(first.late, true);
+  assert.equal(first.before, second.id, "placed before the later message");
+  assert.deepEqual(bob.of("warning"), [], "v1 called it a replay");
+});
+
+// -- 5. Limits set by the server ---------------------------------------------------------------
+
+test("attack 5: the server cannot widen the freshness window", async () => {
+  const server = new FakeServer();
+  server.limits = { max_clock_skew_ms: 1e15 };
+  const alice = person(server);
+  const bob = person(server);
+  await joined(alice, "alice");
+  await joined(bob, "bob");
+  await until(() => bob.last("roster")?.participants.length === 2);
+  assert.equal(bob.client.limits.max_clock_skew_ms, c.MAX_CLOCK_SKEW_MS);
+  // A genuine message of alice's from three hours ago, presented as new.
+  const old = await c.sealMessage({ identityPrivateKey: alice.client.identity.privateKey,
+    fingerprint: alice.client.identity.fingerprint, senderSid: alice.client.session.sid, room: "lobby",
+    text: "three hours old", ts: Date.now() - 3 * 3600_000,
+    recipients: [{ sid: bob.client.session.sid, sessionKey: bob.client.session.publicKey, seq: 1 }] });
+  const sender = [...server.members.values()].find((m) => m.participant.username === "alice");
+  server.members.get(bob.client.session.sid).socket.deliver(server.relayed(sender, old, bob.client.session.sid));
+  await until(() => bob.of("warning").length === 1);
+  assert.match(bob.last("warning").text, /too far from this device's clock/);
+  assert.deepEqual(bob.of("message"), []);
+});
+
+// -- 6. Verified follows the person ------------------------------------------------------------
+
+test("attack 6: the same key under a second name does not inherit ✓ and is flagged", async () => {
+  const server = new FakeServer();
+  const alice = person(server);
+  const bob = person(server);
+  await joined(alice, "alice");
+  await joined(bob, "bob");
+  await until(() => alice.last("roster")?.participants.length === 2);
+  await alice.client.markVerified(bob.client.session.sid);
+  const twin = await forgedParticipant(server.room, "robert", { identity: bob.client.identity });
+  const entry = await inject(server, alice, twin);
+  assert.equal(entry.verified, false, "v1 showed robert as ✓ Verified (verification followed the key)");
+  assert.deepEqual(entry.sameKeyAs, ["bob"]);
+  assert.deepEqual(alice.last("roster").participants.find((p) => p.username === "bob").sameKeyAs, ["robert"]);
+});
+
+// -- 7. Equivocation -----------------------------------------------------------------------------
+
+test("attack 7: one signature cannot give two recipients two different message keys", async () => {
+  const server = new FakeServer();
+  const alice = person(server);
+  const bob = person(server);
+  await joined(alice, "alice");
+  await joined(bob, "bob");
+  await until(() => bob.last("roster")?.participants.length === 2);
+  // A malicious sender: one header, one signature, but bob's wrapped key holds another key.
+  const common = { identityPrivateKey: alice.client.identity.privateKey, fingerprint: alice.client.identity.fingerprint,
+    senderSid: alice.client.session.sid, room: "lobby", text: "pay 10", id: c.randomId(), ts: Date.now(),
+    iv: c.randomBytes(12), recipients: [{ sid: bob.client.session.sid, sessionKey: bob.client.session.publicKey, seq: 1 }] };
+  const signed = await c.sealMessage({ ...common, messageKey: c.randomBytes(32) });
+  const other = await c.sealMessage({ ...common, messageKey: c.randomBytes(32) });
+  const sender = [...server.members.values()].find((m) => m.participant.username === "alice");
+  const frame = { ...server.relayed(sender, signed, bob.client.session.sid), key: other.keys[bob.client.session.sid] };
+  server.members.get(bob.client.session.sid).socket.deliver(frame);
+  await until(() => bob.of("warning").length === 1);
+  assert.match(bob.last("warning").text, /signature, key or sequence number does not match/);
+  assert.deepEqual(bob.of("message"), []);
 });

@@ -1,11 +1,12 @@
-// static/js/crypto.js against tests/vectors/v1.json (run: node --test tests/js/).
+// static/js/crypto.js against tests/vectors/v2.json (run: node --test tests/js/).
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 
 import * as c from "../../static/js/crypto.js";
+import { scriptProblem } from "../../static/js/names.js";
 
-const V = JSON.parse(readFileSync(new URL("../vectors/v1.json", import.meta.url), "utf8"));
+const V = JSON.parse(readFileSync(new URL("../vectors/v2.json", import.meta.url), "utf8"));
 const M = V.message;
 
 const vectorParticipant = () => ({
@@ -14,9 +15,15 @@ const vectorParticipant = () => ({
   fingerprint: V.identity.fingerprint,
   identity_key: V.identity.spki,
   session_key: V.session.spki,
+  issued: V.session.issued,
+  challenge: V.session.challenge,
+  stream: V.session.stream,
   session_sig: V.session.sig,
   joined: 1,
 });
+const S = V.session;
+const sessionText = (o = {}) => c.sessionText(o.room ?? S.room, o.username ?? S.username, S.spki,
+  o.issued ?? S.issued, o.challenge ?? S.challenge, S.stream);
 
 test("fingerprint is SHA-256 of the identity SPKI, grouped 16×4", async () => {
   const fp = await c.fingerprintOf(c.b64decode(V.identity.spki));
@@ -43,7 +50,7 @@ test("base64 is canonical and padded", () => {
 });
 
 test("session text equals the vector and the vector session signature verifies", async () => {
-  const text = c.sessionText(V.session.room, V.session.username, V.session.spki);
+  const text = sessionText();
   assert.equal(new TextDecoder().decode(text), V.session.text);
   const idKey = await c.importIdentityPublicKey(V.identity.spki);
   assert.equal(await c.verify(idKey, text, V.session.sig), true);
@@ -54,13 +61,17 @@ test("the vector participant verifies; the invalid session signatures do not", a
   assert.equal(keys.sessionKey.algorithm.modulusLength, 2048);
   const idKey = await c.importIdentityPublicKey(V.identity.spki);
   for (const bad of V.invalid.session_signatures) {
-    const text = c.sessionText(bad.room ?? V.session.room, bad.username ?? V.session.username,
-      V.session.spki);
-    assert.equal(await c.verify(idKey, text, bad.sig), false, bad.why);
-    await assert.rejects(
-      c.verifyParticipant(bad.room ?? "lobby", { ...vectorParticipant(), username: bad.username ?? "alice" }),
-      (e) => e.code === "bad_signature", bad.why);
+    assert.equal(await c.verify(idKey, sessionText(bad), bad.sig), false, bad.why);
+    const { room = "lobby", why, sig, ...fields } = bad;
+    await assert.rejects(c.verifyParticipant(room, { ...vectorParticipant(), ...fields }),
+      (e) => e.code === "bad_signature", why);
   }
+});
+
+test("session freshness is the client's own rule", () => {
+  assert.equal(c.sessionAgeProblem(S.issued, S.issued), null);
+  assert.match(c.sessionAgeProblem(S.issued - c.SESSION_MAX_AGE_MS - 1, S.issued), /older/);
+  assert.match(c.sessionAgeProblem(S.issued + c.MAX_CLOCK_SKEW_MS + 1, S.issued), /future/);
 });
 
 test("a participant whose fingerprint or sid does not match its keys is refused", async () => {
@@ -79,96 +90,126 @@ test("sign+verify roundtrip with a fresh non-extractable identity", async () => 
   assert.match(id.fingerprint, /^[0-9a-f]{64}$/);
   assert.equal(await c.fingerprintOf(c.b64decode(id.spki)), id.fingerprint);
   const data = c.utf8("hello");
-  const sig = await c.signSession(id.privateKey, "lobby", "zoë", "AAAA");
+  const st = (name) => c.sessionText("lobby", name, "AAAA", 5, "0".repeat(32), "1".repeat(32));
+  const sig = await c.signSession(id.privateKey, "lobby", "zoë", "AAAA", 5, "0".repeat(32), "1".repeat(32));
   assert.equal(c.b64decode(sig).length, 64);
-  assert.equal(await c.verify(id.publicKey, c.sessionText("lobby", "zoë", "AAAA"), sig), true);
-  assert.equal(await c.verify(id.publicKey, c.sessionText("lobby", "zoe", "AAAA"), sig), false);
+  assert.equal(await c.verify(id.publicKey, st("zoë"), sig), true);
+  assert.equal(await c.verify(id.publicKey, st("zoe"), sig), false);
   assert.equal(await c.verify(id.publicKey, data, "AAAA"), false); // not 64 bytes
   assert.equal(await c.verify(id.publicKey, data, "not base64!"), false);
   await assert.rejects(crypto.subtle.exportKey("pkcs8", id.privateKey)); // non-extractable
 });
 
-test("the header built from fields equals the vector header", () => {
-  const header = c.messageHeader(M.room, M.sender_fingerprint, M.sender_sid, M.id, M.ts, M.counter,
-    M.recipients);
+const fromHex = (h) => Uint8Array.from(h.match(/../g), (x) => parseInt(x, 16));
+
+async function importSession(entry) {
+  return c.importPkcs8(entry.pkcs8, "session");
+}
+
+test("leaves, root, paths, commitments and header equal the vectors", async () => {
+  const leaves = await Promise.all(M.recipients.map((r) => c.leafHash(M.id, r.sid, r.seq)));
+  assert.deepEqual(leaves.map(c.hex), M.leaves);
+  assert.equal(c.hex(await c.merkleRoot(leaves)), M.root);
+  for (const [i, path] of M.paths.entries()) assert.deepEqual((await c.merklePath(i, leaves)).map(c.hex), path);
+  assert.equal(await c.recipientsCommitment(M.recipients.map((r) => r.sid).reverse()), M.to);
+  assert.equal(await c.keyCommitment(c.b64decode(M.aes_key)), M.kc);
+  const header = c.messageHeader(M.room, M.sender_fingerprint, M.sender_sid, M.id, M.ts, M.recipients.length,
+    M.to, M.root, M.kc);
   assert.equal(header, M.header);
-  assert.equal(c.relayedHeader(M.frame_in), M.header);
-  assert.equal(new TextDecoder().decode(c.signedText(header, M.iv, M.ct)), M.signed_text);
-  assert.throws(() => c.messageHeader(M.room, "f", "s", "i", -1, 1, []));
-  assert.throws(() => c.messageHeader(M.room, "f", "s", "i", 1.5, 1, []));
+  assert.throws(() => c.messageHeader(M.room, M.sender_fingerprint, M.sender_sid, M.id, -1, 3, M.to, M.root, M.kc));
 });
 
-test("plaintext JSON and AES-GCM with the vector key/iv give the vector ct exactly", async () => {
+test("Merkle trees of every shape match Python; paths lead back to the root", async () => {
+  for (const t of V.merkle) {
+    const leaves = await Promise.all(Array.from({ length: t.n },
+      (_, i) => c.leafHash(M.id, i.toString(16).padStart(32, "0"), i + 1)));
+    assert.equal(c.hex(await c.merkleRoot(leaves)), t.root);
+    for (const [i, path] of t.paths.entries()) {
+      assert.equal(c.hex(await c.rootFromPath(i, t.n, leaves[i], path.map(fromHex))), t.root);
+    }
+  }
+});
+
+test("padding buckets match Python", () => {
+  for (const p of V.padding) {
+    const padded = c.pad(new Uint8Array(p.length));
+    assert.equal(padded.length, p.padded);
+    assert.equal(c.unpad(padded).length, p.length);
+  }
+  assert.throws(() => c.pad(new Uint8Array(65536)), c.CryptoError);
+});
+
+test("padded plaintext JSON and AES-GCM with the vector key/iv give the vector ct exactly", async () => {
   const plaintext = c.encodePlaintext(M.text);
   assert.equal(c.b64encode(plaintext), M.plaintext);
   const ct = await c.aesEncrypt(c.b64decode(M.aes_key), c.b64decode(M.iv), plaintext, c.utf8(M.header));
   assert.equal(c.b64encode(ct), M.ct);
-  const back = await c.aesDecrypt(c.b64decode(M.aes_key), c.b64decode(M.iv), ct, c.utf8(M.header));
-  assert.equal(c.decodePlaintext(back), M.text);
+  assert.equal(c.decodePlaintext(plaintext), M.text);
 });
 
-test("sealMessage with the vector inputs reproduces ct and a verifiable sig", async () => {
+test("sealMessage with the vector inputs reproduces ct, to and a verifiable sig", async () => {
   const identityPrivateKey = await c.importPkcs8(V.identity.pkcs8, "identity");
-  const recipients = [
-    { sid: M.other_recipient.sid, sessionKey: await c.importSessionPublicKey(M.other_recipient.spki) },
-    { sid: V.session.sid, sessionKey: await c.importSessionPublicKey(V.session.spki) },
-  ];
-  const frame = await c.sealMessage({
-    identityPrivateKey, fingerprint: V.identity.fingerprint, senderSid: V.session.sid, room: M.room,
-    text: M.text, recipients, counter: M.counter, ts: M.ts, id: M.id,
-    messageKey: c.b64decode(M.aes_key), iv: c.b64decode(M.iv),
-  });
+  const pubs = { [M.sender_sid]: V.session.spki, [M.other_recipient.sid]: M.other_recipient.spki,
+    [M.third_recipient.sid]: M.third_recipient.spki };
+  const recipients = await Promise.all(M.recipients.map(async (r) => ({ sid: r.sid, seq: r.seq,
+    sessionKey: await c.importSessionPublicKey(pubs[r.sid]) })));
+  const frame = await c.sealMessage({ identityPrivateKey, fingerprint: M.sender_fingerprint, senderSid: M.sender_sid,
+    room: M.room, text: M.text, recipients, ts: M.ts, id: M.id, messageKey: c.b64decode(M.aes_key),
+    iv: c.b64decode(M.iv) });
   assert.equal(frame.ct, M.ct);
-  assert.equal(frame.iv, M.iv);
-  assert.deepEqual(Object.keys(frame.keys).sort(), M.recipients);
+  assert.equal(frame.to, M.to);
   assert.deepEqual(Object.keys(frame).sort(), Object.keys(M.frame_out).sort());
   const idKey = await c.importIdentityPublicKey(V.identity.spki);
-  assert.equal(await c.verify(idKey, c.signedText(M.header, frame.iv, frame.ct), frame.sig), true);
-  // Each wrapped key unwraps to the message key with the matching private key.
-  const bob = await c.importPkcs8(M.other_recipient.pkcs8, "session");
-  assert.equal(c.b64encode(await c.unwrapKey(bob, frame.keys[M.other_recipient.sid])), M.aes_key);
+  assert.equal(await c.verify(idKey, c.utf8(M.signed_text), frame.sig), true);
+  const bob = await importSession(M.other_recipient);
+  const payload = await c.unwrapKey(bob, frame.keys[M.other_recipient.sid]);
+  assert.equal(c.b64encode(c.keyPayload(payload.messageKey, payload.n, payload.index, payload.seq, payload.path)),
+    M.bob_key_payload);
 });
 
-test("the vector sig verifies and frame_in.key unwraps with other_recipient's key", async () => {
-  const idKey = await c.importIdentityPublicKey(V.identity.spki);
-  assert.equal(await c.verify(idKey, c.utf8(M.signed_text), M.sig), true);
-  const bob = await c.importPkcs8(M.other_recipient.pkcs8, "session");
-  assert.equal(c.b64encode(await c.unwrapKey(bob, M.frame_in.key)), M.aes_key);
-  const alice = await c.importPkcs8(V.session.pkcs8, "session");
-  await assert.rejects(c.unwrapKey(alice, M.frame_in.key), (e) => e.code === "no_decrypt");
+test("the Python-made wrapped key carries key, position, sequence number and path", async () => {
+  const payload = await c.unwrapKey(await importSession(M.other_recipient), M.frame_in.key);
+  assert.equal(c.b64encode(c.keyPayload(payload.messageKey, payload.n, payload.index, payload.seq, payload.path)),
+    M.bob_key_payload);
+  assert.equal(payload.seq, 3);
+  assert.equal(payload.n, 3);
 });
 
-test("openMessage opens frame_in end to end", async () => {
-  const idKey = await c.importIdentityPublicKey(V.identity.spki);
-  const session = { sid: M.other_recipient.sid, privateKey: await c.importPkcs8(M.other_recipient.pkcs8, "session") };
-  assert.equal(await c.openMessage(M.frame_in, idKey, session), M.text);
+const sender = async () => ({ fingerprint: V.identity.fingerprint, identityKey: await c.importIdentityPublicKey(V.identity.spki) });
+
+test("openMessage opens frame_in end to end, for bob and for carol with their own seq", async () => {
+  const bob = { sid: M.other_recipient.sid, privateKey: await importSession(M.other_recipient) };
+  const opened = await c.openMessage(M.frame_in, M.room, await sender(), bob);
+  assert.deepEqual(opened, { text: M.text, seq: 3, n: 3, to: M.to });
+  const carol = { sid: M.third_recipient.sid, privateKey: await importSession(M.third_recipient) };
+  const forCarol = { ...M.frame_in, key: M.frame_out.keys[M.third_recipient.sid] };
+  assert.equal((await c.openMessage(forCarol, M.room, await sender(), carol)).seq, 12);
 });
 
-test("openMessage refuses tampered, misaddressed and unsorted frames", async () => {
-  const idKey = await c.importIdentityPublicKey(V.identity.spki);
-  const bob = { sid: M.other_recipient.sid, privateKey: await c.importPkcs8(M.other_recipient.pkcs8, "session") };
+test("openMessage refuses tampered frames, swapped keys and another message key", async () => {
+  const bob = { sid: M.other_recipient.sid, privateKey: await importSession(M.other_recipient) };
   for (const bad of V.invalid.message_signatures) {
-    const frame = { ...M.frame_in, ...bad };
-    delete frame.why;
-    await assert.rejects(c.openMessage(frame, idKey, bob), (e) => e.code === "bad_signature", bad.why);
+    const { why, ...fields } = bad;
+    await assert.rejects(c.openMessage({ ...M.frame_in, ...fields }, M.room, await sender(), bob),
+      (e) => e.code === "bad_signature", why);
   }
-  const other = { sid: "f".repeat(32), privateKey: bob.privateKey };
-  await assert.rejects(c.openMessage(M.frame_in, idKey, other), (e) => e.code === "not_for_us");
-  const unsorted = { ...M.frame_in, recipients: [...M.recipients].reverse() };
-  await assert.rejects(c.openMessage(unsorted, idKey, bob), (e) => e.code === "bad_recipients");
-  const dup = { ...M.frame_in, recipients: [M.recipients[0], M.recipients[0]] };
-  await assert.rejects(c.openMessage(dup, idKey, bob), (e) => e.code === "bad_recipients");
-  // A valid signature but a key wrapped for someone else: does not decrypt.
-  const wrongKey = { ...M.frame_in, key: M.frame_out.keys[V.session.sid] };
-  await assert.rejects(c.openMessage(wrongKey, idKey, bob), (e) => e.code === "no_decrypt");
-  // Another identity's key: the signature fails.
+  await assert.rejects(c.openMessage({ ...M.frame_in, key: M.frame_out.keys[M.third_recipient.sid] }, M.room,
+    await sender(), bob), (e) => e.code === "no_decrypt");
+  await assert.rejects(c.openMessage(M.frame_in, "another-room", await sender(), bob), (e) => e.code === "bad_signature");
+  // Attack 7: the same signature with a different message key for bob (key commitment).
+  const payload = await c.unwrapKey(bob.privateKey, M.frame_in.key);
+  const bobPublic = await c.importSessionPublicKey(M.other_recipient.spki);
+  const forged = await c.wrapKey(bobPublic, c.keyPayload(new Uint8Array(32), payload.n, payload.index, payload.seq, payload.path));
+  await assert.rejects(c.openMessage({ ...M.frame_in, key: forged }, M.room, await sender(), bob),
+    (e) => e.code === "bad_signature");
   const mallory = await c.generateIdentity();
-  await assert.rejects(c.openMessage(M.frame_in, mallory.publicKey, bob), (e) => e.code === "bad_signature");
+  await assert.rejects(c.openMessage(M.frame_in, M.room, { fingerprint: V.identity.fingerprint, identityKey: mallory.publicKey }, bob),
+    (e) => e.code === "bad_signature");
 });
 
 test("username rules match PROTOCOL.md §5", () => {
   for (const bad of V.invalid.usernames) {
-    assert.notEqual(c.usernameProblem(bad.username), null, bad.why);
+    assert.notEqual(c.usernameProblem(bad.username) ?? scriptProblem(bad.username), null, bad.why);
   }
   for (const good of V.invalid.valid_usernames) {
     assert.equal(c.usernameProblem(good), null, good);
@@ -188,7 +229,7 @@ test("session keys are fresh RSA-OAEP-2048 with a non-extractable private half",
   assert.equal(s.privateKey.extractable, false);
   assert.match(s.sid, /^[0-9a-f]{32}$/);
   const pub = await c.importSessionPublicKey(s.spki);
-  const wrapped = await c.wrapKey(pub, new Uint8Array(32).fill(7));
-  assert.deepEqual(await c.unwrapKey(s.privateKey, wrapped), new Uint8Array(32).fill(7));
+  const wrapped = await c.wrapKey(pub, c.keyPayload(new Uint8Array(32).fill(7), 1, 0, 1, []));
+  assert.deepEqual((await c.unwrapKey(s.privateKey, wrapped)).messageKey, new Uint8Array(32).fill(7));
   await assert.rejects(c.importSessionPublicKey(V.identity.spki), (e) => e.code === "bad_key");
 });

@@ -1,4 +1,4 @@
-// A small in-memory stand-in for the server side of protocol v1, for node tests of
+// A small in-memory stand-in for the server side of protocol v2, for node tests of
 // transport.js and chat.js. It relays like PROTOCOL.md §6–§7 says, over a fake WebSocket or the
 // HTTP transport of §1.2 (a fake EventSource and fetch), and lets a test inject faults.
 import * as c from "../../static/js/crypto.js";
@@ -22,11 +22,20 @@ export class FakeServer {
     this.eventSources = [];
     this.posts = []; // every POST: {path, headers, body}
     this.loseResponses = 0; // POSTs handled whose response then "gets lost" in the network
+    this.lists = new Map(); // message id -> sorted recipient sids
+    this.challenges = new Map(); // socket -> challenge
+    this.limits = { max_clock_skew_ms: 300000, max_recipients: 256 };
+  }
+
+  challenge(socket) {
+    const value = c.randomId();
+    this.challenges.set(socket, value);
+    return value;
   }
 
   hello(peer) {
-    peer.deliver({ v: 1, type: "hello", room: this.room, server_time: Date.now(),
-      limits: { max_clock_skew_ms: 300000, max_recipients: 256 } });
+    peer.deliver({ v: 2, type: "hello", room: this.room, server_time: Date.now(),
+      challenge: this.challenge(peer), limits: this.limits });
   }
 
   /** A WebSocket class bound to this server, to pass as WebSocketImpl. */
@@ -199,7 +208,7 @@ export class FakeServer {
     for (const [sid, m] of this.members) {
       if (m.socket === socket) {
         this.members.delete(sid);
-        this.broadcast({ v: 1, type: "left", sid, username: m.participant.username, fingerprint: m.participant.fingerprint });
+        this.broadcast({ v: 2, type: "left", sid, username: m.participant.username, fingerprint: m.participant.fingerprint });
       }
     }
     setImmediate(() => socket.onclose?.({ code, reason }));
@@ -217,8 +226,14 @@ export class FakeServer {
     if (this.onClientFrame && (await this.onClientFrame(frame, socket))) return;
     if (frame.type === "join") return this.join(socket, frame);
     if (frame.type === "roster") {
-      return socket.deliver({ v: 1, type: "roster", room: this.room, participants: this.participants() });
+      return socket.deliver({ v: 2, type: "roster", room: this.room, participants: this.participants() });
     }
+    if (frame.type === "recipients") {
+      const sids = this.lists.get(frame.id);
+      if (!sids) return socket.deliver({ v: 2, type: "error", code: "unknown_message", message: "gone", id: frame.id });
+      return socket.deliver({ v: 2, type: "recipients", id: frame.id, sids });
+    }
+    if (frame.type === "rekey") return this.rekey(socket, frame);
     if (frame.type === "leave") return this.drop(socket, 1000);
     if (frame.type === "msg") return this.relay(socket, frame);
     return undefined;
@@ -231,43 +246,59 @@ export class FakeServer {
       fingerprint: await c.fingerprintOf(c.b64decode(frame.identity_key)),
       identity_key: frame.identity_key,
       session_key: frame.session_key,
+      issued: frame.issued,
+      challenge: frame.challenge,
+      stream: frame.stream,
       session_sig: frame.session_sig,
       joined: Date.now(),
     };
     for (const [sid, m] of this.members) {
       if (m.participant.username.toLowerCase() === frame.username.toLowerCase()) {
         if (m.participant.fingerprint !== participant.fingerprint) {
-          return socket.deliver({ v: 1, type: "error", code: "username_taken", message: "taken" });
+          return socket.deliver({ v: 2, type: "error", code: "username_taken", message: "taken" });
         }
         this.members.delete(sid);
         this.drop(m.socket, 4001, "replaced by a newer session");
       }
     }
     this.members.set(participant.sid, { socket, participant });
-    socket.deliver({ v: 1, type: "welcome", room: this.room, you: participant,
-      participants: this.participants(), server_time: Date.now(),
-      limits: { max_clock_skew_ms: 300000, max_recipients: 256 } });
-    this.broadcast({ v: 1, type: "joined", participant }, socket);
+    socket.deliver({ v: 2, type: "welcome", room: this.room, you: participant,
+      participants: this.participants(), server_time: Date.now(), challenge: this.challenge(socket),
+      limits: this.limits });
+    this.broadcast({ v: 2, type: "joined", participant }, socket);
+  }
+
+  async rekey(socket, frame) {
+    const entry = [...this.members.entries()].find(([, m]) => m.socket === socket);
+    if (!entry) return undefined;
+    const [old, member] = entry;
+    const participant = { ...member.participant, session_key: frame.session_key, issued: frame.issued,
+      challenge: frame.challenge, session_sig: frame.session_sig,
+      sid: await c.sessionIdOf(c.b64decode(frame.session_key)) };
+    this.members.delete(old);
+    this.members.set(participant.sid, { socket, participant });
+    socket.deliver({ v: 2, type: "rekeyed", old, participant, challenge: this.challenge(socket) });
+    this.broadcast({ v: 2, type: "rekeyed", old, participant }, socket);
+    return undefined;
   }
 
   relayed(sender, frame, sid) {
-    const { participant } = sender;
-    return { v: 1, type: "msg", room: this.room,
-      from: { sid: participant.sid, username: participant.username, fingerprint: participant.fingerprint },
-      id: frame.id, ts: frame.ts, counter: frame.counter, recipients: Object.keys(frame.keys).sort(),
-      iv: frame.iv, ct: frame.ct, sig: frame.sig, key: frame.keys[sid], received: Date.now() };
+    return { v: 2, type: "msg", from: sender.participant.sid, id: frame.id, ts: frame.ts, iv: frame.iv,
+      ct: frame.ct, to: frame.to, sig: frame.sig, key: frame.keys[sid] };
   }
 
   relay(socket, frame) {
     const sender = [...this.members.values()].find((m) => m.socket === socket);
     const stale = Object.keys(frame.keys).filter((sid) => !this.members.has(sid));
     if (stale.length) {
-      return socket.deliver({ v: 1, type: "error", code: "stale_recipients", message: "stale", id: frame.id, stale });
+      return socket.deliver({ v: 2, type: "error", code: "stale_recipients", message: "stale", id: frame.id, stale });
     }
+    this.lists.set(frame.id, Object.keys(frame.keys).sort());
     for (const sid of Object.keys(frame.keys)) {
+      if (this.onDeliver && this.onDeliver(sid, frame)) continue; // a test drops or delays it
       this.members.get(sid).socket.deliver(this.relayed(sender, frame, sid));
     }
-    socket.deliver({ v: 1, type: "ack", id: frame.id, recipients: Object.keys(frame.keys).length });
+    socket.deliver({ v: 2, type: "ack", id: frame.id, recipients: Object.keys(frame.keys).length });
   }
 }
 
@@ -320,12 +351,15 @@ export async function until(predicate, ms = 5000, what = "condition") {
  * A participant the server makes up: its own identity and session keys, correctly signed,
  * under any name. This is what a malicious server (or a member it admits) can always do.
  */
-export async function forgedParticipant(room, username) {
-  const identity = await c.generateIdentity();
+export async function forgedParticipant(room, username, { identity = null, issued = Date.now() } = {}) {
+  identity = identity ?? (await c.generateIdentity());
   const session = await c.generateSession();
+  const challenge = c.randomId();
+  const stream = c.randomId();
   return {
     sid: session.sid, username, fingerprint: identity.fingerprint, identity_key: identity.spki,
-    session_key: session.spki, session_sig: await c.signSession(identity.privateKey, room, username, session.spki),
-    joined: Date.now(),
+    session_key: session.spki, issued, challenge, stream,
+    session_sig: await c.signSession(identity.privateKey, room, username, session.spki, issued, challenge, stream),
+    joined: Date.now(), privateKey: session.privateKey,
   };
 }

@@ -32,22 +32,26 @@ elif op == "open":
     session = crypto.SessionKey(load(req["session_pkcs8"]))
     key = crypto.load_identity_public_key(req["identity_spki"])
     try:
-        out = {"text": crypto.open_message(req["frame"], key, session)}
+        opened = crypto.open_message(req["frame"], req["room"], req["fingerprint"], key, session)
+        out = {"text": opened.text, "seq": opened.seq}
     except crypto.CryptoError as exc:
         out = {"error": str(exc)}
 elif op == "verify_session":
     key = crypto.load_identity_public_key(req["identity_spki"])
-    out = {"ok": crypto.verify(key, crypto.session_text(req["room"], req["username"], req["session_spki"]), req["sig"])}
+    text = crypto.session_text(req["room"], req["username"], req["session_spki"], req["issued"], req["challenge"], req["stream"])
+    out = {"ok": crypto.verify(key, text, req["sig"])}
 elif op == "seal":
     identity = crypto.Identity.generate()
     session = crypto.SessionKey.generate()
-    recipients = [crypto.Recipient(session.sid, session.private_key.public_key()),
-                  crypto.Recipient(req["to_sid"], crypto.load_session_public_key(req["to_spki"]))]
+    recipients = [crypto.Recipient(session.sid, session.private_key.public_key(), 1),
+                  crypto.Recipient(req["to_sid"], crypto.load_session_public_key(req["to_spki"]), 9)]
     frame = crypto.seal_message(identity=identity, sender_sid=session.sid, room="lobby",
-                                text=req["text"], recipients=recipients, counter=3)
+                                text=req["text"], recipients=recipients)
+    issued, challenge, stream = 1764097200000, "a" * 32, "b" * 32
     out = {"frame": frame, "identity_spki": identity.spki_b64, "fingerprint": identity.fingerprint,
-           "sid": session.sid, "session_spki": session.spki_b64,
-           "session_sig": crypto.sign_session(identity, "lobby", "pybob", session.spki_b64)}
+           "sid": session.sid, "session_spki": session.spki_b64, "issued": issued, "challenge": challenge,
+           "stream": stream,
+           "session_sig": crypto.sign_session(identity, "lobby", "pybob", session.spki_b64, issued, challenge, stream)}
 elif op == "plaintexts":
     out = {"b64": [crypto.b64encode(crypto.encode_plaintext(t)) for t in req["texts"]]}
 print(json.dumps(out))
@@ -73,26 +77,28 @@ test("a message sealed by JS opens in Python, and a changed one does not", async
   const alice = await c.generateIdentity();
   const aliceSession = await c.generateSession();
   const room = "lobby";
-  // Python verifies the browser's session signature too.
-  const sessionSig = await c.signSession(alice.privateKey, room, "alice", aliceSession.spki);
+  // Python verifies the browser's session statement too.
+  const st = { issued: 1764097200000, challenge: "c".repeat(32), stream: "d".repeat(32) };
+  const sessionSig = await c.signSession(alice.privateKey, room, "alice", aliceSession.spki, st.issued, st.challenge, st.stream);
   assert.deepEqual(python({ op: "verify_session", identity_spki: alice.spki, room, username: "alice",
-    session_spki: aliceSession.spki, sig: sessionSig }), { ok: true });
+    session_spki: aliceSession.spki, sig: sessionSig, ...st }), { ok: true });
   assert.deepEqual(python({ op: "verify_session", identity_spki: alice.spki, room, username: "alicia",
-    session_spki: aliceSession.spki, sig: sessionSig }), { ok: false });
+    session_spki: aliceSession.spki, sig: sessionSig, ...st }), { ok: false });
   for (const text of TRICKY) {
     const out = await c.sealMessage({
       identityPrivateKey: alice.privateKey, fingerprint: alice.fingerprint, senderSid: aliceSession.sid,
-      room, text, counter: 5,
-      recipients: [{ sid: aliceSession.sid, sessionKey: aliceSession.publicKey },
-        { sid: bob.sid, sessionKey: await c.importSessionPublicKey(bob.spki) }],
+      room, text,
+      recipients: [{ sid: aliceSession.sid, sessionKey: aliceSession.publicKey, seq: 4 },
+        { sid: bob.sid, sessionKey: await c.importSessionPublicKey(bob.spki), seq: 17 }],
     });
-    const relayed = { v: 1, type: "msg", room, from: { sid: aliceSession.sid, username: "alice", fingerprint: alice.fingerprint },
-      id: out.id, ts: out.ts, counter: out.counter, recipients: Object.keys(out.keys).sort(),
-      iv: out.iv, ct: out.ct, sig: out.sig, key: out.keys[bob.sid], received: out.ts };
-    const opened = python({ op: "open", session_pkcs8: bob.pkcs8, identity_spki: alice.spki, frame: relayed });
-    assert.deepEqual(opened, { text }, JSON.stringify(text).slice(0, 40));
+    const relayed = { v: 2, type: "msg", from: aliceSession.sid, id: out.id, ts: out.ts, iv: out.iv, ct: out.ct,
+      to: out.to, sig: out.sig, key: out.keys[bob.sid] };
+    const opened = python({ op: "open", session_pkcs8: bob.pkcs8, identity_spki: alice.spki, frame: relayed,
+      room, fingerprint: alice.fingerprint });
+    assert.deepEqual(opened, { text, seq: 17 }, JSON.stringify(text).slice(0, 40));
     if (text === "plain") {
-      const tampered = python({ op: "open", session_pkcs8: bob.pkcs8, identity_spki: alice.spki, frame: { ...relayed, counter: 6 } });
+      const tampered = python({ op: "open", session_pkcs8: bob.pkcs8, identity_spki: alice.spki,
+        frame: { ...relayed, ts: out.ts + 1 }, room, fingerprint: alice.fingerprint });
       assert.match(tampered.error, /signature/);
     }
   }
@@ -103,14 +109,16 @@ test("a message sealed by Python opens in JS", async () => {
   for (const text of ["from python with ❤", "a\nb", "<b>not bold</b>"]) {
     const sealed = python({ op: "seal", to_sid: mine.sid, to_spki: mine.spki, text });
     // The Python participant passes the same roster checks the page applies (§4).
-    await c.verifyParticipant("lobby", { sid: sealed.sid, username: "pybob", fingerprint: sealed.fingerprint,
-      identity_key: sealed.identity_spki, session_key: sealed.session_spki, session_sig: sealed.session_sig });
+    const keys = await c.verifyParticipant("lobby", { sid: sealed.sid, username: "pybob", fingerprint: sealed.fingerprint,
+      identity_key: sealed.identity_spki, session_key: sealed.session_spki, issued: sealed.issued,
+      challenge: sealed.challenge, stream: sealed.stream, session_sig: sealed.session_sig });
     const f = sealed.frame;
-    const relayed = { v: 1, type: "msg", room: "lobby", from: { sid: sealed.sid, username: "pybob", fingerprint: sealed.fingerprint },
-      id: f.id, ts: f.ts, counter: f.counter, recipients: Object.keys(f.keys).sort(), iv: f.iv, ct: f.ct,
+    const relayed = { v: 2, type: "msg", from: sealed.sid, id: f.id, ts: f.ts, iv: f.iv, ct: f.ct, to: f.to,
       sig: f.sig, key: f.keys[mine.sid] };
-    const identityKey = await c.importIdentityPublicKey(sealed.identity_spki);
-    assert.equal(await c.openMessage(relayed, identityKey, mine), text);
-    await assert.rejects(c.openMessage({ ...relayed, ts: f.ts + 1 }, identityKey, mine), (e) => e.code === "bad_signature");
+    const sender = { fingerprint: sealed.fingerprint, identityKey: keys.identityKey };
+    const opened = await c.openMessage(relayed, "lobby", sender, mine);
+    assert.equal(opened.text, text);
+    assert.equal(opened.seq, 9);
+    await assert.rejects(c.openMessage({ ...relayed, ts: f.ts + 1 }, "lobby", sender, mine), (e) => e.code === "bad_signature");
   }
 });

@@ -127,8 +127,8 @@ test("frames that are not v1 JSON objects are dropped before the owner sees them
   h.conn.start();
   await until(() => h.opens() === 1);
   h.conn.socket.onmessage({ data: "not json" });
-  h.conn.socket.onmessage({ data: '{"v":2,"type":"welcome"}' });
-  h.conn.socket.onmessage({ data: '{"v":1,"type":"ack","id":"a"}' });
+  h.conn.socket.onmessage({ data: '{"v":1,"type":"welcome"}' });
+  h.conn.socket.onmessage({ data: '{"v":2,"type":"ack","id":"a"}' });
   assert.deepEqual(h.frames.map((f) => f.type), ["hello", "ack"]);
 });
 
@@ -178,7 +178,7 @@ test("a dropped stream is resumed and loses no frame; nothing is delivered twice
   const session = sessionOf(server);
   server.dropStream(session);
   // Frames the server accepts while the stream is away wait in the session.
-  for (let i = 0; i < 5; i++) session.deliver({ v: 1, type: "ack", id: `m${i}`, recipients: 1 });
+  for (let i = 0; i < 5; i++) session.deliver({ v: 2, type: "ack", id: `m${i}`, recipients: 1 });
   await until(() => h.frames.length === 6);
   assert.deepEqual(h.frames.slice(1).map((f) => f.id), ["m0", "m1", "m2", "m3", "m4"]);
   assert.deepEqual(h.drops, [], "a resumed stream is not a drop");
@@ -211,7 +211,7 @@ test("the client acknowledges what it received, so the server can let go of it",
   h.conn.start();
   await until(() => h.opens() === 1);
   const session = sessionOf(server);
-  for (let i = 0; i < 10; i++) session.deliver({ v: 1, type: "ack", id: `m${i}`, recipients: 1 });
+  for (let i = 0; i < 10; i++) session.deliver({ v: 2, type: "ack", id: `m${i}`, recipients: 1 });
   await until(() => h.frames.length === 11);
   await until(() => session.unacked.length < 5, 2000, "acks past ack_bytes");
   // A ping is answered with an ack too (it is also how the server knows we are alive).
@@ -319,7 +319,7 @@ test("a stream that goes silent past a ping and half a timeout is given up and r
     ping_ms: 100, timeout_ms: 100, ack_bytes: 1 << 20 }) });
   // The server keeps the stream "open" but nothing arrives any more (a half-dead connection).
   session.source = null;
-  session.deliver({ v: 1, type: "ack", id: "during", recipients: 1 });
+  session.deliver({ v: 2, type: "ack", id: "during", recipients: 1 });
   await until(() => server.eventSources.length === 2, 2000, "a resume after the silence");
   await until(() => h.frames.some((f) => f.id === "during"));
   assert.deepEqual(h.drops, []);

@@ -1,5 +1,5 @@
-"""Hypothesis strategies for fuzzing protocol v1: hostile JSON, hostile strings, hostile keys,
-and mutations of the valid frames of tests/vectors/v1.json. Used by test_fuzz.py."""
+"""Hypothesis strategies for fuzzing protocol v2: hostile JSON, hostile strings, hostile keys,
+and mutations of the valid frames of tests/vectors/v2.json. Used by test_fuzz.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x
 from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[2]
-VECTORS = json.loads((ROOT / "tests" / "vectors" / "v1.json").read_text())
+VECTORS = json.loads((ROOT / "tests" / "vectors" / "v2.json").read_text())
 
 
 def documented_codes() -> frozenset[str]:
@@ -25,14 +25,16 @@ def documented_codes() -> frozenset[str]:
 
 
 DOCUMENTED_CODES = documented_codes()
-SERVER_FRAME_TYPES = frozenset({"welcome", "joined", "left", "roster", "msg", "ack", "error"})
+SERVER_FRAME_TYPES = frozenset({"welcome", "joined", "left", "roster", "msg", "ack", "error", "rekeyed",
+                                "recipients"})
 
 
 def valid_join() -> dict:
     return {
-        "v": 1, "type": "join", "username": VECTORS["session"]["username"],
+        "v": 2, "type": "join", "username": VECTORS["session"]["username"],
         "identity_key": VECTORS["identity"]["spki"], "session_key": VECTORS["session"]["spki"],
-        "session_sig": VECTORS["session"]["sig"],
+        "issued": VECTORS["session"]["issued"], "challenge": VECTORS["session"]["challenge"],
+        "stream": VECTORS["session"]["stream"], "session_sig": VECTORS["session"]["sig"],
     }
 
 
@@ -40,7 +42,11 @@ def valid_msg() -> dict:
     return json.loads(json.dumps(VECTORS["message"]["frame_out"]))
 
 
-BASE_FRAMES = (valid_join, valid_msg, lambda: {"v": 1, "type": "roster"}, lambda: {"v": 1, "type": "leave"})
+BASE_FRAMES = (valid_join, valid_msg, lambda: {"v": 2, "type": "roster"}, lambda: {"v": 2, "type": "leave"},
+               lambda: {"v": 2, "type": "recipients", "id": VECTORS["message"]["id"]},
+               lambda: {"v": 2, "type": "rekey", "session_key": VECTORS["session"]["spki"],
+                        "issued": VECTORS["session"]["issued"], "challenge": VECTORS["session"]["challenge"],
+                        "session_sig": VECTORS["session"]["sig"]})
 
 # -- strings ---------------------------------------------------------------------------------
 
@@ -136,14 +142,14 @@ def deep_nesting(draw) -> str:
     if where == "unterminated":
         return opener * depth
     if where == "type":
-        return '{"v": 1, "type": %s}' % inner
+        return '{"v": 2, "type": %s}' % inner
     if where == "v":
         return '{"v": %s, "type": "roster"}' % inner
     if where == "keys":
         frame = valid_msg()
         frame["keys"] = "@@"
         return json.dumps(frame).replace('"@@"', inner)
-    return '{"v": 1, "type": "roster", "x": %s}' % inner
+    return '{"v": 2, "type": "roster", "x": %s}' % inner
 
 
 # -- keys --------------------------------------------------------------------------------------
@@ -191,7 +197,7 @@ def spki(algorithm: str, parameters: bytes, key_bits: bytes) -> bytes:
 
 @lru_cache(maxsize=1)
 def other_keys() -> tuple[bytes, ...]:
-    """SPKI DER of keys protocol v1 refuses: other curves and algorithms, weak RSA."""
+    """SPKI DER of keys protocol v2 refuses: other curves and algorithms, weak RSA."""
     keys = [
         ec.generate_private_key(ec.SECP384R1()).public_key(),
         ec.generate_private_key(ec.SECP256K1()).public_key(),
@@ -260,7 +266,10 @@ def field_value_for(name: str):
         "session_sig": b64ish(),
         "id": hex32ish,
         "ts": huge_ints,
-        "counter": huge_ints,
+        "issued": huge_ints,
+        "challenge": hex32ish,
+        "stream": hex32ish,
+        "to": b64ish(),
         "iv": b64ish(),
         "ct": st.one_of(b64ish(), st.integers(0, 70_000).map(lambda n: _b64(b"\x00" * n))),
         "sig": b64ish(),
@@ -313,8 +322,8 @@ def mutated(draw, base: dict) -> dict:
             # Small semantic edits that keep the shape valid: time, counter, wrapped-key length.
             if isinstance(frame.get("ts"), int) and draw(st.booleans()):
                 frame["ts"] += draw(st.sampled_from([-3_600_000, -300_001, -1, 1, 300_001, 86_400_000]))
-            elif isinstance(frame.get("counter"), int) and draw(st.booleans()):
-                frame["counter"] = max(1, frame["counter"] + draw(st.sampled_from([-1, 0, 1, 2**52])))
+            elif isinstance(frame.get("issued"), int) and draw(st.booleans()):
+                frame["issued"] = max(0, frame["issued"] + draw(st.sampled_from([-3_600_000, -1, 1, 2**52])))
             elif isinstance(frame.get("keys"), dict) and frame["keys"]:
                 sid = draw(st.sampled_from(sorted(frame["keys"])))
                 wrapped = frame["keys"][sid]
@@ -345,10 +354,10 @@ random_text = st.one_of(
     frame_text(),  # almost-valid frames
     deep_nesting(),
     hostile_text,
-    st.sampled_from(['{"v": 1, "type": "roster"', '{"v": 1, "type": "roster"}}', '{"v":1,"type":"roster"} ',
-                     '\ufeff{"v": 1, "type": "roster"}', '{"v": NaN, "type": "msg"}', '{"v": Infinity}',
-                     '{"v": 1, "v": 2, "type": "roster"}', '{"type": "roster", "v": 1e0}',
-                     '{"v": 1, "type": "\\ud800"}', '{"v": 1, "type": "roster", "\\udfff": 1}',
+    st.sampled_from(['{"v": 2, "type": "roster"', '{"v": 2, "type": "roster"}}', '{"v":2,"type":"roster"} ',
+                     '\ufeff{"v": 2, "type": "roster"}', '{"v": NaN, "type": "msg"}', '{"v": Infinity}',
+                     '{"v": 2, "v": 2, "type": "roster"}', '{"type": "roster", "v": 1e0}',
+                     '{"v": 2, "type": "\\ud800"}', '{"v": 2, "type": "roster", "\\udfff": 1}',
                      '"\\ud800"', "1" * 5000, "-" + "9" * 4301, "", " ", "null", "[]", "{}"]),
 )
 

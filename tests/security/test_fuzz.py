@@ -4,7 +4,7 @@ Properties:
 - parse_frame(text) returns a typed frame or raises ProtocolError with a §6.2 code, whatever the
   text; the error frame the server would send for it is valid UTF-8 JSON.
 - check_username(text) returns the name or raises ProtocolError("bad_username").
-- verify_join on a join with hostile keys returns or raises ProtocolError bad_key/bad_signature.
+- verify_session on a join with hostile keys returns or raises ProtocolError bad_key/bad_signature.
 - The live endpoint answers every frame with a server frame or a documented `error`, closes
   abusive connections with an expected code, logs no traceback and writes no corrupt log line;
   afterwards two honest clients still chat.
@@ -56,7 +56,7 @@ from securechat import crypto
 from securechat.client import ChatClient, Message
 from securechat.config import Config
 from securechat.relay import protocol
-from securechat.relay.protocol import Join, Leave, Msg, ProtocolError, RosterRequest
+from securechat.relay.protocol import Join, Leave, Msg, ProtocolError, RecipientsRequest, Rekey, RosterRequest
 from securechat.server import start
 from securechat.storage.ciphertext_log import LogProblem, LogRecord, read_log
 
@@ -97,7 +97,7 @@ def test_documented_codes_are_read_from_the_table():
     assert PARSER_CODES <= DOCUMENTED_CODES
     expected = {"rate_limited", "server_error", "stale_recipients", "binary_unsupported", "bad_attachment"}
     assert expected <= DOCUMENTED_CODES
-    assert len(DOCUMENTED_CODES) == 20  # v1 + identity_in_use + bad_attachment
+    assert len(DOCUMENTED_CODES) == 22  # v1's + identity_in_use, bad_attachment, bad_challenge, unknown_message
 
 
 # ==============================================================================================
@@ -117,21 +117,31 @@ def check_parse(text: str):
         assert sent["type"] == "error" and sent["code"] == error.code
         COUNTS[f"parse:{error.code}"] += 1
         return error
-    assert isinstance(frame, (Join, Msg, RosterRequest, Leave)), type(frame)
+    assert isinstance(frame, (Join, Rekey, Msg, RecipientsRequest, RosterRequest, Leave)), type(frame)
     if isinstance(frame, Join):
         assert protocol.check_username(frame.username) == frame.username
         assert len(crypto.b64decode(frame.session_sig)) == crypto.SIGNATURE_BYTES
     if isinstance(frame, Msg):
-        assert 1 <= len(frame.keys) <= 256 and 0 <= frame.ts < 2**53 and 1 <= frame.counter < 2**53
+        assert 1 <= len(frame.keys) <= 256 and 0 <= frame.ts < 2**53
+        assert crypto.recipients_commitment(frame.keys) == frame.to
         assert len(crypto.b64decode(frame.iv)) == crypto.IV_BYTES
     COUNTS[f"parse:ok:{type(frame).__name__}"] += 1
     return frame
 
 
+def verify_join(join: Join):
+    """The server's session-statement check, with the vectors' challenge and time."""
+    return protocol.verify_session(
+        room="lobby", username=join.username, identity_key=join.identity_key, session_key=join.session_key,
+        issued=join.issued, challenge=join.challenge, stream=join.stream, session_sig=join.session_sig,
+        expected_challenge=VECTORS["session"]["challenge"], now_ms=VECTORS["session"]["issued"],
+        max_skew_ms=300_000)
+
+
 def test_the_valid_vector_frames_parse():
     join = protocol.parse_frame(json.dumps(valid_join()))
     assert isinstance(join, Join)
-    verified = protocol.verify_join(join, "lobby")
+    verified = verify_join(join)
     assert verified.sid == VECTORS["session"]["sid"]
     assert isinstance(protocol.parse_frame(json.dumps(valid_msg())), Msg)
 
@@ -145,7 +155,7 @@ def test_parse_frame_never_raises_anything_else(text):
 
 @fuzz_settings(150)
 @given(frame=st.one_of(mutated(valid_join()), mutated(valid_msg()),
-                       mutated({"v": 1, "type": "roster"}), mutated({"v": 1, "type": "leave"})),
+                       mutated({"v": 2, "type": "roster"}), mutated({"v": 2, "type": "leave"})),
        ensure_ascii=st.booleans())
 def test_mutated_valid_frames(frame, ensure_ascii):
     COUNTS["validator:mutated"] += 1
@@ -246,7 +256,7 @@ def test_verify_join_with_hostile_keys(identity_key, session_key):
     if isinstance(join, ProtocolError):
         return
     try:
-        protocol.verify_join(join, "lobby")
+        verify_join(join)
     except ProtocolError as error:
         assert error.code in {"bad_key", "bad_signature"}, error.code
         COUNTS[f"verify_join:{error.code}"] += 1
@@ -269,7 +279,7 @@ def test_regression_identity_key_on_an_unsupported_curve_is_bad_key():
     key = base64.b64encode(spki(EC_PUBLIC_KEY, oid(CURVES[3]), point)).decode()
     join = protocol.parse_frame(json.dumps(dict(valid_join(), identity_key=key)))
     with pytest.raises(ProtocolError) as caught:
-        protocol.verify_join(join, "lobby")
+        verify_join(join)
     assert caught.value.code == "bad_key"
 
 
@@ -353,15 +363,15 @@ class FuzzConnection:
         self.port, self.identity, self.session = port, identity, session
         self.ws: RawWebSocket | None = None
         self.joined = False
-        self.counter = 0
+        self.seq = 0
         self.ping = 0
         self.history: deque = deque(maxlen=64)  # for failure messages
         self.foreign = False
         # Fixed frames mutations are drawn from (see run_action); the join one is valid as is.
         self.join_template = self.join_frame()
         self.msg_template = crypto.seal_message(
-            identity=identity, sender_sid=session.sid, room="lobby", text="fuzz", counter=1,
-            recipients=[crypto.Recipient(session.sid, session.private_key.public_key())],
+            identity=identity, sender_sid=session.sid, room="lobby", text="fuzz",
+            recipients=[crypto.Recipient(session.sid, session.private_key.public_key(), 1)],
             ts=1_764_097_200_000, msg_id="0123456789abcdef0123456789abcdef",
             message_key=bytes(32), iv=bytes(12))
 
@@ -371,7 +381,6 @@ class FuzzConnection:
             # A frame and its ping sentinel leave at once, not 40 ms apart (Nagle + delayed ACK).
             self.ws.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.joined = False
-            self.counter = 0
             COUNTS["live:connections"] += 1
         return self.ws
 
@@ -384,17 +393,25 @@ class FuzzConnection:
         self.ws = None
         self.joined = self.foreign = False
 
+    STREAM = "f0" * 16
+
+    def statement(self, session_key: str, name: str = "fuzzer", identity=None) -> dict:
+        """A session statement for this connection's current challenge (from its hello)."""
+        challenge = self.ws.hello["challenge"] if self.ws is not None else "0" * 32
+        issued = int(time.time() * 1000)
+        sig = crypto.sign_session(identity or self.identity, "lobby", name, session_key, issued, challenge, self.STREAM)
+        return {"issued": issued, "challenge": challenge, "stream": self.STREAM, "session_sig": sig}
+
     def join_frame(self) -> dict:
-        return {"v": 1, "type": "join", "username": "fuzzer", "identity_key": self.identity.spki_b64,
-                "session_key": self.session.spki_b64,
-                "session_sig": crypto.sign_session(self.identity, "lobby", "fuzzer", self.session.spki_b64)}
+        return {"v": 2, "type": "join", "username": "fuzzer", "identity_key": self.identity.spki_b64,
+                "session_key": self.session.spki_b64, **self.statement(self.session.spki_b64)}
 
     def msg_frame(self) -> dict:
-        """A valid msg to ourselves, with the next counter."""
-        self.counter += 1
+        """A valid msg to ourselves, with the next sequence number."""
+        self.seq += 1
         return crypto.seal_message(
             identity=self.identity, sender_sid=self.session.sid, room="lobby", text="fuzz",
-            recipients=[crypto.Recipient(self.session.sid, self.session.private_key.public_key())], counter=self.counter,
+            recipients=[crypto.Recipient(self.session.sid, self.session.private_key.public_key(), self.seq)],
         )
 
     def raw(self, data: bytes) -> None:
@@ -434,7 +451,7 @@ class FuzzConnection:
         self.history.append({k: frame.get(k) for k in ("type", "code", "sid", "username")})
         if frame.get("type") in ("roster", "welcome"):
             self.history[-1]["members"] = [(p["sid"][:6], p["username"]) for p in frame["participants"]]
-        assert isinstance(frame, dict) and frame.get("v") == 1, frame
+        assert isinstance(frame, dict) and frame.get("v") == 2, frame
         assert frame.get("type") in SERVER_FRAME_TYPES, frame
         if frame["type"] == "error":
             assert frame["code"] in DOCUMENTED_CODES, frame
@@ -448,9 +465,6 @@ class FuzzConnection:
                 # (alice, the vectors' keys): then this connection is not ours to send msgs on.
                 self.joined = frame["you"]["sid"] == self.session.sid
                 self.foreign = not self.joined
-            elif frame["type"] == "msg":
-                # Our own echo: a mutated msg may have been accepted with a larger counter.
-                self.counter = max(self.counter, frame["counter"])
         return frame
 
 
@@ -483,7 +497,7 @@ ACTIONS = st.one_of(
     st.tuples(st.just("hostile_key"), st.tuples(st.sampled_from(["identity_key", "session_key"]), hostile_spki())),
     st.tuples(st.just("replay_msg"), st.just(None)),
     st.tuples(st.just("squat"), st.sampled_from(["fuzzer", "FUZZER", "Fuzzer", "fuzzeR"])),
-    st.tuples(st.just("roster"), st.sampled_from(['{"v":1,"type":"roster"}'])),
+    st.tuples(st.just("roster"), st.sampled_from(['{"v":2,"type":"roster"}'])),
     st.tuples(st.just("invalid_utf8"), invalid_utf8()),
     st.tuples(st.just("binary"), st.binary(max_size=64)),
     st.tuples(st.just("wire"), st.sampled_from([
@@ -496,7 +510,7 @@ ACTIONS = st.one_of(
 
 def wire_attack(conn: FuzzConnection, kind: str) -> list[dict]:
     """Frame-level abuse RawWebSocket's helpers make possible."""
-    body = json.dumps({"v": 1, "type": "roster"}).encode()
+    body = json.dumps({"v": 2, "type": "roster"}).encode()
     if kind == "dangling_fragment":
         return conn.exchange(lambda ws: ws.send_frame(TEXT, body[:5], fin=False))
     if kind == "fragment_then_text":
@@ -540,11 +554,11 @@ def plan_text(frame: dict, ensure_ascii: bool, cut) -> str:
 
 def rebase(frame: dict, template: dict, fresh: dict) -> dict:
     """A mutation drawn from the fixed template, carried over to a fresh frame: fields left as
-    in the template take the fresh values; ts and counter keep the drawn offset."""
+    in the template take the fresh values; ts keeps the drawn offset."""
     out = {}
     for name, value in frame.items():
         old = template.get(name, object())
-        if name in ("ts", "counter") and type(value) is int and type(old) is int:
+        if name == "ts" and type(value) is int and type(old) is int:
             out[name] = fresh[name] + (value - old)
         elif name == "keys" and isinstance(value, dict) and isinstance(old, dict):
             out[name] = {sid: fresh["keys"].get(sid, w) if w == old.get(sid) else w for sid, w in value.items()}
@@ -588,9 +602,10 @@ def run_action(conn: FuzzConnection, data, kind: str, payload) -> None:
         if conn.joined:
             conn.drop(None)
         field, key = payload
+        conn.open()  # the statement signs this connection's challenge
         frame = dict(conn.join_frame(), **{field: key})
         if field == "session_key":
-            frame["session_sig"] = crypto.sign_session(conn.identity, "lobby", "fuzzer", key)
+            frame.update(conn.statement(key))
         frames = conn.exchange(lambda ws: ws.send_json(frame))
         codes = [f.get("code") for f in frames if f["type"] == "error"]
         assert set(codes) <= {"bad_key", "bad_signature", "bad_frame"}, frames
@@ -610,11 +625,12 @@ def run_action(conn: FuzzConnection, data, kind: str, payload) -> None:
     elif kind == "squat":
         # Another identity under the fuzzer's name (any case): username_taken, never a takeover.
         name = payload
-        squatter = {"v": 1, "type": "join", "username": name, "identity_key": SQUATTER.spki_b64,
-                    "session_key": conn.session.spki_b64,
-                    "session_sig": crypto.sign_session(SQUATTER, "lobby", name, conn.session.spki_b64)}
         other = FuzzConnection(conn.port, SQUATTER, conn.session)
         try:
+            other.open()
+            squatter = {"v": 2, "type": "join", "username": name, "identity_key": SQUATTER.spki_b64,
+                        "session_key": conn.session.spki_b64,
+                        **other.statement(conn.session.spki_b64, name=name, identity=SQUATTER)}
             frames = other.exchange(lambda ws: ws.send_json(squatter))
             assert [f.get("code") for f in frames] == ["username_taken"], frames
         finally:

@@ -28,7 +28,7 @@ export function createUi(doc = document, { prefs, savePrefs } = {}) {
     loading: $("loading"), insecure: $("insecure"), secureLink: $("secure-link"), join: $("join"), joinForm: $("join-form"),
     username: $("username"), joinButton: $("join-button"), joinError: $("join-error"),
     chat: $("chat"), participants: $("participants"), leave: $("leave"), messages: $("messages"),
-    withheld: $("withheld"), composer: $("composer"), message: $("message"),
+    withheld: $("withheld"), verifiedOnly: $("verified-only"), composer: $("composer"), message: $("message"),
     dialog: $("confirm"), dialogTitle: $("confirm-title"), dialogBody: $("confirm-body"),
     dialogFingerprint: $("confirm-fingerprint"), dialogOk: $("confirm-ok"),
     dialogFingerprintBlock: $("confirm-fingerprint-block"), dialogFingerprintLabel: $("confirm-fingerprint-label"),

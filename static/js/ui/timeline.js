@@ -103,12 +103,19 @@ export function createTimeline(parts, { onUnread = () => {}, roomLink = () => lo
         ? `Not sent to: ${names.join(", ")} (key not accepted or not verifiable).` : "";
     },
 
-    addMessage({ id, username, fingerprint, ts, text, trust, verified }) {
-      dayFor(ts);
-      const node = messageArticle({ username, ts, text, fingerprint });
+    addMessage({ id, username, fingerprint, ts, text, trust, verified, late, before }) {
+      // A message that arrived late goes where it was sent (chat.js orders by sequence number).
+      const later = typeof before === "string"
+        ? [...log.querySelectorAll("article.msg")].find((a) => a.dataset.msgId === before) : null;
+      if (!later) dayFor(ts);
+      const node = later ? buildArticle({ username, ts, text, fingerprint }) : messageArticle({ username, ts, text, fingerprint });
       if (typeof id === "string") node.dataset.msgId = id;
       showTrust(node, { username, trust, verified });
-      append(node, { ts, counts: true });
+      if (late) node.append(el("p", "msg-late", "Arrived late"));
+      if (later) {
+        later.before(node);
+        updateEmpty();
+      } else append(node, { ts, counts: true });
     },
 
     /** The key of `fingerprint` was accepted or verified: update its messages in place. */
