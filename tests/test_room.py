@@ -186,7 +186,7 @@ def test_clock_skew_window(room, offset):
 def test_log_line_with_attachments_is_still_exactly_json(room):
     alice, bob = room.find("alice"), room.find("bob")
     keys = {bob.sid: "QUJD" * 86}
-    msg = Msg(id="d" * 32, ts=NOW, counter=4, iv="AAAAAAAAAAAAAAAA", ct="Y3Q=", sig="c2ln", keys=keys,
+    msg = Msg(id="d" * 32, ts=NOW, iv="AAAAAAAAAAAAAAAA", ct="Y3Q=", to="dG8=", sig="c2ln", keys=keys,
               attachments=("ab" * 32,))
     refs = [{"id": "ab" * 32, "size": 1234}]
     relay = room.prepare(alice, msg, NOW, refs)

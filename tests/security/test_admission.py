@@ -98,7 +98,8 @@ async def test_one_ipv6_64_cannot_fill_the_pre_join_pool(tmp_path):
             # A newcomer from elsewhere is let in and joins.
             newcomer = ChatClient(f"ws://127.0.0.1:{port}/ws", "newcomer")
             newcomer.ws = await websocket_connect(through_proxy("2001:db8:9:9::1"))
-            newcomer.room = (await newcomer.expect("hello"))["room"]
+            hello = await newcomer.expect("hello")
+            newcomer.room, newcomer.challenge = hello["room"], hello["challenge"]
             await newcomer.join()
             newcomer.close()
             # The deadline empties the pool although the attacker never closes.
