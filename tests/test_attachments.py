@@ -98,7 +98,7 @@ async def test_only_joined_sessions_may_upload_or_download(connect, base_url):
     code, _, _ = await call(base_url, "GET", f"/api/blobs/{ref.id}", bob.attachments["token"])
     assert code == 200
     bob_token = bob.attachments["token"]
-    await bob.send_frame({"v": 1, "type": "leave"})
+    await bob.send_frame({"v": 2, "type": "leave"})
     while await bob.ws.read_message() is not None:
         pass
     code, answer, _ = await call(base_url, "GET", f"/api/blobs/{ref.id}", bob_token)

@@ -86,7 +86,7 @@ def test_rejections(frame, code):
 
 def test_a_v1_frame_gets_a_v1_error_that_says_reload():
     with pytest.raises(ProtocolError) as info:
-        parse_frame('{"v":1,"type":"join","username":"alice"}')
+        parse_frame('{"v":2,"type":"join","username":"alice"}')
     error = json.loads(protocol.error_frame(info.value))
     assert (error["v"], error["code"]) == (1, "unsupported_version")
     assert "reload the page" in error["message"]
@@ -114,7 +114,7 @@ def test_a_dropped_frame_s_id_is_found_without_parsing():
     # Only ever 32 lowercase hex digits, never whatever else the sender wrote there.
     assert protocol.peek_msg_id('{"id": "<img src=x>"}') is None
     assert protocol.peek_msg_id('{"id": "' + "A" * 32 + '"}') is None
-    assert protocol.peek_msg_id('{"v":1,"type":"roster"}') is None
+    assert protocol.peek_msg_id('{"v":2,"type":"roster"}') is None
     assert protocol.peek_msg_id("not json at all") is None
     assert protocol.peek_msg_id('{"x":"\\"id\\":\\"' + "a" * 32 + '\\""}') is None
     # A frame stuffed with decoys costs a few searches, not one per decoy.

@@ -108,12 +108,13 @@ async def test_a_dropped_stream_is_resumed_and_loses_no_frame(over_http, connect
 async def test_a_resume_replays_exactly_the_frames_after_last(http_port, http_server, connect, hub):
     stream = await in_thread(RawStream, "127.0.0.1", http_port)
     token, session_id = stream.session["token"], stream.session["session"]
-    watcher = ChatClient("unused", "watcher")
+    hello = await in_thread(stream.next_frame)
+    assert hello["type"] == "hello"
+    watcher = ChatClient("unused", "watcher", challenge=hello["challenge"])
     watcher.session = crypto.SessionKey.generate()
     status, _ = await in_thread(lambda: post("127.0.0.1", http_port, "/stream/send",
                                              json.dumps(watcher.join_frame("lobby")), token=token, seq=1))
     assert status == 204
-    assert (await in_thread(stream.next_frame))["type"] == "hello"
     assert (await in_thread(stream.next_frame))["type"] == "welcome"
     seen = stream.last
     stream.close()
@@ -133,21 +134,23 @@ async def test_a_retried_post_is_handled_once_and_a_gap_is_refused(http_port, ht
     bob = await connect("bob")
     stream = await in_thread(RawStream, "127.0.0.1", http_port)
     token = stream.session["token"]
-    joiner = ChatClient("unused", "alice")
+    hello = await in_thread(stream.next_frame)
+    joiner = ChatClient("unused", "alice", challenge=hello["challenge"])
     joiner.session = crypto.SessionKey.generate()
 
     def send(frame, seq):
         return post("127.0.0.1", http_port, "/stream/send", json.dumps(frame), token=token, seq=seq)
 
     try:
-        assert (await in_thread(send, joiner.join_frame("lobby"), 1))[0] == 204
-        assert (await in_thread(send, joiner.join_frame("lobby"), 1))[0] == 204  # a retry
+        join = joiner.join_frame("lobby")
+        assert (await in_thread(send, join, 1))[0] == 204
+        assert (await in_thread(send, join, 1))[0] == 204  # a retry
         await bob.expect("joined")
-        frames = [await in_thread(stream.next_frame) for _ in range(2)]
-        assert [f["type"] for f in frames] == ["hello", "welcome"], "the join was handled once"
-        status, body = await in_thread(send, {"v": 1, "type": "roster"}, 3)
+        frames = [await in_thread(stream.next_frame) for _ in range(1)]
+        assert [hello["type"]] + [f["type"] for f in frames] == ["hello", "welcome"], "the join was handled once"
+        status, body = await in_thread(send, {"v": 2, "type": "roster"}, 3)
         assert (status, body["error"]) == (409, "out_of_order")
-        assert (await in_thread(send, {"v": 1, "type": "roster"}, 2))[0] == 204
+        assert (await in_thread(send, {"v": 2, "type": "roster"}, 2))[0] == 204
         assert (await in_thread(stream.next_frame))["type"] == "roster"
     finally:
         stream.close()
@@ -187,7 +190,7 @@ async def test_pings_keep_a_quiet_session_alive(over_http, connect, hub):
 async def test_a_client_that_goes_silent_times_out_and_leaves(http_port, http_server, connect, hub):
     bob = await connect("bob")
     stream = await in_thread(RawStream, "127.0.0.1", http_port)
-    joiner = ChatClient("unused", "ghost")
+    joiner = ChatClient("unused", "ghost", challenge=json.loads((await in_thread(stream.next_event)).data)["challenge"])
     joiner.session = crypto.SessionKey.generate()
     await in_thread(lambda: post("127.0.0.1", http_port, "/stream/send", json.dumps(joiner.join_frame("lobby")),
                                  token=stream.session["token"], seq=1))
@@ -254,7 +257,7 @@ async def test_leave_and_close_end_the_session_at_once(over_http, connect, hub):
     alice, carol = await over_http("alice"), await over_http("carol")
     bob = await connect("bob")
     await settle(alice, bob, carol, members=3)
-    await alice.send_frame({"v": 1, "type": "leave"})
+    await alice.send_frame({"v": 2, "type": "leave"})
     assert (await bob.expect("left"))["username"] == "alice"
     while await alice.ws.read_message() is not None:
         pass

@@ -123,7 +123,7 @@ async def test_a_full_pre_join_pool_refuses_newcomers_with_503_not_members(tmp_p
         with pytest.raises(HandshakeRefused) as refused:
             await in_thread(lambda: RawWebSocket("127.0.0.1", port, source="127.0.0.20"))
         assert refused.value.status == 503
-        member.send_json({"v": 1, "type": "roster"})
+        member.send_json({"v": 2, "type": "roster"})
         assert (await in_thread(member.recv_json))["type"] == "roster"
         for ws in [member, *waiting]:
             ws.close()

@@ -194,7 +194,7 @@ async def test_a_rate_limited_message_is_named_in_the_error(connect, config):
     # Ten frames past the burst leave room for tokens that refill meanwhile on a busy machine,
     # and stay under the 20 strikes that close the connection.
     for _ in range(config.rate_burst + 10):
-        await alice.send_frame({"v": 1, "type": "roster"})
+        await alice.send_frame({"v": 2, "type": "roster"})
     await alice.send_frame(dropped)
     while (error := await alice.expect("error")).get("id") is None:
         assert error["code"] == "rate_limited"  # the dropped rosters name no message

@@ -49,8 +49,9 @@ def sessions(hub) -> list[StreamSession]:
     return [c for c in hub.connections if isinstance(c, StreamSession)]
 
 
-def join_frame(name: str) -> str:
-    client = ChatClient("unused", name)
+def join_frame(name: str, challenge: str = "0" * 32) -> str:
+    """A join signing `challenge` (the hello's, PROTOCOL.md §4)."""
+    client = ChatClient("unused", name, challenge=challenge)
     client.session = crypto.SessionKey.generate()
     return json.dumps(client.join_frame("lobby"))
 
@@ -58,10 +59,11 @@ def join_frame(name: str) -> str:
 async def joined_stream(port: int, name: str, **kwargs) -> RawStream:
     """A raw HTTP participant: stream opened, joined through one POST, welcome read."""
     raw = await in_thread(RawStream, HOST, port, **kwargs)
-    status, _ = await in_thread(post, HOST, port, "/stream/send", join_frame(name),
+    hello = await in_thread(raw.next_frame)
+    assert hello["type"] == "hello"
+    status, _ = await in_thread(post, HOST, port, "/stream/send", join_frame(name, hello["challenge"]),
                                 token=raw.session["token"], seq=1, source=kwargs.get("source"))
     assert status == 204
-    assert (await in_thread(raw.next_frame))["type"] == "hello"
     assert (await in_thread(raw.next_frame))["type"] == "welcome"
     return raw
 
@@ -77,14 +79,14 @@ async def test_a_post_without_a_token_or_with_a_forged_one_is_refused(http_port,
     alice, bob = await honest_pair(connect)
     for token, expected in ((None, (401, "no_token")), ("A" * 22, (404, "unknown_session")),
                             ("not-even-the-right-shape", (404, "unknown_session"))):
-        status, body = await in_thread(post, HOST, http_port, "/stream/send", '{"v":1,"type":"roster"}',
+        status, body = await in_thread(post, HOST, http_port, "/stream/send", '{"v":2,"type":"roster"}',
                                        token=token, seq=1)
         assert (status, body["error"]) == expected
         assert body["message"]
     # A stream's own id is not a token: it opens the stream, never the POSTs.
     raw = await in_thread(RawStream, HOST, http_port)
     try:
-        status, body = await in_thread(post, HOST, http_port, "/stream/send", '{"v":1,"type":"roster"}',
+        status, body = await in_thread(post, HOST, http_port, "/stream/send", '{"v":2,"type":"roster"}',
                                        token=raw.session["session"], seq=1)
         assert (status, body["error"]) == (404, "unknown_session")
     finally:
@@ -100,7 +102,7 @@ async def test_an_expired_token_gets_session_closed_then_unknown(http_port, conn
     assert status == 204
     assert (await in_thread(raw.next_frame)) == {"type": "close", "code": 1000, "reason": "closed by the client"}
     raw.close()
-    status, body = await in_thread(post, HOST, http_port, "/stream/send", '{"v":1,"type":"roster"}', token=token, seq=2)
+    status, body = await in_thread(post, HOST, http_port, "/stream/send", '{"v":2,"type":"roster"}', token=token, seq=2)
     assert (status, body["error"], body["code"]) == (410, "session_closed", 1000)
     # A resume of the ended session says why on the stream itself (EventSource reads no bodies).
     again = await in_thread(RawStream, HOST, http_port, query=f"?session={session_id}&last=0")
@@ -111,7 +113,7 @@ async def test_an_expired_token_gets_session_closed_then_unknown(http_port, conn
     for key in list(sessions_registry.tombstones):
         expires, code, reason = sessions_registry.tombstones[key]
         sessions_registry.tombstones[key] = (time.monotonic() - 1, code, reason)
-    status, body = await in_thread(post, HOST, http_port, "/stream/send", '{"v":1,"type":"roster"}', token=token, seq=2)
+    status, body = await in_thread(post, HOST, http_port, "/stream/send", '{"v":2,"type":"roster"}', token=token, seq=2)
     assert (status, body["error"]) == (404, "unknown_session")
     with pytest.raises(Refused) as refused:
         await in_thread(RawStream, HOST, http_port, query=f"?session={session_id}&last=0")
@@ -125,7 +127,7 @@ async def test_foreign_or_missing_origin_is_refused(http_port, connect, hub):
     token = raw.session["token"]
     try:
         for origin in ("https://evil.example", "null", None, f"http://{HOST}:{http_port + 1}"):
-            status, body = await in_thread(post, HOST, http_port, "/stream/send", '{"v":1,"type":"roster"}',
+            status, body = await in_thread(post, HOST, http_port, "/stream/send", '{"v":2,"type":"roster"}',
                                            token=token, seq=2, origin=origin)
             assert (status, body["error"]) == (403, "bad_origin"), origin
         # The stream itself: a cross-origin EventSource, or a cross-site <img>/no-cors fetch.
@@ -137,7 +139,7 @@ async def test_foreign_or_missing_origin_is_refused(http_port, connect, hub):
             assert refused.value.status == 403 and refused.value.json()["error"] == "bad_origin"
         assert len(hub.connections) == before, "a refused stream holds no session"
         # The refused POSTs were never handled: the next frame is still number 2.
-        assert (await in_thread(post, HOST, http_port, "/stream/send", '{"v":1,"type":"roster"}',
+        assert (await in_thread(post, HOST, http_port, "/stream/send", '{"v":2,"type":"roster"}',
                                 token=token, seq=2))[0] == 204
         assert (await in_thread(raw.next_frame))["type"] == "roster"
     finally:
@@ -169,7 +171,7 @@ async def test_an_oversized_post_is_refused_and_closes_the_session_like_1009(htt
     alice, bob = await honest_pair(connect)
     raw = await joined_stream(http_port, "mallory")
     token = raw.session["token"]
-    big = '{"v":1,"type":"roster","pad":"' + "x" * config.max_frame_bytes + '"}'
+    big = '{"v":2,"type":"roster","pad":"' + "x" * config.max_frame_bytes + '"}'
     status, body = await in_thread(post, HOST, http_port, "/stream/send", big, token=token, seq=2)
     assert (status, body["error"]) == (413, "too_large")
     assert await in_thread(raw.next_frame) == {"type": "close", "code": 1009, "reason": "frame too large"}
@@ -198,7 +200,7 @@ async def test_a_post_flood_is_rate_limited_then_closed(config):
         def flood():
             statuses = []
             for seq in range(2, 400):
-                status, _ = post(HOST, port, "/stream/send", '{"v":1,"type":"roster"}', token=token, seq=seq)
+                status, _ = post(HOST, port, "/stream/send", '{"v":2,"type":"roster"}', token=token, seq=seq)
                 statuses.append(status)
                 if status == 410:
                     break
