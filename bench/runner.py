@@ -237,6 +237,7 @@ class Room:
         self.welcomes: dict[int, asyncio.Future] = {}
         encode = encode_frame if transport == "websocket" else bytes
         self.hellos: dict[int, asyncio.Future] = {}
+        self.early_hellos: dict = {}
         self.factories = [FrameFactory(m, members, text_bytes, encode=encode) for m in members[:senders]]
         self.sent: dict[str, int] = {}  # id -> perf_counter_ns at write
         self.sender_of: dict[str, int] = {}
@@ -262,9 +263,12 @@ class Room:
             if self.on_ack is not None:
                 self.on_ack(payload[26:58].decode())
         elif payload.startswith(_HELLO):
+            challenge = json.loads(payload)["challenge"]
             future = self.hellos.get(self.by_client.get(client))
-            if future is not None and not future.done():
-                future.set_result(json.loads(payload)["challenge"])
+            if future is None:
+                self.early_hellos[client] = challenge  # read before the opener returned
+            elif not future.done():
+                future.set_result(challenge)
         elif payload.startswith(_WELCOME):
             future = self.welcomes.get(self.by_client[client])
             if future is not None and not future.done():
@@ -288,9 +292,11 @@ class Room:
         for i, member in enumerate(self.members):
             self.hellos[i] = loop.create_future()
             self.welcomes[i] = loop.create_future()
-            client = await connect(HOST, self.relay.port, on_text=self._on_text,
-                                   on_open=lambda c, i=i: self.by_client.__setitem__(c, i))
+            client = await opener(HOST, self.relay.port, on_text=self._on_text)
             self.clients.append(client)
+            self.by_client[client] = i
+            if client in self.early_hellos:
+                self.hellos[i].set_result(self.early_hellos.pop(client))
             challenge = await asyncio.wait_for(self.hellos[i], max(0.1, deadline - time.monotonic()))
             client.send_text(json.dumps(member.join_frame(challenge=challenge)))
             await asyncio.wait_for(self.welcomes[i], max(0.1, deadline - time.monotonic()))
