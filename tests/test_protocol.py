@@ -86,7 +86,7 @@ def test_rejections(frame, code):
 
 def test_a_v1_frame_gets_a_v1_error_that_says_reload():
     with pytest.raises(ProtocolError) as info:
-        parse_frame('{"v":2,"type":"join","username":"alice"}')
+        parse_frame('{"v":1,"type":"join","username":"alice"}')
     error = json.loads(protocol.error_frame(info.value))
     assert (error["v"], error["code"]) == (1, "unsupported_version")
     assert "reload the page" in error["message"]

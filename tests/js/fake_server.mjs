@@ -338,8 +338,9 @@ class FakeHttpSession {
   }
 }
 
-/** Wait until `predicate()` is truthy (polling the event loop), or fail after `ms`. */
-export async function until(predicate, ms = 5000, what = "condition") {
+/** Wait until `predicate()` is truthy (polling the event loop), or fail after `ms` (generous: RSA
+ * key generation on a loaded 2-core machine can take seconds). */
+export async function until(predicate, ms = 20000, what = "condition") {
   const deadline = Date.now() + ms;
   while (!predicate()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
