@@ -185,6 +185,12 @@ def test_platform_from_user_agent(agent, expected):
     assert platform(agent) == expected
 
 
+async def test_the_join_page_links_to_setup_only_over_https(http_client, base_url):
+    # Plain http here: no certificate was involved, so there is nothing to set up.
+    page = (await fetch(http_client, base_url, "/")).body.decode()
+    assert 'href="/setup"' not in page
+
+
 class TestWithoutTheLocalCA:
     @pytest.fixture
     def app(self, config, ciphertext_log):

@@ -35,7 +35,11 @@ class IndexHandler(CanonicalRedirectMixin, SecureHeadersMixin, tornado.web.Reque
         modules = [name for name in sri if name.startswith("js/") and name != "js/main.js"
                    and not name.endswith("-sw.js")]
         self.set_header("Cache-Control", "no-cache")
-        self.render("index.html", room=self.hub.rooms.default, version=__version__, sri=sri, modules=modules)
+        # Over https with the local CA, a browser that has not installed it saw a warning: point
+        # it at /setup (the page cannot tell whether this browser trusts the CA, so always).
+        setup = self.settings.get("local_ca") is not None and self.request.protocol == "https"
+        self.render("index.html", room=self.hub.rooms.default, version=__version__, sri=sri, modules=modules,
+                    setup=setup)
 
 
 class HealthHandler(SecureHeadersMixin, tornado.web.RequestHandler):

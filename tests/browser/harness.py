@@ -71,7 +71,8 @@ class ServerThread:
     """securechat's own start()/shutdown() on a loop in a thread; restartable on one port."""
 
     def __init__(self, data_dir: Path, port: int = 0, ssl_context=None, hostname: str = "127.0.0.1",
-                 **config):
+                 app_options: dict | None = None, **config):
+        self.app_options = app_options or {}  # make_app's keywords: canonical, local_ca
         self.data_dir = data_dir
         self.config = config  # further Config fields, e.g. rate_per_second=0.5
         self.port = port
@@ -90,7 +91,7 @@ class ServerThread:
             asyncio.set_event_loop(self.loop)
             try:
                 config = Config(data_dir=self.data_dir, port=self.port, log_fsync="never", **self.config)
-                self.server = self.loop.run_until_complete(start(config, self.ssl_context))
+                self.server = self.loop.run_until_complete(start(config, self.ssl_context, **self.app_options))
                 self.port = self.server.port
             except BaseException as exc:  # reported to the starting thread
                 failure.append(exc)
