@@ -94,13 +94,24 @@ def _is_name(text: str) -> bool:
 
 def server_urls(listen_host: str | None, port: int, scheme: str, addresses: list,
                 cert: tls.CertStatus | None = None, canonical: str | None = None) -> list[str]:
-    """Every URL people can open: the LAN ones (canonical first), then this machine's own."""
+    """Every URL people can open: the LAN ones (canonical first), then this machine's own.
+
+    With a certificate, this machine's own URL too only if it covers it: ours always name
+    localhost, yours (a mkcert certificate for chat.lan) may not, and then listing it would
+    send people to a certificate error."""
     urls = [_url(scheme, host, port) for host in lan_hosts(listen_host, addresses, cert, canonical)]
     if listen_host in ALL_INTERFACES:
-        local = "localhost" if scheme == "https" else "127.0.0.1"  # the certificate names localhost
-        urls.append(_url(scheme, local, port))
+        # localhost first where a certificate names it (browsers treat it as secure anyway);
+        # "::" is IPv6 only (Tornado sets IPV6_V6ONLY), so its loopback is ::1.
+        loopback = "::1" if listen_host == "::" else "127.0.0.1"
+        candidates = ["localhost", loopback] if scheme == "https" else [loopback]
     elif is_loopback(listen_host):
-        urls.append(_url(scheme, listen_host, port))
+        candidates = [listen_host, "localhost"] if scheme == "https" else [listen_host]
+    else:
+        candidates = []
+    local = [h for h in candidates if cert is None or cert.covers(h)]
+    if local:
+        urls.append(_url(scheme, local[0], port))
     return urls
 
 
@@ -186,6 +197,9 @@ def print_banner(console: Console, config: Config, urls: list[str], cert: tls.Ce
     console.print(f"[bold]securechat {__version__}[/bold] is running. Open:")
     for url in urls:
         console.print(f"  {url}", markup=False)  # an IPv6 URL's brackets are not markup
+    if not urls and cert is not None:
+        console.print(f"  [yellow]warning[/yellow]    the certificate covers none of this server's addresses; it names "
+                      f"{escape(', '.join(cert.sans) or 'nothing')}")
     if cert is None:
         console.print("  TLS        [yellow]off[/yellow] (plain http)")
         if config.listen_host != "127.0.0.1" and not _is_loopback(config.listen_host):
@@ -199,9 +213,14 @@ def print_banner(console: Console, config: Config, urls: list[str], cert: tls.Ce
     lan = [u for u in urls if "//127.0.0.1:" not in u and "//localhost:" not in u and "//[::1]:" not in u]
     target = setup_url or (lan[0] if lan else None)
     if target and console.is_terminal:
-        console.print(render_qr(target, colour=console.color_system is not None), end="")
+        # NO_COLOR leaves rich a colour system but strips every colour: the explicit black and
+        # white would vanish and leave a block of ▀. Draw with the terminal's own colours then.
+        colour = console.color_system is not None and not console.no_color
+        console.print(render_qr(target, colour=colour), end="")
         what = "set up a phone and open the chat" if setup_url else "open the chat on a phone"
         console.print(f"  Scan to {what}: {target}", markup=False)
+        if not colour:
+            console.print("  (no colours: this code scans on a light-on-dark terminal only)", style="dim")
     console.print("  Press Ctrl-C to stop.")
 
 

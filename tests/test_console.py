@@ -29,6 +29,7 @@ LAN = [ipaddress.ip_address("192.168.1.20"), ipaddress.ip_address("fd00::2")]
     (None, "https", ["https://192.168.1.20:5000/", "https://[fd00::2]:5000/", "https://localhost:5000/"]),
     ("0.0.0.0", "http", ["http://192.168.1.20:5000/", "http://127.0.0.1:5000/"]),  # IPv4 only
     ("::", "https", ["https://192.168.1.20:5000/", "https://[fd00::2]:5000/", "https://localhost:5000/"]),
+    ("::", "http", ["http://192.168.1.20:5000/", "http://[fd00::2]:5000/", "http://[::1]:5000/"]),  # IPv6 only
     ("192.168.1.20", "https", ["https://192.168.1.20:5000/"]),
     ("fd00::2", "https", ["https://[fd00::2]:5000/"]),
 ])
@@ -81,11 +82,11 @@ def test_qr_code_has_a_four_module_quiet_zone():
 
 
 def banner(terminal: bool, host: str | None = None, urls=None, cert=None, setup_url=None, config=None,
-           color_system=None) -> str:
+           color_system=None, no_color=False) -> str:
     out = io.StringIO()
     console = Console(file=out, force_terminal=terminal, color_system=color_system, width=120, highlight=False,
-                      emoji=False)
-    urls = urls or ["http://192.168.1.20:5000/", "http://127.0.0.1:5000/"]
+                      emoji=False, no_color=no_color)
+    urls = ["http://192.168.1.20:5000/", "http://127.0.0.1:5000/"] if urls is None else urls
     print_banner(console, config or Config(host=host, data_dir="/srv/chat"), urls, cert, setup_url)
     return out.getvalue()
 
@@ -96,6 +97,17 @@ def test_banner_shows_urls_paths_and_a_qr_only_on_a_terminal():
     assert "TLS        off" in piped and "use --tls" in piped and "▀" not in piped and "Scan" not in piped
     shown = banner(terminal=True, host="0.0.0.0", color_system="truecolor")
     assert "▀" in shown and "  Scan to open the chat on a phone: http://192.168.1.20:5000/\n" in shown
+    assert "light-on-dark" not in shown
+
+
+def test_with_no_color_the_banner_qr_code_still_scans_and_says_where(tmp_path):
+    """NO_COLOR keeps rich's colour system but strips every colour: a code drawn in explicit
+    black and white would come out as a solid block. It is drawn in the terminal's colours."""
+    shown = banner(terminal=True, host="0.0.0.0", color_system="truecolor", no_color=True)
+    assert "\x1b[38" not in shown and "\x1b[48" not in shown
+    assert scan_terminal(shown, DARK_THEME, tmp_path / "dark.pgm") == "http://192.168.1.20:5000/"
+    assert "Scan to open the chat on a phone: http://192.168.1.20:5000/" in shown
+    assert "(no colours: this code scans on a light-on-dark terminal only)" in shown
 
 
 def test_banner_with_the_local_ca_shows_both_fingerprints_and_a_setup_qr(tmp_path):
@@ -153,10 +165,28 @@ def test_with_your_certificate_only_covered_lan_urls_and_no_warning_talk(tmp_pat
     assert "warning page" not in shown and "CA SHA-256" not in shown and "[fd00::2]" not in shown
 
 
+def test_this_machines_own_url_only_as_the_certificate_covers_it():
+    import datetime as dt
+
+    def status(sans):
+        return tls.CertStatus(cert_path=Path("c"), key_path=None, fingerprint="AA", subject="CN=x", sans=sans,
+                              not_before=None, not_after=dt.datetime(2027, 1, 1), key_type="ECDSA P-256")
+
+    assert server_urls(None, 5000, "https", [], status(["chat.lan", "127.0.0.1"])) == [
+        "https://chat.lan:5000/", "https://127.0.0.1:5000/"]
+    assert server_urls("::", 5000, "https", [], status(["chat.lan", "::1"])) == [
+        "https://chat.lan:5000/", "https://[::1]:5000/"]
+    assert server_urls("127.0.0.1", 5000, "https", [], status(["localhost"])) == ["https://localhost:5000/"]
+    assert server_urls("127.0.0.1", 5000, "https", [], status(["chat.lan"])) == []
+    shown = banner(False, urls=[], cert=status(["chat.lan"]), config=Config(host="127.0.0.1", data_dir="/srv/chat"))
+    assert "warning    the certificate covers none of this server's addresses; it names chat.lan" in shown
+
+
 def test_a_certificate_covering_no_lan_address_shows_its_names():
     cert = tls.CertStatus(cert_path=Path("c"), key_path=None, fingerprint="AA", subject="CN=x", sans=["chat.lan"],
                           not_before=None, not_after=None, key_type="ECDSA P-256")
-    assert server_urls(None, 5000, "https", LAN, cert) == ["https://chat.lan:5000/", "https://localhost:5000/"]
+    # Nor localhost: this certificate does not name it, so https://localhost would be an error page.
+    assert server_urls(None, 5000, "https", LAN, cert) == ["https://chat.lan:5000/"]
     assert choose_canonical(Config(tls=True), LAN, cert) is None  # no address: nothing to redirect to
 
 
