@@ -19,7 +19,7 @@ from ..storage.blobs import BlobStore
 from ..storage.ciphertext_log import CiphertextLog
 from . import protocol
 from .admission import Pool, address_keys
-from .limits import SlidingWindow
+from .limits import SlidingWindow, TokenBucket
 from .protocol import Join, Msg, ProtocolError, Rekey
 from .room import Participant, Rooms
 
@@ -36,6 +36,12 @@ class Connection(Protocol):
 
 # Close code for a session that opened but never joined within limits.join_timeout.
 JOIN_TIMEOUT = 4003
+# Roster answers per member: a burst of ROSTER_BURST, then one every ROSTER_EVERY seconds. A
+# 23-byte request is answered with ~700 bytes per member (~180 kB at 256): at the frame rate
+# limit (10/s) one connection could make the server send 1.8 MB/s. A request over the budget is
+# not refused (a client asks after stale_recipients and needs the answer): it is answered once
+# the budget allows, and requests meanwhile share that one answer.
+ROSTER_BURST, ROSTER_EVERY = 3, 2.0
 
 
 def now_ms() -> int:
@@ -62,6 +68,12 @@ class Grant:
     room: str
 
 
+@dataclass
+class _RosterBudget:
+    bucket: TokenBucket
+    pending: asyncio.TimerHandle | None = None
+
+
 class Hub:
     def __init__(self, config: Config, ciphertext_log: CiphertextLog, blobs: BlobStore | None = None):
         self.config = config
@@ -83,6 +95,8 @@ class Hub:
         # The challenge each connection must sign into its next session statement (§4).
         self.challenges: dict[Connection, str] = {}
         self.joins = SlidingWindow(config.joins_per_minute, 60.0)
+        self._roster_frames: dict[str, tuple[int, str]] = {}  # room -> (revision, encoded frame)
+        self._roster_budgets: dict[Participant, _RosterBudget] = {}
         self.started = now_ms()
 
     # -- admission -------------------------------------------------------------------------
@@ -265,6 +279,7 @@ class Hub:
         return refs
 
     def _announce_leave(self, participant: Participant, skip: Participant | None = None) -> None:
+        self._forget_roster_budget(participant)
         room = self.rooms.get()
         left = protocol.frame("left", **participant.as_sender())
         for other in room.members.values():
@@ -275,8 +290,40 @@ class Hub:
         log_membership("left", participant)
 
     def roster(self, participant: Participant) -> None:
+        """Answer a roster request now, or once the member's roster budget allows (see ROSTER_EVERY)."""
+        now = time.monotonic()
+        budget = self._roster_budgets.get(participant)
+        if budget is None:
+            budget = self._roster_budgets[participant] = _RosterBudget(TokenBucket(1 / ROSTER_EVERY, ROSTER_BURST, now))
+        if budget.pending is not None:
+            return  # an answer is already scheduled; it will carry the roster of its moment
+        if budget.bucket.take(now):
+            participant.connection.send(self.roster_frame())
+            return
+        budget.pending = asyncio.get_running_loop().call_later(
+            budget.bucket.wait(now), self._deferred_roster, participant)
+
+    def _deferred_roster(self, participant: Participant) -> None:
+        budget = self._roster_budgets.get(participant)
+        if budget is None:
+            return  # left meanwhile
+        budget.pending = None
+        budget.bucket.take(time.monotonic())
+        participant.connection.send(self.roster_frame())
+
+    def roster_frame(self) -> str:
+        """The room's roster frame, encoded once per change of membership."""
         room = self.rooms.get()
-        participant.connection.send(protocol.frame("roster", room=room.name, participants=room.roster()))
+        cached = self._roster_frames.get(room.name)
+        if cached is None or cached[0] != room.revision:
+            cached = (room.revision, protocol.frame("roster", room=room.name, participants=room.roster()))
+            self._roster_frames[room.name] = cached
+        return cached[1]
+
+    def _forget_roster_budget(self, participant: Participant) -> None:
+        budget = self._roster_budgets.pop(participant, None)
+        if budget is not None and budget.pending is not None:
+            budget.pending.cancel()
 
     def relay(self, sender: Participant, msg: Msg) -> None:
         room = self.rooms.get()

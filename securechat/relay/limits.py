@@ -22,6 +22,11 @@ class TokenBucket:
             return True
         return False
 
+    def wait(self, now: float) -> float:
+        """Seconds from now until take() would succeed."""
+        tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        return max(0.0, (1.0 - tokens) / self.rate)
+
 
 class Strikes:
     """Counts rejections; a client past `limit` within `window` seconds is treated as abusive."""

@@ -118,6 +118,8 @@ class Room:
     _keys: dict[Participant, tuple[str, str]] = field(default_factory=dict)
     _by_fingerprint: dict[str, Participant] = field(default_factory=dict)
     _replays: ReplayGuard = field(init=False)
+    # Bumped whenever the roster changes, so an encoding of it can be cached (hub.roster_frame).
+    revision: int = 0
 
     # Recent messages' recipient lists, for `recipients` requests (§6.1): id -> JSON array.
     _recipient_lists: OrderedDict = field(default_factory=OrderedDict)
@@ -162,6 +164,7 @@ class Room:
         for index, key in enumerate(keys):
             self._by_name[index][key] = participant
         self._by_fingerprint[participant.fingerprint] = participant
+        self.revision += 1
         return holder
 
     def _holders(self, keys: tuple[str, str]) -> list[Participant]:
@@ -178,6 +181,7 @@ class Room:
                 del self._by_name[index][key]
         if self._by_fingerprint.get(participant.fingerprint) is participant:
             del self._by_fingerprint[participant.fingerprint]
+        self.revision += 1
         return True
 
     def rekey(self, participant: Participant, *, sid: str, session_key: str, session_sig: str,
@@ -189,6 +193,7 @@ class Room:
         self.members = {(sid if key == old else key): member for key, member in self.members.items()}
         participant.sid, participant.session_key, participant.session_sig = sid, session_key, session_sig
         participant.wrapped_key_length, participant.issued, participant.challenge = wrapped_key_length, issued, challenge
+        self.revision += 1  # the roster now carries the new sid and key
         return old
 
     def roster(self) -> list[dict]:
