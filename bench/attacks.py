@@ -247,7 +247,132 @@ def unjoined(workdir: Path, addresses: int = 313, per_address: int = 32) -> dict
         server.stop()
 
 
-ATTACKS = {"slowloris": slowloris, "bodies": bodies, "unjoined": unjoined}
+# -- rebinding and log floods ---------------------------------------------------------------
+
+
+def _request(port: int, head: bytes, whole: bool = True) -> bytes:
+    sock = socket.create_connection((HOST, port), timeout=5)
+    try:
+        sock.sendall(head)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+            if not whole and b"\r\n\r\n" in reply:
+                break
+        return reply
+    except OSError:
+        return b""
+    finally:
+        sock.close()
+
+
+def _status(reply: bytes) -> int | str:
+    return int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/") else "closed"
+
+
+def rebinding(workdir: Path, name: str = "rebind.attacker.example") -> dict:
+    """What a DNS-rebinding page gets: the page, and the WebSocket handshake, under its own name."""
+    server = Server(workdir)
+    try:
+        page = _request(server.port, f"GET / HTTP/1.1\r\nHost: {name}:{server.port}\r\nConnection: close\r\n\r\n".encode())
+        ws = _request(server.port, (f"GET /ws HTTP/1.1\r\nHost: {name}:{server.port}\r\nUpgrade: websocket\r\n"
+                                    f"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                                    f"Sec-WebSocket-Version: 13\r\nOrigin: http://{name}:{server.port}\r\n\r\n").encode(), whole=False)
+        return {"page": _status(page), "websocket": _status(ws[:200])}
+    finally:
+        server.stop()
+
+
+def logflood(workdir: Path, count: int = 1000) -> dict:
+    """count refused requests of five kinds: how many log lines they cost."""
+    server = Server(workdir, env={"SECURECHAT_TOKEN": "attack-bench-token-0123456789"})
+    kinds = [
+        b"GET /static/%00 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        b"GET /api/admin/status HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer x\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: rebind.attacker.example\r\nConnection: close\r\n\r\n",
+        b"GET /static/%ff HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.1 extra\r\nHost: 127.0.0.1\r\n\r\n",
+    ]
+    try:
+        lines0 = server.log_lines()
+        statuses: dict[str, int] = {}
+        for i in range(count):
+            status = str(_status(_request(server.port, kinds[i % len(kinds)])))
+            statuses[status] = statuses.get(status, 0) + 1
+        time.sleep(0.5)
+        lines, size = server.log_lines()
+        tracebacks = server.stderr_path.read_text().count("embedded null byte")
+        return {"requests": count, "statuses": statuses, "log_lines": lines - lines0[0],
+                "log_bytes": size - lines0[1], "nul_path_errors_logged": tracebacks}
+    finally:
+        server.stop()
+
+
+# -- roster amplification ---------------------------------------------------------------------
+
+
+def roster(workdir: Path, members: int = 20, seconds: float = 10, rate: float = 10.0) -> dict:
+    """A member asks for the roster at the frame rate limit (10/s) for `seconds`, with
+    `members` others in the room: bytes the server sends for each byte it is sent."""
+    import asyncio
+
+    from securechat.client import ChatClient
+
+    # The members all join from 127.0.0.1; the join budget would stop them, not the attacker.
+    server = Server(workdir, env={"SECURECHAT_JOINS_PER_MINUTE": "1000"})
+
+    async def scenario() -> dict:
+        url = f"ws://{HOST}:{server.port}/ws"
+        others = []
+        for i in range(members):
+            client = ChatClient(url, f"member{i}")
+            await client.connect()
+            others.append(client)
+        attacker = ChatClient(url, "mallory")
+        await attacker.connect()
+        request = '{"v":1,"type":"roster"}'
+        sent = received = answers = 0
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            await attacker.ws.write_message(request)
+            sent += len(request) + 6  # WebSocket framing of a short masked client frame
+            await asyncio.sleep(1 / rate)
+            while True:
+                try:
+                    text = await asyncio.wait_for(attacker.ws.read_message(), 0.001)
+                except asyncio.TimeoutError:
+                    break
+                if text is None:
+                    break
+                if '"type":"roster"' in text:
+                    answers += 1
+                    received += len(text.encode()) + 4
+        await asyncio.sleep(ROSTER_DRAIN)
+        while True:
+            try:
+                text = await asyncio.wait_for(attacker.ws.read_message(), 0.2)
+            except asyncio.TimeoutError:
+                break
+            if text is None:
+                break
+            if '"type":"roster"' in text:
+                answers += 1
+                received += len(text.encode()) + 4
+        for client in [attacker, *others]:
+            client.close()
+        return {"members": members + 1, "requests_bytes": sent, "roster_answers": answers,
+                "answer_bytes": received, "bytes_out_per_byte_in": round(received / sent)}
+
+    try:
+        return asyncio.run(scenario())
+    finally:
+        server.stop()
+
+
+ROSTER_DRAIN = 2.5
+
+ATTACKS = {"roster": roster, "slowloris": slowloris, "bodies": bodies, "unjoined": unjoined, "rebinding": rebinding,
+           "logflood": logflood}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,6 +49,9 @@ class Config:
     # The one LAN address or name people open (identity keys are per origin); other names of
     # this machine redirect to it. None picks the first LAN address the certificate covers.
     canonical_host: str | None = _setting("server", None)
+    # Names (or addresses) this server answers to besides its own: a reverse proxy's public
+    # name, say. Any other Host gets 421 (DNS rebinding). See web/hosts.py.
+    allowed_hosts: tuple[str, ...] = _setting("server", ())
     # [tls]
     tls: bool = _setting("tls", False, env="SECURECHAT_TLS", key="enabled")
     cert: Path | None = _setting("tls", None, env="SECURECHAT_TLS_CERT")
@@ -119,6 +122,8 @@ class Config:
                               "securechat makes the self-signed certificate, or you bring one")
         if self.canonical_host is not None:
             object.__setattr__(self, "canonical_host", _host_only(self.canonical_host))
+        object.__setattr__(self, "allowed_hosts", tuple(
+            _host_only(host, "server.allowed_hosts (SECURECHAT_ALLOWED_HOSTS)") for host in self.allowed_hosts))
         try:
             parse_networks(self.proxy_trusted)
         except ValueError as exc:
@@ -152,7 +157,7 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
-def _host_only(text: str) -> str:
+def _host_only(text: str, key: str = "server.canonical_host") -> str:
     """`192.168.1.20`, `[fd00::2]` or `myhost.local`: a host, lower-cased, without brackets."""
     host = text.strip().lower()
     if host.startswith("[") and host.endswith("]"):
@@ -164,7 +169,7 @@ def _host_only(text: str) -> str:
     labels = host.rstrip(".").split(".")
     if not host or not all(label and len(label) <= 63 and label.replace("-", "").isalnum()
                            and label.isascii() for label in labels):
-        raise ConfigError(f"server.canonical_host must be a host name or address without scheme or port, "
+        raise ConfigError(f"{key} must be a host name or address without scheme or port, "
                           f"like 192.168.1.20 or myhost.local; not {text!r}")
     return host.rstrip(".")
 

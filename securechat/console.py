@@ -278,7 +278,8 @@ async def run_server(config: Config) -> None:
         redirect = CanonicalHost.choose(canonical, machine_names(addresses, cert), listen_host=config.host)
     local_ca = cert.ca.public() if cert is not None and cert.ca is not None else None
     try:
-        server = await start(config, context, canonical=redirect, local_ca=local_ca)
+        server = await start(config, context, canonical=redirect, local_ca=local_ca,
+                             host_names=tuple(machine_names(addresses, cert)))
     except LogLocked as exc:
         raise click.ClickException(_locked_error(config, exc)) from None
     except OSError as exc:

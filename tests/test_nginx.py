@@ -7,6 +7,7 @@ logs and temp dirs under tmp_path; securechat runs as `securechat serve` trustin
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
 import re
 import shutil
@@ -80,7 +81,7 @@ def deployment(tmp_path):
         [sys.executable, str(ROOT / "cli.py"), "serve", "--host", "127.0.0.1", "--port", str(upstream),
          "--data-dir", str(tmp_path / "data")],
         cwd=ROOT, env=clean_env(XDG_RUNTIME_DIR=str(tmp_path / "run"), SECURECHAT_PROXY_TRUSTED="127.0.0.1",
-                                SECURECHAT_TOKEN=TOKEN),
+                                SECURECHAT_TOKEN=TOKEN, SECURECHAT_ALLOWED_HOSTS="chat.example.org"),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     cert = ensure_self_signed(tmp_path / "cert")
     prefix = tmp_path / "nginx"
@@ -242,3 +243,32 @@ def test_attachments_through_the_proxy(deployment):
 
     data, fetched, big_parts, ref = asyncio.run(scenario())
     assert fetched == data and len(big_parts) == 64 and big_parts != ref.id
+
+
+def through_nginx(tls: int, host: str, headers: dict | None = None) -> tuple[int, dict]:
+    """GET / on nginx's TLS port with the given Host header: (status, response headers)."""
+    connection = http.client.HTTPSConnection("127.0.0.1", tls, context=insecure(), timeout=10)
+    try:
+        connection.request("GET", "/", headers={"Host": host, **(headers or {})})
+        response = connection.getresponse()
+        response.read()
+        return response.status, dict(response.getheaders())
+    finally:
+        connection.close()
+
+
+def test_the_public_name_is_served_and_a_rebinding_name_is_not(deployment):
+    tls = deployment["tls"]
+    status, headers = through_nginx(tls, "chat.example.org")
+    assert status == 200 and "connect-src 'self' wss://chat.example.org" in headers["Content-Security-Policy"]
+    # nginx's first server block takes any name: securechat itself must refuse the ones it is not.
+    status, _ = through_nginx(tls, "rebind.attacker.example")
+    assert status == 421
+
+
+def test_a_clients_own_x_forwarded_host_does_not_get_through(deployment):
+    # The documented config sets X-Forwarded-Host to nginx's $host: the client's claim is replaced.
+    status, headers = through_nginx(deployment["tls"], f"127.0.0.1:{deployment['tls']}",
+                                    {"X-Forwarded-Host": "chat.example.org"})
+    assert status == 200
+    assert "wss://chat.example.org" not in headers["Content-Security-Policy"]

@@ -65,7 +65,7 @@ TOKEN = "proxy-test-admin-token-0123456789"
 @pytest.fixture
 def config(tmp_path) -> Config:
     return Config(data_dir=tmp_path / "data", port=0, log_fsync="never", admin_token=TOKEN,
-                  proxy_trusted=("127.0.0.1",), max_connections_per_address=1)
+                  proxy_trusted=("127.0.0.1",), max_connections_per_address=1, allowed_hosts=("chat.example",))
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -104,3 +104,26 @@ async def test_without_trusted_proxies_the_headers_are_ignored(tmp_path, io_loop
             "X-Forwarded-Proto": "https", "X-Forwarded-Host": "chat.example", "X-Forwarded-For": "1.2.3.4"})
         csp = page.headers["Content-Security-Policy"]
         assert f"connect-src 'self' ws://127.0.0.1:{port}" in csp and "Strict-Transport-Security" not in page.headers
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_forwarded_host_the_server_does_not_answer_to_is_refused(http_client, base_url, http_port):
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    # A proxy that passes on what the client asked for must not make the server believe it.
+    page = await http_client.fetch(base_url + "/", headers={"X-Forwarded-Host": "rebind.attacker.example"},
+                                   raise_error=False)
+    assert page.code == 421
+    with pytest.raises(Exception, match="421"):
+        await websocket_connect(HTTPRequest(f"ws://127.0.0.1:{http_port}/ws", headers={
+            "X-Forwarded-Host": "rebind.attacker.example", "Origin": "http://rebind.attacker.example"}))
+    # Without the header, the Host the proxy sent is what counts.
+    assert (await http_client.fetch(base_url + "/")).code == 200
+
+
+def test_forwarded_hosts_are_checked_against_the_allow_list():
+    allow = {"chat.lan"}.__contains__
+    assert client_view("127.0.0.1", "http", "127.0.0.1:5000", {"X-Forwarded-Host": "chat.lan"}, LOCAL, allow) \
+        == ClientView("127.0.0.1", "http", "chat.lan")
+    refused = client_view("127.0.0.1", "http", "127.0.0.1:5000", {"X-Forwarded-Host": "evil.example"}, LOCAL, allow)
+    assert refused.host == "127.0.0.1:5000" and refused.host_refused

@@ -21,7 +21,10 @@ from ..tls import LocalCA
 from . import blobs as blob_handlers
 from . import proxy, resources, setup
 from .canonical import CanonicalHost
-from .http_security import NotFoundHandler, SecureHeadersMixin, SecureStaticFileHandler, integrity_table
+from .hosts import HostPolicy
+from .http_security import (MisdirectedHandler, NotFoundHandler, SecureHeadersMixin, SecureStaticFileHandler,
+                            integrity_table)
+from .refusals import Throttled
 from .redirect import CanonicalRedirectMixin
 
 
@@ -51,13 +54,25 @@ class HealthHandler(SecureHeadersMixin, tornado.web.RequestHandler):
         self.write({"status": "ok", "version": __version__, "connections": len(self.hub.connections)})
 
 
+# Refusals worth an admin's attention, but never a line per request: 1,000 malformed or
+# unauthorised requests made 1,000 INFO lines. One line a minute per status.
+QUIET = {400: "malformed requests", 401: "requests without a valid admin token", 403: "forbidden requests (a refused origin, a directory)",
+         421: "requests for a host this server does not answer to (DNS rebinding?)",
+         429: "requests over a per-address limit", 503: "requests over a server-wide limit"}
+_refusals = Throttled(logging.getLogger("securechat"))
+
+
 def log_request(handler: tornado.web.RequestHandler) -> None:
-    """Refusals (429/503) and misses are expected under abuse: log them quietly, never per request
-    at WARNING, or an attacker fills the server's log instead of its memory."""
+    """Refusals and misses are expected under abuse: quiet (refusals.Throttled), never per
+    request at WARNING, or an attacker fills the server's log instead of its memory."""
     status = handler.get_status()
-    level = logging.ERROR if status >= 500 else logging.INFO if status in (401, 403) else logging.DEBUG
     request = handler.request
-    access_log.log(level, "%d %s %s (%s) %.1fms", status, request.method, request.path,
+    if status in QUIET:
+        _refusals.note(str(status), logging.INFO, "%d %s, e.g. %s %r from %s (Host %r)", status, QUIET[status],
+                       request.method, request.path[:100], request.remote_ip, request.host[:100])
+        return
+    level = logging.ERROR if status >= 500 else logging.DEBUG
+    access_log.log(level, "%d %s %s (%s) %.1fms", status, request.method, request.path[:200],
                    request.remote_ip, 1000.0 * request.request_time())
 
 
@@ -81,13 +96,27 @@ class Application(tornado.web.Application):
 
     def get_handler_delegate(self, request, target_class, target_kwargs=None, path_args=None,
                              path_kwargs=None):
-        trusted = self.settings["trusted_proxies"]
+        trusted, hosts = self.settings["trusted_proxies"], self.settings["hosts"]
+        misdirected = False
         if trusted:
             view = proxy.client_view(request.remote_ip, request.protocol, request.host,
-                                     request.headers, trusted)
+                                     request.headers, trusted, hosts.allows)
             request.remote_ip, request.protocol, request.host = view.remote_ip, view.protocol, view.host
             request.host_name = tornado.httputil.split_host_and_port(view.host.lower())[0]
+            misdirected = view.host_refused
+        # Every request, pages and WebSocket handshakes alike, must be for a host we answer to.
+        if misdirected or not hosts.allows(request.host, _local_address(request)):
+            return super().get_handler_delegate(request, MisdirectedHandler)
         return super().get_handler_delegate(request, target_class, target_kwargs, path_args, path_kwargs)
+
+
+def _local_address(request) -> str | None:
+    """The address this request's connection arrived on."""
+    try:
+        name = request.connection.stream.socket.getsockname()
+    except (AttributeError, OSError):
+        return None
+    return name[0] if isinstance(name, tuple) else None
 
 
 def open_blobs(config: Config) -> BlobStore | None:
@@ -99,13 +128,18 @@ def open_blobs(config: Config) -> BlobStore | None:
 
 
 def make_app(config: Config, ciphertext_log: CiphertextLog | None = None, blobs: BlobStore | None = None, *,
-             canonical: CanonicalHost | None = None, local_ca: LocalCA | None = None) -> tornado.web.Application:
+             canonical: CanonicalHost | None = None, local_ca: LocalCA | None = None,
+             host_names: tuple[str, ...] = ()) -> tornado.web.Application:
     """Build the application; the caller owns the log and the blob store (each opened here
     when not given; server.shutdown closes both).
 
     canonical: redirect page loads under other LAN names of this machine to one host.
     local_ca: the CA (without its key) that /setup offers to devices; no /setup without it.
+    host_names: this machine's LAN names and addresses (and certificate names) it answers to,
+    besides what HostPolicy.for_server finds itself; the canonical host and its aliases too.
     """
+    if canonical is not None:
+        host_names = (*host_names, canonical.host, *canonical.aliases)
     hub = Hub(config, ciphertext_log if ciphertext_log is not None else open_log(config),
               blobs if blobs is not None else open_blobs(config))
     blob_api = blob_handlers.BlobApi(hub)
@@ -123,6 +157,7 @@ def make_app(config: Config, ciphertext_log: CiphertextLog | None = None, blobs:
     return Application(
         routes,
         trusted_proxies=proxy.parse_networks(config.proxy_trusted),
+        hosts=HostPolicy.for_server(config, host_names),
         hub=hub,
         canonical=canonical,
         local_ca=local_ca,

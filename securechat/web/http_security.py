@@ -86,10 +86,24 @@ class SecureStaticFileHandler(SecureHeadersMixin, tornado.web.StaticFileHandler)
         suffix = Path(self.absolute_path).suffix.lower()
         return STATIC_TYPES.get(suffix) or super().get_content_type()
 
+    def parse_url_path(self, url_path: str) -> str:
+        # No file name here has a control character; a NUL made os.stat raise (a 500 and a
+        # traceback per request) instead of being a bad request.
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in url_path):
+            raise tornado.web.HTTPError(400, reason="Bad Request")
+        return super().parse_url_path(url_path)
+
 
 class NotFoundHandler(SecureHeadersMixin, tornado.web.RequestHandler):
     def prepare(self) -> None:
         raise tornado.web.HTTPError(404)
+
+
+class MisdirectedHandler(SecureHeadersMixin, tornado.web.RequestHandler):
+    """421 for a Host this server does not answer to (web/hosts.py), whatever the path."""
+
+    def prepare(self) -> None:
+        raise tornado.web.HTTPError(421)
 
 
 def integrity(path: Path) -> str:

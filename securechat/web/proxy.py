@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
+
+from .canonical import split_host
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -26,6 +28,9 @@ class ClientView:
     remote_ip: str
     protocol: str
     host: str
+    # The proxy forwarded a host this server does not answer to: not believed, and the
+    # request is for someone else (421).
+    host_refused: bool = False
 
 
 def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
@@ -56,18 +61,23 @@ def is_trusted(ip: str, trusted: tuple[Network, ...]) -> bool:
 
 
 def client_view(peer: str, protocol: str, host: str, headers: Mapping[str, str],
-                trusted: tuple[Network, ...]) -> ClientView:
+                trusted: tuple[Network, ...], allow_host: Callable[[str], bool] | None = None,
+                *, always_trusted: bool = False) -> ClientView:
     """The client's address, scheme and host, given the TCP peer and the request headers.
 
-    Headers count only when the peer is trusted. X-Forwarded-For is read right to left (each
-    proxy appends the address it saw), skipping trusted proxies: the first address no trusted
-    proxy claims is the client, because everything left of it was written by the client itself.
+    Headers count only when the peer is trusted (always_trusted: a unix-socket peer, which can
+    only be the proxy). X-Forwarded-For is read right to left (each proxy appends the address it
+    saw), skipping trusted proxies: the first address no trusted proxy claims is the client,
+    because everything left of it was written by the client itself. X-Forwarded-Host counts only
+    if allow_host accepts it: a proxy that passes on whatever the client claimed must not make
+    the server believe a name it does not answer to.
     """
-    if not trusted or not is_trusted(peer, trusted):
+    if not always_trusted and (not trusted or not is_trusted(peer, trusted)):
         return ClientView(peer, protocol, host)
+    forwarded, refused = _forwarded_host(host, headers.get("X-Forwarded-Host", ""), allow_host)
     return ClientView(_forwarded_for(peer, headers.get("X-Forwarded-For", ""), trusted),
                       _forwarded_proto(protocol, headers.get("X-Forwarded-Proto", "")),
-                      _forwarded_host(host, headers.get("X-Forwarded-Host", "")))
+                      forwarded, refused)
 
 
 def _forwarded_for(peer: str, header: str, trusted: tuple[Network, ...]) -> str:
@@ -90,10 +100,18 @@ def _forwarded_proto(protocol: str, header: str) -> str:
     return values[-1] if values and values[-1] in SCHEMES else protocol
 
 
-def _forwarded_host(host: str, header: str) -> str:
+def _forwarded_host(host: str, header: str, allow_host: Callable[[str], bool] | None) -> tuple[str, bool]:
+    """(the host to believe, whether the forwarded one was refused)."""
     values = [part.strip() for part in header.split(",") if part.strip()]
     if not values:
-        return host
+        return host, False
     candidate = values[-1]
-    allowed = all(ch.isalnum() or ch in ".-:[]" for ch in candidate)
-    return candidate if allowed and len(candidate) <= 255 else host
+    well_formed = all(ch.isalnum() or ch in ".-:[]" for ch in candidate) and len(candidate) <= 255
+    if not well_formed or (allow_host is not None and not allow_host(candidate)):
+        return host, True
+    # nginx's $host has no port; its $http_host in Host does. The same name: keep that port, or
+    # the page's origin (https://chat.example.org:8443) would not match for the WebSocket.
+    name, port = split_host(host)
+    if port and split_host(candidate) == (name, None):
+        return host, False
+    return candidate, False

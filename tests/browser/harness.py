@@ -90,7 +90,10 @@ class ServerThread:
         def run() -> None:
             asyncio.set_event_loop(self.loop)
             try:
-                config = Config(data_dir=self.data_dir, port=self.port, log_fsync="never", **self.config)
+                # chat.lan (mapped to 127.0.0.1 for Chromium in conftest) stands for this
+                # machine's LAN name, which `serve` answers to; test servers are told so.
+                options = {"allowed_hosts": ("chat.lan",), **self.config}
+                config = Config(data_dir=self.data_dir, port=self.port, log_fsync="never", **options)
                 self.server = self.loop.run_until_complete(start(config, self.ssl_context, **self.app_options))
                 self.port = self.server.port
             except BaseException as exc:  # reported to the starting thread
