@@ -237,17 +237,17 @@ async def test_a_part_without_length_or_past_limits_is_refused_unread(connect, h
     _, started, _ = await call(f"http://127.0.0.1:{http_port}", "POST", "/api/blobs", token,
                                {"Upload-Length": str(8 * 1024 * 1024)})
     path = f"/api/blobs/uploads/{started['upload']}"
-    chunked = (f"PATCH {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nUpload-Offset: 0\r\n"
+    chunked = (f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nUpload-Offset: 0\r\n"
                "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
     answer = await io_loop.run_in_executor(None, raw_request, http_port, chunked, b"5\r\nhello\r\n0\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 411") and b"length_required" in answer
     # A part larger than 4 MiB is refused from its headers: the server never reads the body.
-    huge = (f"PATCH {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nUpload-Offset: 0\r\n"
+    huge = (f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nUpload-Offset: 0\r\n"
             f"Content-Length: {5 * 1024 * 1024}\r\n\r\n")
     answer = await io_loop.run_in_executor(None, raw_request, http_port, huge, b"")
     assert answer.startswith(b"HTTP/1.1 413") and b"too_large" in answer
     # Without a capability not even a small body is read.
-    stranger = (f"PATCH {path} HTTP/1.1\r\nHost: x\r\nUpload-Offset: 0\r\nContent-Length: 1000000\r\n\r\n")
+    stranger = (f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpload-Offset: 0\r\nContent-Length: 1000000\r\n\r\n")
     answer = await io_loop.run_in_executor(None, raw_request, http_port, stranger, b"")
     assert answer.startswith(b"HTTP/1.1 401")
 
@@ -259,7 +259,7 @@ async def test_a_part_that_breaks_off_is_undone_and_can_be_sent_again(connect, b
     data = os.urandom(300_000)
     _, started, _ = await call(base_url, "POST", "/api/blobs", token, {"Upload-Length": str(len(data))})
     upload = started["upload"]
-    head = (f"PATCH /api/blobs/uploads/{upload} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+    head = (f"PATCH /api/blobs/uploads/{upload} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
             f"Upload-Offset: 0\r\nContent-Length: {len(data)}\r\n\r\n")
     (pending,) = blob_store.pending()
     # Half the body arrives, then the connection drops.
