@@ -25,7 +25,7 @@ pytestmark = pytest.mark.gen_test(timeout=60)
 
 @pytest.fixture
 def config(tmp_path) -> Config:
-    return Config(data_dir=tmp_path / "data", port=0, log_fsync="never", join_timeout=1.0,
+    return Config(data_dir=tmp_path / "data", port=0, log_fsync="never", join_timeout=3.0,
                   proxy_trusted=("127.0.0.1",), joins_per_minute=100)
 
 
