@@ -19,10 +19,11 @@ from tornado.ioloop import PeriodicCallback
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError
 
+from . import refusals
 from .config import Config
 from .relay.hub import Hub
 from .storage.ciphertext_log import LogError
-from .web import proxy, refusals
+from .web import proxy
 from .web.app import make_app, open_blobs, open_log
 from .web.blobs import HOUSEKEEPING_SECONDS
 from .web.connections import GuardedHTTPServer

@@ -24,7 +24,7 @@ from .canonical import CanonicalHost
 from .hosts import HostPolicy
 from .http_security import (MisdirectedHandler, NotFoundHandler, SecureHeadersMixin, SecureStaticFileHandler,
                             integrity_table)
-from .refusals import Throttled
+from ..refusals import Throttled
 from .redirect import CanonicalRedirectMixin
 
 

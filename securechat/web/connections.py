@@ -35,7 +35,7 @@ from tornado.util import errno_from_exception
 
 from ..relay.admission import Pool, address_keys
 from . import proxy
-from .refusals import Throttled
+from ..refusals import Throttled
 
 log = logging.getLogger("securechat")
 
