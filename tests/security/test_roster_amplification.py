@@ -47,7 +47,7 @@ async def test_a_roster_flood_gets_a_few_answers_and_the_last_is_current(http_se
 
     def flood():
         for _ in range(200):
-            attacker.send_json({"v": 1, "type": "roster"})
+            attacker.send_json({"v": 2, "type": "roster"})
         return frames_for(attacker, 1.0)
 
     first = await in_thread(flood)
@@ -71,12 +71,17 @@ async def test_the_roster_is_encoded_once_per_change(hub, connect):
     await connect("bob")
     await settle(alice, members=2)
     assert hub.roster_frame() is not frame and '"bob"' in hub.roster_frame()
+    # A session-key rotation changes the roster (new sid and key) as much as a join does.
+    before, old_sid = hub.roster_frame(), alice.sid
+    await alice.rotate()
+    assert hub.roster_frame() is not before
+    assert alice.sid in hub.roster_frame() and old_sid not in hub.roster_frame()
 
 
 async def test_an_honest_roster_request_is_answered_at_once(http_server, http_port, connect):
     await connect("alice")
     member = await in_thread(lambda: raw_join(http_port, "bob"))
-    member.send_json({"v": 1, "type": "roster"})
+    member.send_json({"v": 2, "type": "roster"})
     answer = await in_thread(frames_for, member, 1.0)
     assert [f["type"] for f in answer][-1] == "roster"
     member.close()
