@@ -4,6 +4,10 @@ survives a server restart, and says on its status line which transport carries i
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import threading
+
 from playwright.sync_api import expect
 
 from securechat.relay.stream import StreamSession
@@ -160,3 +164,89 @@ def test_a_network_blip_resumes_the_stream_without_losing_or_repeating_a_message
     assert server.on_loop(lambda: server.server.hub.rooms.get().find("iris").connection) is session
     assert [r["username"] for r in server.log_records() if r["event"] == "join"] == ["alice", "iris"]
     assert [r for r in server.log_records() if r["event"] == "leave"] == []
+
+
+@contextlib.contextmanager
+def another_origin():
+    """A plain page on another loopback port: another origin, with no CSP of ours in the way."""
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<!doctype html><title>elsewhere</title><p>another site"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=site.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{site.server_address[1]}/"
+    finally:
+        site.shutdown()
+        site.server_close()
+        thread.join(5)
+
+
+def test_another_origin_cannot_post_into_a_session_even_with_its_token(people, server):
+    """A page of another origin, even handed iris's token: its fetch (JSON content type, token
+    header) waits for a CORS preflight the server never grants, so Chromium never sends the
+    POST; a no-cors fetch loses those headers and is refused; its EventSource gets no stream.
+    Nothing reaches iris's session."""
+    alice = people.join("alice")
+    phone = phone_page(people)
+    join(phone, "iris")
+    expect(phone.get_by_role("status")).to_have_text(FALLBACK)
+    session = server.on_loop(lambda: server.server.hub.rooms.get().find("iris").connection)
+    handled, sessions_before = session.received, len(server.server.hub.connections)
+    with another_origin() as elsewhere_url:
+        elsewhere = people.context().new_page()
+        said = []
+        elsewhere.on("console", lambda m: said.append(m.text))
+        elsewhere.goto(elsewhere_url)
+        outcome = elsewhere.evaluate(ATTACK, {"url": server.url, "token": session.token, "seq": handled + 1})
+    assert outcome == {"cors": "TypeError", "noCors": "TypeError", "stream": "closed"}
+    # Each refused for the reason we mean, as Chromium says it:
+    console = "\n".join(said)
+    assert "Response to preflight request doesn't pass access control check" in console  # the JSON POST
+    assert "ERR_BLOCKED_BY_RESPONSE.NotSameOrigin" in console  # no-cors: Cross-Origin-Resource-Policy
+    assert f"Access to resource at '{server.url}stream' from origin" in console  # the EventSource
+    assert session.received == handled, "a POST from another origin reached the session"
+    assert len(server.server.hub.connections) == sessions_before
+    send(alice, "still only between us")
+    expect(messages(phone).locator("article:not(.mine) .text").last).to_have_text("still only between us")
+    # The control: the same request from the chat's own origin is handled.
+    assert phone.evaluate(CONTROL, {"token": session.token, "seq": session.received + 1}) == 204
+    assert session.received == handled + 1
+
+
+ATTACK = """async ({url, token, seq}) => {
+  const body = JSON.stringify({v: 2, type: "roster"});
+  const headers = {"Content-Type": "application/json", "Securechat-Token": token, "Securechat-Seq": String(seq)};
+  const result = {};
+  try {
+    await fetch(url + "stream/send", {method: "POST", headers, body});
+    result.cors = "sent";
+  } catch (error) {
+    result.cors = error.name;
+  }
+  try {
+    const opaque = await fetch(url + "stream/send", {method: "POST", mode: "no-cors", headers, body});
+    result.noCors = opaque.type;
+  } catch (error) {
+    result.noCors = error.name;
+  }
+  result.stream = await new Promise((resolve) => {
+    const source = new EventSource(url + "stream");
+    source.onmessage = () => { source.close(); resolve("opened"); };
+    source.onerror = () => { resolve(source.readyState === EventSource.CLOSED ? "closed" : "retrying"); source.close(); };
+  });
+  return result;
+}"""
+
+CONTROL = """async ({token, seq}) => (await fetch("/stream/send", {method: "POST", body: JSON.stringify({v: 2, type: "roster"}),
+  headers: {"Content-Type": "application/json", "Securechat-Token": token, "Securechat-Seq": String(seq)}})).status"""

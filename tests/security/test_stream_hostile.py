@@ -5,6 +5,7 @@ attacker: two honest participants keep chatting through it."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import time
 
@@ -165,6 +166,53 @@ async def test_form_and_text_content_types_are_refused(http_port, connect, hub):
     assert sessions(hub), "a few refusals do not end the session"
     await chat_round(alice, bob, "after form posts")
     assert all(f["type"] != "msg" or f["id"] != msg["id"] for f in bob.events)
+
+
+def request(port: int, method: str, path: str, headers: dict, body: bytes | None = None
+            ) -> tuple[int, dict[str, str]]:
+    """One request with exactly these headers; (status, lower-cased response headers)."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=10)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        connection.close()
+
+
+def cors_headers(headers: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.startswith("access-control-")}
+
+
+async def test_no_cors_headers_anywhere_and_a_preflight_is_never_granted(http_port, connect, hub):
+    """Another origin's fetch with our JSON content type or token header must ask a preflight
+    first (PROTOCOL.md §1.2); it is never granted, so the real POST is never sent. Nor does
+    any answer of the transport carry a CORS header that would let another origin read it."""
+    alice, bob = await honest_pair(connect)
+    raw = await joined_stream(http_port, "mallory")
+    token = raw.session["token"]
+    session = next(s for s in sessions(hub) if s.token == token)
+    try:
+        for path in ("/stream", "/stream/send", "/stream/ack", "/stream/close"):
+            for origin in ("https://evil.example", "null", f"http://{HOST}:{http_port}"):
+                status, headers = await in_thread(request, http_port, "OPTIONS", path, {
+                    "Host": f"{HOST}:{http_port}", "Origin": origin, "Access-Control-Request-Method": "POST",
+                    "Access-Control-Request-Headers": "content-type,securechat-token,securechat-seq"})
+                assert status >= 400 and cors_headers(headers) == {}, (path, origin, status, headers)
+        # What the transport answers when it works, and when it refuses: never a CORS header.
+        assert cors_headers(raw.headers) == {}
+        for origin, content_type, expected in ((f"http://{HOST}:{http_port}", "application/json", 204),
+                                               ("https://evil.example", "application/json", 403),
+                                               (f"http://{HOST}:{http_port}", "text/plain", 415)):
+            status, headers = await in_thread(request, http_port, "POST", "/stream/ack", {
+                "Host": f"{HOST}:{http_port}", "Origin": origin, "Content-Type": content_type,
+                "Securechat-Token": token, "Securechat-Ack": "2"}, body=b"{}")
+            assert status == expected and cors_headers(headers) == {}, (origin, content_type, status)
+        assert session.received == 1, "only mallory's own join was handled"
+    finally:
+        raw.close()
+    await chat_round(alice, bob, "after preflights")
 
 
 async def test_an_oversized_post_is_refused_and_closes_the_session_like_1009(http_port, connect, hub, config):
