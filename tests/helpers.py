@@ -12,6 +12,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from securechat.web.canonical import url_host
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -70,9 +72,12 @@ class Server:
 
             context = ssl.create_default_context()
             context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-        wait_for_http(f"{self.scheme}://127.0.0.1:{self.port}/healthz", self.process, context=context)
-        self.url = f"{self.scheme}://127.0.0.1:{self.port}/"
-        self.ws = f"{'wss' if tls else 'ws'}://127.0.0.1:{self.port}/ws"
+        # With --host <a LAN address> the server listens there only, and the tests call it there.
+        self.address = args[args.index("--host") + 1] if "--host" in args else "127.0.0.1"
+        where = url_host(self.address)
+        wait_for_http(f"{self.scheme}://{where}:{self.port}/healthz", self.process, context=context)
+        self.url = f"{self.scheme}://{where}:{self.port}/"
+        self.ws = f"{'wss' if tls else 'ws'}://{where}:{self.port}/ws"
 
     def runtime_file(self) -> Path:
         return self.runtime / "securechat" / f"server-{self.process.pid}.json"

@@ -24,9 +24,9 @@ UNVERIFIED = ssl.create_default_context()
 UNVERIFIED.check_hostname, UNVERIFIED.verify_mode = False, ssl.CERT_NONE
 
 
-def get(port: int, host: str, path: str = "/") -> tuple[int, str | None]:
-    """GET path from the server on 127.0.0.1:port as if the browser had opened host."""
-    connection = http.client.HTTPSConnection("127.0.0.1", port, context=UNVERIFIED, timeout=15)
+def get(port: int, host: str, path: str = "/", address: str = "127.0.0.1") -> tuple[int, str | None]:
+    """GET path from the server on address:port as if the browser had opened host."""
+    connection = http.client.HTTPSConnection(address, port, context=UNVERIFIED, timeout=15)
     try:
         connection.request("GET", path, headers={"Host": host})
         response = connection.getresponse()
@@ -87,3 +87,21 @@ def test_loopback_is_served_as_it_is(serving, loopback):
 def test_a_name_that_is_not_this_machines_is_never_redirected_to_it(serving):
     status, location = get(serving.port, f"rebind.attacker.example:{serving.port}")
     assert status != 302 and location is None
+
+
+def test_the_address_given_with_host_is_never_redirected(tmp_path):
+    """`serve --host <LAN address>` with another canonical host: people told to open that address
+    stay on it; the machine's other names still move to the canonical one."""
+    lan = next((str(a) for a in local_addresses() if a.version == 4), None)
+    if lan is None:
+        pytest.skip("this machine has no IPv4 LAN address to listen on")
+    server = Server(tmp_path, "--tls", "--host", lan, "--canonical-host", "chat.lan")
+    try:
+        port = server.port
+        assert get(port, f"{lan}:{port}", address=lan) == (200, None)
+        assert get(port, f"{lan}:{port}", "/setup", address=lan) == (200, None)
+        assert get(port, f"chat.lan:{port}", address=lan) == (200, None)
+        hostname = socket.gethostname().lower().rstrip(".")
+        assert get(port, f"{hostname}:{port}", address=lan) == (302, f"https://chat.lan:{port}/")
+    finally:
+        server.stop()
