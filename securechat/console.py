@@ -209,7 +209,7 @@ def print_banner(console: Console, config: Config, urls: list[str], cert: tls.Ce
         _print_certificate(console, cert, yours=config.cert is not None, setup_url=setup_url)
     console.print(f"  data dir   {config.data_dir}", markup=False)
     console.print(f"  log file   {config.log_dir / 'ciphertext.jsonl'}", markup=False)
-    console.print("  admin      securechat roster | securechat logs dump | securechat logs rotate")
+    console.print("  admin      securechat status | securechat roster | securechat logs dump | securechat logs rotate")
     lan = [u for u in urls if "//127.0.0.1:" not in u and "//localhost:" not in u and "//[::1]:" not in u]
     target = setup_url or (lan[0] if lan else None)
     if target and console.is_terminal:

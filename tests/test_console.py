@@ -95,6 +95,7 @@ def test_banner_shows_urls_paths_and_a_qr_only_on_a_terminal():
     piped = banner(terminal=False, host="0.0.0.0")
     assert "http://192.168.1.20:5000/" in piped and "/srv/chat/ciphertext.jsonl" in piped
     assert "TLS        off" in piped and "use --tls" in piped and "▀" not in piped and "Scan" not in piped
+    assert "  admin      securechat status | securechat roster | securechat logs dump | securechat logs rotate\n" in piped
     shown = banner(terminal=True, host="0.0.0.0", color_system="truecolor")
     assert "▀" in shown and "  Scan to open the chat on a phone: http://192.168.1.20:5000/\n" in shown
     assert "light-on-dark" not in shown
