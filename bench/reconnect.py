@@ -109,10 +109,21 @@ class Cutter:
         self.loop.call_soon_threadsafe(close_all)
 
     def close(self) -> None:
-        self.cut()
-        self.loop.call_soon_threadsafe(self.server.close)
+        async def shut():
+            self.server.close()
+            for writer in list(self.writers):
+                writer.transport.abort()
+            self.writers.clear()
+            await self.server.wait_closed()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shut(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        self.loop.close()
 
 
 class Serve:

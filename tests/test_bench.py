@@ -78,3 +78,17 @@ def test_the_transport_mode_measures_both_transports_in_one_run():
     text = report.markdown(results)
     assert "| websocket | 3 |" in text and "| http | 3 |" in text
     assert "HTTP fallback ÷ WebSocket" in text
+
+
+def test_the_reconnect_bench_brings_both_pages_back_and_reports_each_interval():
+    """bench.reconnect in its smallest form (one run, real Chromium, real serve): every interval
+    is measured, the fallback page stays on the fallback, and the table names each row."""
+    from bench import reconnect
+
+    result = reconnect.run(repeats=1)
+    (run,) = result["runs"]
+    for key in ("join_ws", "join_http", "cut_ws", "cut_http", "restart_ws", "restart_http"):
+        assert 0 < run[key] < 60_000, key
+    text = reconnect.markdown(result)
+    for row in ("| join |", "| every connection cut |", "| server restart |"):
+        assert row in text
