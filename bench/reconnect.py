@@ -6,8 +6,10 @@ One real `securechat serve` (cli.py) behind a small TCP relay on 127.0.0.1 (the 
 for the network: cutting its connections is a phone changing access point, a proxy dropping
 idle connections). Three headless Chromium pages join: `ws` on the WebSocket through the
 relay, `sender` on the WebSocket straight to the server (never cut), and `http` through the
-relay with the WebSocket refused before `hello` (Playwright's WebSocket routing: the path an
-iPhone takes with a certificate it accepted on a warning page), so it runs on the fallback.
+relay with a WebSocket that fails at once (error, close 1006: what WebKit does with a certificate
+accepted on a warning page), so it runs on the fallback. The refusal is an init script inside the
+page, not Playwright's WebSocket routing: a route handler runs only while this Python thread
+calls into Playwright, so a reconnection during `serve` start-up would wait for the bench itself.
 
 Measured, for the WebSocket page against the fallback page in the same run:
   join      click on "Join chat" -> the status says Connected (the fallback pays the refused
@@ -38,6 +40,25 @@ from pathlib import Path
 
 from .browser import ARGS, CHROMIUM
 from .runner import REPO, free_port
+
+NO_WEBSOCKET = """
+(() => {
+  window.WebSocket = function (url) {
+    const socket = new EventTarget();
+    socket.url = url;
+    socket.readyState = 0;
+    socket.send = () => { throw new DOMException("Still in CONNECTING state.", "InvalidStateError"); };
+    socket.close = () => {};
+    setTimeout(() => {
+      socket.readyState = 3;
+      socket.onerror?.(new Event("error"));
+      socket.onclose?.(Object.assign(new Event("close"), {code: 1006, reason: "", wasClean: false}));
+    }, 30);
+    return socket;
+  };
+  Object.assign(window.WebSocket, {CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3});
+})();
+"""
 
 OBSERVE = """
 (() => {
@@ -213,7 +234,7 @@ def one_run(browser, serve: Serve, cutter: Cutter, url: str, repeat: int) -> dic
             contexts.append(context)
             context.add_init_script(OBSERVE)
             if name == "http":
-                context.route_web_socket("**/ws", lambda ws: ws.close(code=1011, reason="no WebSocket here"))
+                context.add_init_script(NO_WEBSOCKET)
             page = context.new_page()
             page.goto(direct if name == "sender" else url)
             page.wait_for_selector("html[data-ready=true]")
