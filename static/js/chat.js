@@ -685,7 +685,13 @@ export class ChatClient {
   }
 
   withheld() {
-    return [...this.roster.values()].filter((e) => this.withheldBecause(e) !== null).map((e) => e.username);
+    return this.withheldReasons().map((w) => w.username);
+  }
+
+  /** Everyone a message would not be wrapped to now, with why: [{username, why}]. */
+  withheldReasons() {
+    return [...this.roster.values()].map((e) => ({ username: e.username, why: this.withheldBecause(e) }))
+      .filter((w) => w.why !== null);
   }
 
   async transmit(record) {

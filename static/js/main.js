@@ -87,7 +87,7 @@ async function main() {
     },
     roster: ({ participants }) => {
       ui.renderParticipants(participants, { onAccept, onVerify });
-      ui.showWithheld(client.withheld());
+      ui.showWithheld(client.withheldReasons());
       ui.setAlone(participants.filter((p) => !p.you).length === 0);
     },
     message: (m) => {
@@ -98,9 +98,11 @@ async function main() {
     presence: (p) => ui.addPresence(p),
     "key-changed": (k) => ui.addKeyChange(k),
     warning: ({ text }) => ui.addWarning(text),
-    notice: ({ text }) => ui.addNotice(text),
+    // A message that did not arrive is something the server did (or lost): said as a warning.
+    notice: ({ kind, text }) => (kind === "missed" ? ui.addWarning(text) : ui.addNotice(text)),
     mode: ({ verifiedOnly }) => {
       ui.parts.verifiedOnly.checked = verifiedOnly;
+      ui.showWithheld(client.withheldReasons());
     },
     outgoing: (record) => {
       ui.upsertOutgoing(record, username, (id) => client.retry(id));

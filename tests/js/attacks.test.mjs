@@ -21,14 +21,14 @@ function person(server, { store = memoryStore(), now = Date.now } = {}) {
 
 async function joined(p, name) {
   assert.equal(await p.client.join(name), null);
-  await until(() => p.last("status")?.state === "connected", 5000, `${name} connected`);
+  await until(() => p.last("status")?.state === "connected", 20000, `${name} connected`);
 }
 
 /** The server shows `victim` a participant nobody else sees. */
 async function inject(server, victim, participant) {
   const { socket } = server.members.get(victim.client.session.sid);
   socket.deliver({ v: 2, type: "joined", participant });
-  await until(() => victim.last("roster")?.participants.some((p) => p.sid === participant.sid), 5000, "injected entry");
+  await until(() => victim.last("roster")?.participants.some((p) => p.sid === participant.sid), 20000, "injected entry");
   return victim.last("roster").participants.find((p) => p.sid === participant.sid);
 }
 
@@ -105,7 +105,7 @@ test("attack 2: a long stay rotates the session key, invisibly for the others", 
   const before = alice.client.session.sid;
   offset = c.SESSION_ROTATE_MS + 1000;
   assert.equal(await alice.client.enqueue(() => alice.client.maybeRotate()).then(() => alice.client.rotating !== null || alice.client.session.sid !== before), true);
-  await until(() => alice.client.session.sid !== before, 5000, "rotated");
+  await until(() => alice.client.session.sid !== before, 20000, "rotated");
   await until(() => bob.last("roster")?.participants.some((p) => p.sid === alice.client.session.sid));
   assert.equal(bob.of("presence").filter((n) => n.username === "alice").length, 0, "no join/leave shown");
   alice.client.send("after rotation");
@@ -128,7 +128,7 @@ test("attack 3: a message also addressed to a session hidden from the receiver r
   await inject(server, alice, ghost);
   alice.client.send("just between us");
   await until(() => bob.of("message").length === 1);
-  await until(() => bob.of("warning").some((w) => w.kind === "ghost"), 5000, "ghost warning");
+  await until(() => bob.of("warning").some((w) => w.kind === "ghost"), 20000, "ghost warning");
   assert.match(bob.of("warning").find((w) => w.kind === "ghost").text, /1 session you cannot see/);
 });
 
@@ -148,6 +148,7 @@ test("attack 3: Verified only sends to verified people and says who was left out
   const sent = server.received.filter((f) => f.type === "msg").at(-1);
   assert.deepEqual(Object.keys(sent.keys).sort(), [alice.client.session.sid, bob.client.session.sid].sort());
   assert.match(alice.last("outgoing").reason, /not sent to carol \(not verified\)/);
+  assert.deepEqual(alice.client.withheldReasons(), [{ username: "carol", why: "not verified" }]);
   assert.equal(await alice.store.getSetting("verified-only:lobby"), true);
 });
 

@@ -24,7 +24,7 @@ function person(server, { store = memoryStore(), timers = null } = {}) {
 
 async function joined(p, name) {
   assert.equal(await p.client.join(name), null);
-  await until(() => p.last("status")?.state === "connected", 5000, `${name} connected`);
+  await until(() => p.last("status")?.state === "connected", 20000, `${name} connected`);
 }
 
 const texts = (p) => p.of("message").map((m) => `${m.username}: ${m.text}`);

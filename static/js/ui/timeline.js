@@ -97,10 +97,11 @@ export function createTimeline(parts, { onUnread = () => {}, roomLink = () => lo
       updateEmpty();
     },
 
-    showWithheld(names) {
-      parts.withheld.hidden = names.length === 0;
-      parts.withheld.textContent = names.length
-        ? `Not sent to: ${names.join(", ")} (key not accepted or not verifiable).` : "";
+    /** Who messages are not sent to now: [{username, why}] (or plain names, reason unknown). */
+    showWithheld(entries) {
+      const said = entries.map((w) => (typeof w === "string" ? w : `${w.username} (${w.why})`));
+      parts.withheld.hidden = said.length === 0;
+      parts.withheld.textContent = said.length ? `Not sent to: ${said.join(", ")}.` : "";
     },
 
     addMessage({ id, username, fingerprint, ts, text, trust, verified, late, before }) {
@@ -140,9 +141,11 @@ export function createTimeline(parts, { onUnread = () => {}, roomLink = () => lo
     },
 
     /** Stays in the timeline after the new key is accepted: it is part of what happened. */
-    addKeyChange({ username }) {
-      append(notice(`⚠ ${username}'s key changed. Compare fingerprints with ${username} before you trust new messages.`,
-        "log-notice key-change"));
+    addKeyChange({ username, looksLike }) {
+      append(notice(looksLike
+        ? `⚠ "${username}" looks like ${looksLike} but is a different identity. Compare fingerprints before you trust its messages.`
+        : `⚠ ${username}'s key changed. Compare fingerprints with ${username} before you trust new messages.`,
+      "log-notice key-change"));
     },
 
     upsertOutgoing({ localId, text, ts, state, reason, withheld = [] }, username, onRetry) {
