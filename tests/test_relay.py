@@ -7,6 +7,7 @@ import json
 import pytest
 from conftest import settle
 
+from securechat import crypto
 from securechat.client import ChatClient, Message, Rejected
 from securechat.storage.ciphertext_log import LogRecord, read_log
 
@@ -123,3 +124,45 @@ async def test_identity_key_alone_cannot_open_the_log(connect, ws_url, config, c
     for wrapped in record["keys"].values():
         with pytest.raises(Exception):
             again.session.unwrap(wrapped)
+
+
+async def test_a_rotation_swaps_the_key_in_place_and_the_chat_goes_on(connect):
+    alice, bob = await connect("alice"), await connect("bob")
+    await settle(alice, bob, members=2)
+    old_session, challenge = alice.session, alice.challenge
+    rekeyed = await alice.rotate()
+    assert (rekeyed["old"], rekeyed["participant"]["sid"]) == (old_session.sid, alice.sid)
+    assert rekeyed["challenge"] != challenge, "the next rotation must sign a new challenge"
+    seen_by_bob = await bob.expect("rekeyed")
+    assert "challenge" not in seen_by_bob, "only the rekeying client gets its next challenge"
+    assert bob.members[alice.sid].username == "alice" and old_session.sid not in bob.members
+    # Nothing says alice left or joined: a rotation is not a membership change.
+    assert not [f for f in bob.events if f.get("type") in ("joined", "left")]
+    await alice.send("after the rotation")
+    assert (await bob.next_message()).text == "after the rotation"
+    # The old key is no longer a member: a message still wrapped to it is refused whole.
+    to_old = crypto.seal_message(
+        identity=bob.identity, sender_sid=bob.sid, room=bob.room, text="to the old key",
+        recipients=[crypto.Recipient(old_session.sid, old_session.private_key.public_key(), 9),
+                    crypto.Recipient(bob.sid, bob.session.private_key.public_key(), 9)])
+    await bob.send_frame(to_old)
+    error = await bob.expect("error")
+    assert (error["code"], error["stale"]) == ("stale_recipients", [old_session.sid])
+
+
+async def test_a_rotation_must_sign_the_latest_challenge(connect):
+    alice = await connect("alice")
+    alice.challenge = "0" * 32
+    await alice.send_frame({"v": 2, "type": "rekey", **alice.statement(alice.room, crypto.SessionKey.generate())})
+    assert (await alice.expect("error"))["code"] == "bad_challenge"
+
+
+async def test_the_full_recipient_list_is_given_on_request_and_matches_the_commitment(connect):
+    alice, bob, carol = [await connect(name) for name in ("alice", "bob", "carol")]
+    await settle(alice, bob, carol, members=3)
+    msg_id = await alice.send("to three")
+    delivery = await bob.expect("msg")
+    assert "recipients" not in delivery
+    assert await bob.unknown_recipients(msg_id, delivery["to"]) == []
+    await bob.send_frame({"v": 2, "type": "recipients", "id": "f" * 32})
+    assert (await bob.expect("error"))["code"] == "unknown_message"
