@@ -8,8 +8,10 @@ crypto.js as an ES module in a real navigation and times, per N recipients:
                          does: it keeps the CryptoKeys from verifyParticipant in the roster)
   seal + import       - importing each recipient's SPKI on every send, then sealMessage
   verify roster       - verifyParticipant for all N (once per join, not per message)
-  open                - a recipient's openMessage: verify ECDSA, unwrap RSA-OAEP, AES-GCM
-Recipient RSA keys are made in Python (keygen is not what is measured).
+  open                - a recipient's openMessage: unwrap RSA-OAEP (key, position, seq, path),
+                         rebuild the Merkle root and key commitment, verify ECDSA, AES-GCM, unpad
+Protocol v2 (PROTOCOL.md §7): each recipient gets its own sequence number; the plaintext is
+padded to a bucket. Recipient RSA keys are made in Python (keygen is not what is measured).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 
 from cryptography.hazmat.primitives import serialization
 
@@ -45,9 +48,10 @@ async ({members, pkcs8, sizes, repeats}) => {
     const list = members.slice(0, n);
     const cached = [];
     for (const m of list) cached.push({ sid: m.sid, sessionKey: await c.importSessionPublicKey(m.session_key) });
-    const seal = (recipients, counter) => c.sealMessage({
+    const seal = (recipients, seq) => c.sealMessage({
       identityPrivateKey: identity.privateKey, fingerprint: identity.fingerprint,
-      senderSid: senderSession.sid, room, text: 'x'.repeat(200), recipients, counter });
+      senderSid: senderSession.sid, room, text: 'x'.repeat(200),
+      recipients: recipients.map((r) => ({ ...r, seq })) });
     await seal(cached, 1);  // warm-up
     const tSeal = [], tSealImport = [], tVerify = [], tOpen = [];
     let frame;
@@ -66,18 +70,19 @@ async ({members, pkcs8, sizes, repeats}) => {
       for (const m of list) await c.verifyParticipant(room, m);
       tVerify.push(performance.now() - t);
     }
-    const relayed = { v: 1, type: 'msg', room, from: { sid: senderSession.sid, username: 'a',
-      fingerprint: identity.fingerprint }, id: frame.id, ts: frame.ts, counter: frame.counter,
-      recipients: Object.keys(frame.keys).sort(), iv: frame.iv, ct: frame.ct, sig: frame.sig,
-      key: frame.keys[members[0].sid], received: Date.now() };
+    // What a recipient receives (§6.2): the shared part and its own wrapped key.
+    const relayed = { v: 2, type: 'msg', from: senderSession.sid, id: frame.id, ts: frame.ts,
+      iv: frame.iv, ct: frame.ct, to: frame.to, sig: frame.sig, key: frame.keys[members[0].sid] };
+    const sender = { fingerprint: identity.fingerprint, identityKey: identity.publicKey };
     for (let i = 0; i < repeats; i++) {
       const t = performance.now();
-      const text = await c.openMessage(relayed, identity.publicKey, recipientSession);
+      const opened = await c.openMessage(relayed, room, sender, recipientSession);
       tOpen.push(performance.now() - t);
-      if (text.length !== 200) throw new Error('open returned the wrong text');
+      if (opened.text.length !== 200) throw new Error('open returned the wrong text');
     }
     out.push({ n, seal: median(tSeal), seal_import: median(tSealImport), verify_roster: median(tVerify),
-               open: median(tOpen), frame_bytes: JSON.stringify(frame).length });
+               open: median(tOpen), frame_bytes: JSON.stringify(frame).length,
+               delivery_bytes: JSON.stringify(relayed).length });
   }
   return { userAgent: navigator.userAgent, rows: out };
 }
@@ -89,15 +94,19 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def measure(sizes=(2, 10, 50, 100), repeats: int = 15) -> dict:
+def measure(sizes=(2, 10, 50, 100, 250), repeats: int = 15) -> dict:
     from playwright.sync_api import sync_playwright
 
     members = bench_keys.members(max(sizes))
     roster = []
+    issued = int(time.time() * 1000)
     for m in members:
+        challenge, stream = os.urandom(16).hex(), os.urandom(16).hex()
         roster.append({"sid": m.sid, "username": m.username, "fingerprint": m.fingerprint,
-                       "identity_key": m.identity_b64, "session_key": m.session_b64,
-                       "session_sig": crypto.sign_session(m.identity, "lobby", m.username, m.session_b64)})
+                       "identity_key": m.identity_b64, "session_key": m.session_b64, "issued": issued,
+                       "challenge": challenge, "stream": stream,
+                       "session_sig": crypto.sign_session(m.identity, "lobby", m.username, m.session_b64,
+                                                          issued, challenge, stream)})
     pkcs8 = crypto.b64encode(members[0].session.private_key.private_bytes(
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     handler = functools.partial(_Quiet, directory=str(REPO))
@@ -123,11 +132,11 @@ def measure(sizes=(2, 10, 50, 100), repeats: int = 15) -> dict:
 def markdown(result: dict) -> str:
     lines = [f"Chromium: `{result['userAgent']}`\n",
              "| recipients N | seal, cached CryptoKeys (ms) | seal + import N SPKIs (ms) "
-             "| verifyParticipant × N (ms) | open one (ms) | msg frame bytes |",
-             "|---:|---:|---:|---:|---:|---:|"]
+             "| verifyParticipant × N (ms) | open one (ms) | msg frame bytes | one delivery bytes |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         lines.append(f"| {r['n']} | {r['seal']:.2f} | {r['seal_import']:.2f} | {r['verify_roster']:.2f} "
-                     f"| {r['open']:.2f} | {r['frame_bytes']:,} |")
+                     f"| {r['open']:.2f} | {r['frame_bytes']:,} | {r['delivery_bytes']:,} |")
     return "\n".join(lines) + "\n"
 
 
