@@ -49,7 +49,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 BENCH_ENV = {
     "SECURECHAT_RATE_PER_SECOND": "1000000",
     "SECURECHAT_RATE_BURST": "1000000",
-    "SECURECHAT_MAX_PARTICIPANTS": "1024",
+    "SECURECHAT_MAX_PARTICIPANTS": "256",
     # All load comes from 127.0.0.1: lift the per-address connection and join budgets too.
     "SECURECHAT_MAX_CONNECTIONS": "20000",
     "SECURECHAT_MAX_CONNECTIONS_PER_ADDRESS": "20000",

@@ -65,7 +65,8 @@ class Config:
     log_fsync_interval: float = _setting("log", 1.0, minimum=0.01)
     # [limits]
     max_frame_bytes: int = _setting("limits", 1024 * 1024, minimum=4096)
-    max_participants: int = _setting("limits", 256, minimum=2, maximum=1024)
+    # At most protocol v2's MAX_RECIPIENTS: the Merkle path must fit in the wrapped key (PROTOCOL.md §7.3).
+    max_participants: int = _setting("limits", 256, minimum=2, maximum=256)
     rate_per_second: float = _setting("limits", 10.0, minimum=0.1)
     rate_burst: int = _setting("limits", 30, minimum=1)
     max_clock_skew: float = _setting("limits", 300.0, minimum=1.0)

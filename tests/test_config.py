@@ -88,6 +88,8 @@ def test_example_file_documents_every_key_and_loads():
     ("tls = true\n", "[tls] must be a table of settings"),
     ("bogus = 1\n", "unknown key bogus (every setting lives in a section such as [server]"),
     ("[server]\nport = 70000\n", "server.port must be at most 65535"),
+    # protocol v2 caps a message at 256 recipients (PROTOCOL.md §7.3), so a room too
+    ("[limits]\nmax_participants = 257\n", "limits.max_participants must be at most 256"),
     ("[log]\nfsync = 'sometimes'\n", "log.fsync must be one of always, interval, never"),
     ("[tls]\nenabled = 'yes'\n", "tls.enabled must be true or false"),
     ("[server]\nallowed_origins = 'https://a'\n", "server.allowed_origins must be a list of strings"),

@@ -99,6 +99,19 @@ def test_to_must_commit_to_exactly_the_keys():
         parse_frame(json.dumps(with_(MSG, keys=keys)))
 
 
+def test_a_message_to_more_than_256_recipients_is_refused_whatever_the_server_allows():
+    from securechat import crypto
+    wrapped = next(iter(MSG["keys"].values()))
+    keys = {f"{i:032x}": wrapped for i in range(257)}
+    frame = with_(MSG, keys=keys, to=crypto.recipients_commitment(sorted(keys)))
+    with pytest.raises(ProtocolError, match="1 to 256") as info:
+        parse_frame(json.dumps(frame), max_recipients=1024)
+    assert info.value.code == "bad_frame"
+    del keys[f"{256:032x}"]
+    frame = with_(MSG, keys=keys, to=crypto.recipients_commitment(sorted(keys)))
+    assert len(parse_frame(json.dumps(frame), max_recipients=1024).keys) == 256
+
+
 def test_msg_errors_carry_the_message_id():
     with pytest.raises(ProtocolError) as info:
         parse_frame(json.dumps(with_(MSG, iv="AAAA")))
