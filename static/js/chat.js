@@ -18,6 +18,9 @@ export const REJOIN_GRACE_MS = 5000;
 // A message the server has not confirmed by then is shown as failed, with Retry: "Sending…"
 // must never hang. A late ack still turns it into delivered.
 export const SEND_TIMEOUT_MS = 10000;
+// A server that never answers a `recipients` request must not make the ghost check pass (§7.4):
+// after this long without the list the receiver is warned that it could not check.
+export const RECIPIENTS_TIMEOUT_MS = 10000;
 // The status line's addition while the HTTP transport carries the chat (transport.js).
 export const HTTP_FALLBACK_TEXT = "via HTTP fallback (WebSocket unavailable)";
 
@@ -63,7 +66,7 @@ function plural(n, word) {
  */
 export class ChatClient {
   constructor({ store, emit, url, room = DEFAULT_ROOM, WebSocketImpl, EventSourceImpl, fetchImpl,
-    now = Date.now, setTimer, clearTimer, random, firstFrameTimeoutMs }) {
+    now = Date.now, setTimer, clearTimer, random, firstFrameTimeoutMs, recipientsTimeoutMs = RECIPIENTS_TIMEOUT_MS }) {
     this.store = store;
     this.emit = emit;
     this.url = url ?? (globalThis.location ? wsUrl(globalThis.location) : null);
@@ -91,6 +94,8 @@ export class ChatClient {
     this.recv = new Map(); // sender stream -> {last, missing: Map seq -> true, shown: [[seq, id]]}
     this.knownSids = new Set(); // every session this connection was told about
     this.checkedTo = new Set(); // recipient commitments already checked against the full list
+    this.pendingLists = new Map(); // message id -> {to, n, sender, timer}: recipients asked for
+    this.recipientsTimeoutMs = recipientsTimeoutMs;
     this.verifiedOnly = false;
     this.seenIds = new Map(); // sender fingerprint -> Set of message ids
     this.outbox = new Map(); // localId -> outgoing record
@@ -208,6 +213,8 @@ export class ChatClient {
     this.graceTimer = null;
     clearTimeout(this.rotationTimer);
     this.rotationTimer = null;
+    for (const { timer } of this.pendingLists.values()) this.clearTimer(timer);
+    this.pendingLists.clear();
     this.connection = null;
     this.joined = false;
     this.roster.clear();
@@ -268,6 +275,8 @@ export class ChatClient {
     this.knownSids.clear();
     await this.rebuildRoster(frame.participants ?? []);
     this.joined = true;
+    // Lists asked for on a connection that dropped are asked for again on this one.
+    for (const id of this.pendingLists.keys()) this.askForRecipients(id);
     this.connection.resetBackoff();
     this.scheduleRotationCheck();
     this.emit("welcome", { room: this.room, you: { sid: this.session.sid, username: this.username,
@@ -522,15 +531,32 @@ export class ChatClient {
       this.checkedTo.add(frame.to);
       return;
     }
-    this.pendingLists = this.pendingLists ?? new Map();
-    this.pendingLists.set(frame.id, { to: frame.to, n: opened.n, sender: sender.username });
-    this.connection?.send(recipientsFrame(frame.id));
+    this.pendingLists.set(frame.id, { to: frame.to, n: opened.n, sender: sender.username, timer: null });
+    this.askForRecipients(frame.id);
+  }
+
+  askForRecipients(id) {
+    const pending = this.pendingLists.get(id);
+    this.clearTimer(pending.timer);
+    pending.timer = this.setTimer(() => this.enqueue(() => this.recipientsTimedOut(id)), this.recipientsTimeoutMs);
+    if (this.joined) this.connection?.send(recipientsFrame(id));
+  }
+
+  /** No list came: say so rather than let silence pass the check. */
+  recipientsTimedOut(id) {
+    const pending = this.pendingLists.get(id);
+    if (!pending) return;
+    if (!this.joined) return this.askForRecipients(id); // asked again after the next welcome
+    this.pendingLists.delete(id);
+    this.emit("warning", { kind: "ghost", ts: this.now(),
+      text: `The server did not say who else received ${pending.sender}'s message; it may also have gone to someone hidden from you.` });
   }
 
   async onRecipients(frame) {
-    const pending = this.pendingLists?.get(frame.id);
+    const pending = this.pendingLists.get(frame.id);
     if (!pending) return;
     this.pendingLists.delete(frame.id);
+    this.clearTimer(pending.timer);
     const sids = Array.isArray(frame.sids) ? frame.sids.filter((x) => typeof x === "string") : [];
     if (sids.length !== pending.n || (await c.recipientsCommitment(sids)) !== pending.to) {
       this.emit("warning", { kind: "ghost", ts: this.now(),
@@ -577,9 +603,10 @@ export class ChatClient {
       }
       return;
     }
-    if (frame.code === "unknown_message" && this.pendingLists?.has(frame.id)) {
-      const { sender } = this.pendingLists.get(frame.id);
+    if (frame.code === "unknown_message" && this.pendingLists.has(frame.id)) {
+      const { sender, timer } = this.pendingLists.get(frame.id);
       this.pendingLists.delete(frame.id);
+      this.clearTimer(timer);
       this.emit("warning", { kind: "ghost", ts: this.now(),
         text: `Could not check who else received ${sender}'s message: the server no longer has its recipient list.` });
       return;

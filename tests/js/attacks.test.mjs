@@ -8,10 +8,10 @@ import { ChatClient } from "../../static/js/chat.js";
 import { memoryStore } from "../../static/js/store.js";
 import { FakeServer, forgedParticipant, until } from "./fake_server.mjs";
 
-function person(server, { store = memoryStore(), now = Date.now } = {}) {
+function person(server, { store = memoryStore(), now = Date.now, recipientsTimeoutMs } = {}) {
   const events = [];
   const client = new ChatClient({
-    store, url: "ws://test/ws", WebSocketImpl: server.WebSocket, now,
+    store, url: "ws://test/ws", WebSocketImpl: server.WebSocket, now, recipientsTimeoutMs,
     emit: (type, detail) => events.push({ type, ...detail }),
   });
   const of = (type) => events.filter((e) => e.type === type);
@@ -130,6 +130,40 @@ test("attack 3: a message also addressed to a session hidden from the receiver r
   await until(() => bob.of("message").length === 1);
   await until(() => bob.of("warning").some((w) => w.kind === "ghost"), 20000, "ghost warning");
   assert.match(bob.of("warning").find((w) => w.kind === "ghost").text, /1 session you cannot see/);
+});
+
+/** alice's messages also go to a ghost only alice is shown; `answer(frame, socket)` plays the list request. */
+async function ghostRoom(answer, options = {}, server = new FakeServer()) {
+  const alice = person(server);
+  const bob = person(server, options);
+  await joined(alice, "alice");
+  await joined(bob, "bob");
+  await until(() => bob.last("roster")?.participants.length === 2);
+  const ghost = await forgedParticipant(server.room, "ghost");
+  server.members.set(ghost.sid, { socket: { deliver() {} }, participant: ghost });
+  await inject(server, alice, ghost);
+  server.onClientFrame = (frame, socket) => frame.type === "recipients" && (answer(frame, socket, ghost), true);
+  alice.client.send("just between us");
+  await until(() => bob.of("message").length === 1);
+  return { server, alice, bob, ghost };
+}
+
+test("attack 3: a server that never answers the recipient-list request does not pass the ghost check", async () => {
+  const { bob } = await ghostRoom(() => {}, { recipientsTimeoutMs: 300 });
+  await until(() => bob.of("warning").some((w) => w.kind === "ghost"), 20000, "ghost warning");
+  assert.match(bob.of("warning").find((w) => w.kind === "ghost").text,
+    /The server did not say who else received alice's message; it may also have gone to someone hidden from you/);
+});
+
+test("attack 3: a recipient list that leaves the ghost out does not match the signed commitment", async () => {
+  const server = new FakeServer();
+  const { bob } = await ghostRoom((frame, socket, ghost) => {
+    const sids = [...server.members.keys()].filter((sid) => sid !== ghost.sid).sort();
+    socket.deliver({ v: 2, type: "recipients", id: frame.id, sids });
+  }, {}, server);
+  await until(() => bob.of("warning").some((w) => w.kind === "ghost"), 20000, "ghost warning");
+  assert.match(bob.of("warning").find((w) => w.kind === "ghost").text,
+    /The server's list of who received alice's message does not match what alice signed/);
 });
 
 test("attack 3: Verified only sends to verified people and says who was left out", async () => {
