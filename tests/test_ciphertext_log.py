@@ -528,3 +528,69 @@ def test_interval_fsync_happens_off_the_appending_thread(tmp_path, monkeypatch):
             _time.sleep(0.02)
         assert threads and set(threads) == {"ciphertext-fsync"}
     assert [r.record["id"] for r in read_log(tmp_path) if isinstance(r, LogRecord)] == [str(i) for i in range(50)]
+
+
+# -- the live file deleted or replaced under the writer ----------------------------------------
+
+
+def test_a_deleted_live_file_is_recreated_with_one_clear_line_and_rotation_still_works(tmp_path, caplog):
+    log = CiphertextLog(tmp_path, fsync="never", gzip_in_background=False)
+    try:
+        log.append({"id": "r1"})
+        log.path.unlink()  # an admin's rm, a clean-up script
+        with caplog.at_level(logging.WARNING, logger="securechat.storage.ciphertext_log"):
+            log.append({"id": "r2"})
+            log.append({"id": "r3"})
+        # Before, r2 and r3 went into the deleted file: acknowledged, and gone.
+        assert ids(read_log(tmp_path)) == ["r2", "r3"]
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == 1 and "was deleted while the server was writing it" in lines[0]
+        assert mode(log.path) == 0o600
+        # Before, this rename of a file that was not there raised FileNotFoundError.
+        assert log.rotate() is not None
+        log.append({"id": "r4"})
+    finally:
+        log.close()
+    assert ids(read_log(tmp_path)) == ["r2", "r3", "r4"]
+
+
+def test_a_replaced_live_file_is_followed(tmp_path, caplog):
+    log = CiphertextLog(tmp_path, fsync="never", gzip_in_background=False)
+    try:
+        log.append({"id": "r1"})
+        other = tmp_path / "restored.jsonl"
+        other.write_text('{"id":"old"}\n')
+        os.replace(other, log.path)  # someone put another file in its place
+        with caplog.at_level(logging.WARNING, logger="securechat.storage.ciphertext_log"):
+            log.append({"id": "r2"})
+        assert ids(read_log(tmp_path)) == ["old", "r2"]
+        assert [r.getMessage() for r in caplog.records][0].count("was replaced by another file") == 1
+        rotated = log.rotate()
+        assert rotated is not None
+    finally:
+        log.close()
+    assert ids(read_log(tmp_path)) == ["old", "r2"]
+
+
+def test_a_failed_write_leaves_no_torn_line(tmp_path):
+    """A write that got part of the way (RLIMIT_FSIZE here) is cut back: the file reads clean."""
+    script = textwrap.dedent(f"""
+        import resource, sys
+        sys.path.insert(0, {str(REPO_ROOT)!r})
+        from securechat.storage.ciphertext_log import CiphertextLog
+        log = CiphertextLog({str(tmp_path)!r}, fsync="never", gzip_in_background=False)
+        log.append({{"id": "r1"}})
+        size = log.path.stat().st_size
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 10, resource.RLIM_INFINITY))
+        try:
+            log.append({{"id": "r2", "pad": "x" * 100}})
+        except OSError as exc:
+            print("refused", exc.errno)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        log.append({{"id": "r3"}})
+        log.close()
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert done.stdout.strip() == "refused 27", done.stderr
+    items = list(read_log(tmp_path))
+    assert problems(items) == [] and ids(items) == ["r1", "r3"]

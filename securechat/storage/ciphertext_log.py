@@ -295,6 +295,8 @@ class CiphertextLog:
         self._dirty = False
         self._closed = False
         self._syncer: _IntervalSync | None = None
+        self._ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the live file we write
+        self._rotate_failing = False
 
         _ensure_private_dir(self._dir)
         self._lock_fd = _take_lock(self._dir)
@@ -331,24 +333,92 @@ class CiphertextLog:
 
     def append_line(self, line: str) -> None:
         """Append one already-serialised JSON object (without trailing newline)."""
-        if "\n" in line:
+        self.append_lines([line])
+
+    def append_lines(self, lines: list[str]) -> None:
+        """Append records all together or not at all (a join that replaces an older session
+        writes that session's leave and its own join).
+
+        On OSError (a full disk, a file-size limit) nothing of them stays in the file: a write
+        that got part of the way is truncated back, so there is no torn line and the caller
+        may simply try again later.
+        """
+        if any("\n" in line for line in lines):
             raise ValueError("a log line must not contain a newline")
-        data = line.encode("utf-8") + b"\n"
+        data = "".join(line + "\n" for line in lines).encode("utf-8")
         with self._lock:
             self._check_open()
+            self._follow_live()
+            before = self._mark()
             self._write(data)
-            self._maybe_fsync()
-            rotated = self._rotate_locked() if self._size >= self._max_bytes else None
+            try:
+                self._maybe_fsync()
+            except OSError:
+                self._undo(before)  # "always" promises the record is on disk before the ack
+                raise
+            rotated = self._rotate_after_append() if self._size >= self._max_bytes else None
         if rotated is not None:
             # The record is already written: a gzip failure must not look
             # like a failed append, or the caller might append it twice.
             self._schedule(lambda: self._logged(lambda: self._compress_and_prune(rotated)))
 
+    def _rotate_after_append(self) -> Path | None:
+        # The records are written; a rotation that fails must not make the append look failed.
+        # The file stays live and the next append tries again; one line until it works.
+        try:
+            rotated = self._rotate_locked()
+        except OSError as exc:
+            if not self._rotate_failing:
+                log.error("could not rotate the ciphertext log %s (appending goes on, rotation is retried "
+                          "with every append): %s", self.path, exc)
+            self._rotate_failing = True
+            return None
+        self._rotate_failing = False
+        return rotated
+
+    def _follow_live(self) -> None:
+        """The live file must still be the one we write: someone may have deleted it or put
+        another file in its place. Writing on into a deleted file would lose every record
+        from then on, acknowledged or not, and make the next rotation fail."""
+        if self._fd is None:
+            return
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and (st.st_dev, st.st_ino) == self._ident:
+            return
+        if st is None:
+            log.warning("the live ciphertext log %s was deleted while the server was writing it; "
+                        "started a new one (what the deleted file held is gone with it)", self.path)
+        else:
+            log.warning("the live ciphertext log %s was replaced by another file while the server was "
+                        "writing it; appending to that file from now on", self.path)
+        os.close(self._fd)
+        self._fd = None
+        self._open_live()
+
+    def _mark(self) -> tuple[int, bool]:
+        return self._size, self._needs_newline
+
+    def _undo(self, mark: tuple[int, bool]) -> None:
+        """Cut the live file back to `mark` after a failed write."""
+        size, torn = mark
+        if self._size == size or self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError:
+            self._needs_newline = True  # could not cut it: at least start the next record afresh
+            return
+        self._size, self._needs_newline = size, torn
+
     def _write(self, data: bytes) -> None:
         if self._fd is None:
             self._open_live()
+        mark = self._mark()
         if self._needs_newline:
-            # The file ends in a torn line; terminate it so this record starts
+            # The file ends in a torn line (a crash); terminate it so this record starts
             # on a line of its own and stays readable.
             data = b"\n" + data
         view = memoryview(data)
@@ -358,10 +428,12 @@ class CiphertextLog:
             # the loop only matters for rare partial writes.
             while written < len(view):
                 written += os.write(self._fd, view[written:])
-        finally:
+        except OSError:
             self._size += written
-            if written:
-                self._needs_newline = written < len(view)
+            self._undo(mark)
+            raise
+        self._size += written
+        self._needs_newline = False
 
     def _maybe_fsync(self) -> None:
         self._dirty = True
@@ -410,6 +482,7 @@ class CiphertextLog:
         _validate(self._max_bytes, keep, self._fsync_policy, self._fsync_interval)
         with self._lock:
             self._check_open()
+            self._follow_live()
             rotated = self._rotate_locked()
         if rotated is None:
             # Nothing new, but an admin asking for a smaller keep still expects it applied.
@@ -435,7 +508,9 @@ class CiphertextLog:
     def _open_live(self) -> None:
         fd = _open_private(self.path, os.O_WRONLY | os.O_APPEND)
         self._fd = fd
-        self._size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        self._size = st.st_size
+        self._ident = (st.st_dev, st.st_ino)
         self._needs_newline = not _ends_with_newline(self.path)
 
     # -- background work ---------------------------------------------------
