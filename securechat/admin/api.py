@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import tempfile
 import time
 
 import tornado.web
@@ -44,6 +45,19 @@ class AdminHandler(SecureHeadersMixin, tornado.web.RequestHandler):
 
     def data_received(self, chunk: bytes) -> None:
         self.body += chunk  # at most MAX_BODY in all: Tornado refuses a longer body
+
+    def json_body(self) -> dict:
+        """The body as a JSON object ({} when empty); 400 for anything else. A 4 KiB body can
+        still nest 2,000 levels deep, which json.loads answers with RecursionError."""
+        if not self.body:
+            return {}
+        try:
+            data = json.loads(self.body)
+        except (ValueError, RecursionError):  # ValueError includes a body that is not UTF-8
+            data = None
+        if not isinstance(data, dict):
+            raise tornado.web.HTTPError(400, reason="the body must be a JSON object")
+        return data
 
     def _authorized(self) -> bool:
         scheme, _, given = self.request.headers.get("Authorization", "").partition(" ")
@@ -100,16 +114,13 @@ class RotateHandler(AdminHandler):
 
     def _keep(self) -> int | None:
         raw = self.get_query_argument("keep", None)
-        if raw is None and self.body:
-            try:
-                raw = json.loads(self.body).get("keep")
-            except (ValueError, AttributeError, RecursionError):
-                raise tornado.web.HTTPError(400, reason="the body must be a JSON object") from None
+        if raw is None:
+            raw = self.json_body().get("keep")
         if raw is None:
             return None
         try:
             keep = int(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: 1e400 is infinity in JSON
             keep = 0
         if keep < 1 or isinstance(raw, bool):
             raise tornado.web.HTTPError(400, reason="keep must be a whole number of files, at least 1")
@@ -127,35 +138,34 @@ class LogsHandler(AdminHandler):
 
     NEXT, RESUME = "X-Securechat-Next-Cursor", "X-Securechat-Cursor"
     DEFAULT_LIMIT, MAX_LIMIT = 1000, 100_000
-    CHUNK_RECORDS, CHUNK_CHARS = 256, 256 * 1024
+    # A page is also full at PAGE_BYTES: 100,000 records to 256 recipients each are ~9 GB.
+    CHUNK_BYTES, SPOOL_BYTES, PAGE_BYTES = 256 * 1024, 4 * 1024 * 1024, 64 * 1024 * 1024
 
     async def get(self) -> None:
         since, until = self._time("since"), self._time("until")
         limit = self._limit()
         start = self._cursor()
         directory, loop = self.hub.config.log_dir, IOLoop.current()
-        page = await loop.run_in_executor(None, lambda: log_pages.measure(
-            directory, start, since=since, until=until, limit=limit))
-        self.set_header("Content-Type", "application/x-ndjson; charset=utf-8")
-        self.set_header("X-Securechat-Skipped", str(page.problems))
-        self.set_header(self.RESUME, log_pages.encode(page.resume))
-        if page.next is not None:
-            self.set_header(self.NEXT, log_pages.encode(page.next))
-        lines = log_pages.records(directory, start, since=since, until=until)
-        left = page.records
-        try:
-            while left > 0:
-                chunk = await loop.run_in_executor(None, log_pages.take, lines,
-                                                   min(left, self.CHUNK_RECORDS), self.CHUNK_CHARS)
-                if not chunk:
-                    break  # retention removed records since they were counted
-                left -= len(chunk)
-                self.write("".join(raw + "\n" for raw in chunk))
-                await self.flush()
-        except StreamClosedError:
-            pass  # the client went away; nothing to answer
-        finally:
-            lines.close()
+        # The page is gathered in one walk before the headers go out (log_pages.collect):
+        # in memory up to SPOOL_BYTES, beyond that in an unnamed file in the (0700) data dir.
+        with tempfile.SpooledTemporaryFile(max_size=self.SPOOL_BYTES, dir=directory) as sink:
+            try:
+                page = await loop.run_in_executor(None, lambda: log_pages.collect(
+                    directory, start, sink, since=since, until=until, limit=limit, max_bytes=self.PAGE_BYTES))
+            except OSError as exc:
+                raise tornado.web.HTTPError(503, reason=f"cannot read the ciphertext log now: {exc.strerror}") from None
+            self.set_header("Content-Type", "application/x-ndjson; charset=utf-8")
+            self.set_header("X-Securechat-Skipped", str(page.problems))
+            self.set_header(self.RESUME, log_pages.encode(page.resume))
+            if page.next is not None:
+                self.set_header(self.NEXT, log_pages.encode(page.next))
+            sink.seek(0)
+            try:
+                while chunk := await loop.run_in_executor(None, sink.read, self.CHUNK_BYTES):
+                    self.write(chunk)
+                    await self.flush()
+            except StreamClosedError:
+                pass  # the client went away; nothing to answer
 
     def _time(self, name: str) -> float | None:
         raw = self.get_query_argument(name, None)
@@ -206,11 +216,7 @@ class BlobsPruneHandler(AdminHandler):
 
     async def post(self) -> None:
         dry_run = self.get_query_argument("dry_run", "0") in ("1", "true", "yes")
-        if self.body:
-            try:
-                dry_run = dry_run or bool(json.loads(self.body).get("dry_run"))
-            except (ValueError, AttributeError):
-                raise tornado.web.HTTPError(400, reason="the body must be a JSON object") from None
+        dry_run = dry_run or bool(self.json_body().get("dry_run"))
         api = self.settings["blob_api"]
         if api.store is None:
             raise tornado.web.HTTPError(409, reason="attachments are turned off on this server")

@@ -37,6 +37,8 @@ _STAMP = re.compile(r"^\d{8}T\d{12}Z$")
 _DIGEST = re.compile(r"^[0-9a-f]{32}$")
 _VERSION = 1
 _FIRST_LINE_LIMIT = 16 * 1024 * 1024  # far above any record; bounds the digest read
+_MAX_CURSOR = 1024
+_MAX_OFFSET = 2**53
 
 
 @dataclass(frozen=True)
@@ -66,14 +68,17 @@ def encode(position: Position) -> str:
 
 def decode(cursor: str) -> Position:
     """The Position in a cursor; ValueError for anything this module did not make."""
+    if len(cursor) > _MAX_CURSOR:
+        raise ValueError("not a cursor")  # ours are ~150 characters; JSON nested 10,000 deep is not
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         version, stamp, offset, line, after, first = json.loads(text)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise ValueError("not a cursor") from None
     valid = (
         version == _VERSION
-        and all(type(n) is int and n >= 0 for n in (offset, line))
+        # A seek past 2^63 raised OverflowError (a 500); no log file is that large anyway.
+        and all(type(n) is int and 0 <= n <= _MAX_OFFSET for n in (offset, line))
         # Stamps become file names: anything but the exact pattern could walk the filesystem.
         and all(s is None or (isinstance(s, str) and _STAMP.match(s)) for s in (stamp, after))
         and (first is None or (isinstance(first, str) and _DIGEST.match(first)))
@@ -84,43 +89,30 @@ def decode(cursor: str) -> Position:
     return Position(stamp, offset, line, after, first)
 
 
-def measure(directory: Path, start: Position | None, *, since: float | None, until: float | None,
-            limit: int) -> Page:
-    """Where a page of at most `limit` records from `start` ends, without keeping any of them.
+def collect(directory: Path, start: Position | None, sink: BinaryIO, *, since: float | None,
+            until: float | None, limit: int, max_bytes: int | None = None) -> Page:
+    """Write a page of at most `limit` records from `start` into sink (each stored line and a
+    newline) and say where it ends, in one walk. A page is also full once it holds `max_bytes`
+    (it always holds at least one record), so a page of big records stays bounded on disk.
 
-    The cursor must go in a response header, before the records are streamed: so the page is
-    walked once to find its end and then again (records()) to send it.
+    The cursor goes in a response header, before the records: the page is gathered first
+    (GET /api/admin/logs spools it, to a temporary file past a few MiB). Counting in one walk
+    and streaming in a second one served records twice: when retention deleted a file between
+    the two walks, the second one went past the end the first had found, and the next page,
+    starting at that end, served those records again.
     """
-    count = problems = 0
+    count = problems = size = 0
     resume = start or Position(None, 0, 0)
     for item, position in walk(directory, start):
         resume = position
         if isinstance(item, LogProblem):
             problems += 1
         elif in_window(item.record, since, until):
+            size += sink.write(item.raw.encode("utf-8") + b"\n")
             count += 1
-            if count == limit:
+            if count == limit or (max_bytes is not None and size >= max_bytes):
                 return Page(count, problems, position, position)
     return Page(count, problems, None, resume)
-
-
-def records(directory: Path, start: Position | None, *, since: float | None,
-            until: float | None) -> Iterator[str]:
-    """The stored lines of the records from `start` on, exactly as written (without newline)."""
-    for item, _ in walk(directory, start):
-        if isinstance(item, LogRecord) and in_window(item.record, since, until):
-            yield item.raw
-
-
-def take(lines: Iterator[str], count: int, max_chars: int) -> list[str]:
-    """The next lines, at most count of them and not much more than max_chars together."""
-    chunk, size = [], 0
-    for raw in lines:
-        chunk.append(raw)
-        size += len(raw)
-        if len(chunk) >= count or size >= max_chars:
-            break
-    return chunk
 
 
 def walk(directory: Path, start: Position | None = None) -> Iterator[tuple[Item, Position]]:
@@ -183,6 +175,11 @@ def _read_live(directory: Path, f: BinaryIO, position: Position) -> Iterator[tup
     for raw in f:
         if not raw.endswith(b"\n"):
             return  # being written: the next page will have it whole
+        if first is None and offset == 0:
+            # The file was empty when its digest was taken and the server appended since:
+            # this is its first line. Left None, every position in this file would name no
+            # file, and the next page would start it over (['r1', 'r2', 'r2', 'r3']).
+            first = hashlib.sha256(raw).hexdigest()[:32]
         offset, line = offset + len(raw), line + 1
         yield parse_line(path, line, raw[:-1]), Position(None, offset, line, position.after, first)
 
