@@ -54,8 +54,7 @@ class RunningServer:
         self.http.stop()
         if self.housekeeping is not None:
             self.housekeeping.stop()
-        for connection in list(self.hub.connections):
-            connection.close(GOING_AWAY, "the server is shutting down")
+        self.hub.shutdown(GOING_AWAY, "the server is shutting down")
         await asyncio.sleep(0.2)  # let the close frames leave before the loop ends
         await self.http.close_all_connections()
         if self.hub.blobs is not None:

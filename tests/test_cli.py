@@ -10,9 +10,10 @@ from pathlib import Path
 
 from click.testing import CliRunner
 from helpers import as_another_user, clean_env, free_port, wait_for_http
+from security.rawws import RawWebSocket
 
 from cli import main
-from securechat import __version__
+from securechat import __version__, crypto
 from securechat.client import ChatClient
 from securechat.storage.ciphertext_log import LogRecord, read_log
 
@@ -84,6 +85,46 @@ def test_sigterm_closes_websockets_with_1001_and_the_log(tmp_path):
     assert events == ["join", "msg", "leave"]
     # The writer lock was released: another server could open the same log now.
     assert not [r for r in read_log(tmp_path / "data") if not isinstance(r, LogRecord)]
+
+
+def test_sigterm_with_members_that_never_answer_is_a_clean_exit(tmp_path):
+    """Members over the WebSocket, over the HTTP stream, and one that never reads again (so it
+    never answers the close): every one leaves, logged, and nothing is written after the log is
+    closed. Before, a close that came in late ran its leave against the closed log: "Uncaught
+    exception GET /ws ... LogError: the ciphertext log ... is closed"."""
+    process, port = serve(tmp_path)
+
+    def mute_member():
+        ws = RawWebSocket("127.0.0.1", port)
+        client = ChatClient("unused", "mute", challenge=ws.hello["challenge"])
+        client.session = crypto.SessionKey.generate()
+        ws.send_json(client.join_frame("lobby"))
+        assert ws.recv_json()["type"] == "welcome"
+        return ws  # and never reads again
+
+    async def scenario():
+        alice = ChatClient(f"ws://127.0.0.1:{port}/ws", "alice")
+        carol = ChatClient(f"http://127.0.0.1:{port}/ws", "carol", transport="http")
+        await alice.connect()
+        await carol.connect()
+        mute = await asyncio.get_running_loop().run_in_executor(None, mute_member)
+        await alice.send("before shutdown")
+        await alice.next_message()
+        process.send_signal(signal.SIGTERM)
+        while await alice.ws.read_message() is not None:
+            pass
+        alice.close()
+        carol.close()
+        return mute
+
+    mute = asyncio.run(scenario())
+    out, err = process.communicate(timeout=15)
+    mute.sock.close()
+    assert process.returncode == 0, err
+    assert "Traceback" not in err and "Uncaught exception" not in err, err
+    records = [r.record for r in read_log(tmp_path / "data") if isinstance(r, LogRecord)]
+    left = sorted(r["username"] for r in records if r["event"] == "leave")
+    assert left == ["alice", "carol", "mute"], records
 
 
 def test_a_data_dir_in_use_says_which_server_holds_it(tmp_path):

@@ -7,6 +7,7 @@ member's connection). Handlers stay a few lines: they parse a frame and call one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -17,6 +18,7 @@ from typing import Protocol
 from ..config import Config
 from ..storage.blobs import BlobStore
 from ..storage.ciphertext_log import CiphertextLog
+from ..refusals import Throttled
 from . import protocol
 from .admission import Pool, address_keys
 from .limits import SlidingWindow, TokenBucket
@@ -97,6 +99,11 @@ class Hub:
         self.joins = SlidingWindow(config.joins_per_minute, 60.0)
         self._roster_frames: dict[str, tuple[int, str]] = {}  # room -> (revision, encoded frame)
         self._roster_budgets: dict[Participant, _RosterBudget] = {}
+        self._fan_out_depth = 0
+        self._deferred_leaves: list[Participant] = []
+        # A full disk fails every append: one line a minute per kind, not one per frame.
+        self._log_failed = Throttled(log)
+        self.closing = False  # set by shutdown(): frames that still arrive are dropped
         self.started = now_ms()
 
     # -- admission -------------------------------------------------------------------------
@@ -183,28 +190,43 @@ class Hub:
             joined=now_ms(), issued=join.issued, challenge=join.challenge, stream=join.stream,
             remote=connection.remote, connection=connection,
         )
-        replaced = room.add(participant)
+        # Everything that can fail comes before anything changes: the room's checks, then the
+        # log (a full disk, a file-size limit). A join that cannot be recorded does not happen:
+        # before, the member was added and announced and then the write failed, so the socket
+        # never learnt it had joined and the name stayed taken by a member nobody could remove.
+        replaced = room.admits(participant)
+        at = now_ms()
+        records = [room.membership_record("join", participant, at)]
         if replaced is not None:
-            self.revoke(replaced)
-            replaced.connection.close(4001, "replaced by a newer session")
-        extra = {}
-        if self.blobs is not None:
-            extra["attachments"] = {"token": self._issue(participant, room.name),
-                                    "max_bytes": self.config.attachments_max_bytes}
-        # welcome first: the joiner's first frame answers its join, and its roster already
-        # lacks the session it replaced, so only the others hear that one left.
-        connection.send(protocol.frame(
-            "welcome", room=room.name, you=participant.public(), participants=room.roster(),
-            server_time=now_ms(), limits=self.limits(), challenge=self._challenge(connection), **extra,
-        ))
-        if replaced is not None:
-            self._announce_leave(replaced, skip=participant)
-        joined = protocol.frame("joined", participant=participant.public())
-        for other in room.others(participant):
-            other.connection.send(joined)
-        self.log.append(room.membership_record("join", participant, now_ms()))
-        log_membership("joined", participant)
-        self._left_pre_join_pool(connection)
+            records.insert(0, room.membership_record("leave", replaced, at))
+        try:
+            self.log.append_lines([protocol.encode(record) for record in records])
+        except OSError as exc:
+            self._log_failed.note("join", logging.ERROR, "could not record a join in the ciphertext log, "
+                                  "so it was refused: %s", exc)
+            raise ProtocolError("server_error", "the server could not record your join; try again later") from None
+        with self._fanning_out():
+            room.add(participant)
+            if replaced is not None:
+                self.revoke(replaced)
+                replaced.connection.close(4001, "replaced by a newer session")
+            extra = {}
+            if self.blobs is not None:
+                extra["attachments"] = {"token": self._issue(participant, room.name),
+                                        "max_bytes": self.config.attachments_max_bytes}
+            self._left_pre_join_pool(connection)
+            # welcome first: the joiner's first frame answers its join, and its roster already
+            # lacks the session it replaced, so only the others hear that one left.
+            connection.send(protocol.frame(
+                "welcome", room=room.name, you=participant.public(), participants=room.roster(),
+                server_time=now_ms(), limits=self.limits(), challenge=self._challenge(connection), **extra,
+            ))
+            if replaced is not None:
+                self._tell_left(replaced, skip=participant)
+            joined = protocol.frame("joined", participant=participant.public())
+            for other in room.others(participant):
+                other.connection.send(joined)
+            log_membership("joined", participant)
         return participant
 
     def rekey(self, participant: Participant, rekey: Rekey) -> None:
@@ -220,11 +242,12 @@ class Hub:
         old = room.rekey(participant, sid=verified.sid, session_key=rekey.session_key,
                          session_sig=rekey.session_sig, wrapped_key_length=verified.wrapped_key_length,
                          issued=rekey.issued, challenge=rekey.challenge)
-        connection.send(protocol.frame("rekeyed", old=old, participant=participant.public(),
-                                       challenge=self._challenge(connection)))
-        announce = protocol.frame("rekeyed", old=old, participant=participant.public())
-        for other in room.others(participant):
-            other.connection.send(announce)
+        with self._fanning_out():
+            connection.send(protocol.frame("rekeyed", old=old, participant=participant.public(),
+                                           challenge=self._challenge(connection)))
+            announce = protocol.frame("rekeyed", old=old, participant=participant.public())
+            for other in room.others(participant):  # a list: a snapshot of the members
+                other.connection.send(announce)
 
     def hello(self, connection: Connection) -> None:
         """The first frame on every socket: which room this is, before the client signs a join."""
@@ -239,12 +262,57 @@ class Hub:
         if listed is None:
             raise ProtocolError("unknown_message", "the server no longer has this message's recipient list",
                                 msg_id=msg_id)
-        participant.connection.send(f'{{"v":{protocol.VERSION},"type":"recipients","id":"{msg_id}","sids":{listed}}}')
+        with self._fanning_out():
+            participant.connection.send(
+                f'{{"v":{protocol.VERSION},"type":"recipients","id":"{msg_id}","sids":{listed}}}')
 
     def leave(self, participant: Participant) -> None:
-        self.revoke(participant)
-        if self.rooms.get().remove(participant):
-            self._announce_leave(participant)
+        """The member is gone (left, closed, dropped): it leaves the room whatever else fails.
+
+        Called from inside a fan-out (a send found a stalled reader), the leave waits until
+        that fan-out is done, so no loop over the members sees them change under it.
+        """
+        if self._fan_out_depth:
+            if participant not in self._deferred_leaves:
+                self._deferred_leaves.append(participant)
+            return
+        with self._fanning_out():
+            self.revoke(participant)
+            room = self.rooms.get()
+            if not room.remove(participant):
+                return
+            self._tell_left(participant)
+            try:
+                self.log.append(room.membership_record("leave", participant, now_ms()))
+            except OSError as exc:
+                # The member has left all the same: a leave is a fact, not a request.
+                self._log_failed.note("leave", logging.ERROR, "could not record %s's leave in the ciphertext "
+                                      "log (they have left all the same): %s", participant.username, exc)
+
+    def shutdown(self, code: int, reason: str) -> None:
+        """The server is stopping: every member leaves now, while the log is still open, and
+        every connection is closed. A transport's close that arrives later (a peer that never
+        answers the close frame) then finds nothing left to do; before, its leave ran against
+        the closed log and ended in "Uncaught exception GET /ws ... the ciphertext log is closed".
+        """
+        self.closing = True
+        for participant in self.rooms.participants():
+            self.leave(participant)
+        for connection in list(self.connections):
+            self.disconnected(connection)
+            connection.close(code, reason)
+
+    @contextlib.contextmanager
+    def _fanning_out(self):
+        """Marks a stretch that sends to members; leaves asked for meanwhile run at its end."""
+        self._fan_out_depth += 1
+        try:
+            yield
+        finally:
+            self._fan_out_depth -= 1
+            if not self._fan_out_depth:
+                while self._deferred_leaves:
+                    self.leave(self._deferred_leaves.pop(0))
 
     # -- attachment capabilities (§10.2) ---------------------------------------------------
 
@@ -278,16 +346,17 @@ class Hub:
             refs.append({"id": blob_id, "size": info.size})
         return refs
 
-    def _announce_leave(self, participant: Participant, skip: Participant | None = None) -> None:
+    def _tell_left(self, participant: Participant, skip: Participant | None = None) -> None:
+        """Tell the others a member left (its record is the caller's business)."""
         self._forget_roster_budget(participant)
-        room = self.rooms.get()
-        left = protocol.frame("left", **participant.as_sender())
-        for other in room.members.values():
-            if other is skip:
-                continue
-            other.connection.send(left)
-        self.log.append(room.membership_record("leave", participant, now_ms()))
         log_membership("left", participant)
+        if self.closing:
+            return  # everyone is leaving at once and will hear the close (1001) instead
+        left = protocol.frame("left", **participant.as_sender())
+        # A snapshot: a send can find a stalled reader, whose leave must not change this loop.
+        for other in list(self.rooms.get().members.values()):
+            if other is not skip:
+                other.connection.send(left)
 
     def roster(self, participant: Participant) -> None:
         """Answer a roster request now, or once the member's roster budget allows (see ROSTER_EVERY)."""
@@ -298,7 +367,8 @@ class Hub:
         if budget.pending is not None:
             return  # an answer is already scheduled; it will carry the roster of its moment
         if budget.bucket.take(now):
-            participant.connection.send(self.roster_frame())
+            with self._fanning_out():
+                participant.connection.send(self.roster_frame())
             return
         budget.pending = asyncio.get_running_loop().call_later(
             budget.bucket.wait(now), self._deferred_roster, participant)
@@ -309,7 +379,8 @@ class Hub:
             return  # left meanwhile
         budget.pending = None
         budget.bucket.take(time.monotonic())
-        participant.connection.send(self.roster_frame())
+        with self._fanning_out():
+            participant.connection.send(self.roster_frame())
 
     def roster_frame(self) -> str:
         """The room's roster frame, encoded once per change of membership."""
@@ -333,13 +404,15 @@ class Hub:
         try:
             self.log.append_line(relay.log_line)
         except OSError as exc:
-            log.error("could not append to the ciphertext log: %s", exc)
+            self._log_failed.note("relay", logging.ERROR, "could not append a message to the ciphertext log, "
+                                  "so it was not relayed: %s", exc)
             raise ProtocolError(
                 "server_error", "the server could not store the message; nothing was sent", msg_id=msg.id
             ) from None
         room.commit(relay, received)
         if attachments:
             self.blobs.mark_referenced(msg.attachments)
-        for recipient, text in relay.deliveries():
-            recipient.connection.send(text)
-        sender.connection.send(protocol.frame("ack", id=msg.id, recipients=len(relay.targets)))
+        with self._fanning_out():
+            for recipient, text in relay.deliveries():
+                recipient.connection.send(text)
+            sender.connection.send(protocol.frame("ack", id=msg.id, recipients=len(relay.targets)))

@@ -131,7 +131,23 @@ class Room:
     # -- membership ------------------------------------------------------------------------
 
     def add(self, participant: Participant) -> Participant | None:
-        """Admit a participant; returns the older session of the same identity it replaces.
+        """Admit a participant; returns the older session of the same identity it replaces."""
+        holder = self.admits(participant)
+        if holder is not None:
+            self.remove(holder)
+        self.members[participant.sid] = participant
+        keys = names.name_keys(participant.username)
+        self._keys[participant] = keys
+        for index, key in enumerate(keys):
+            self._by_name[index][key] = participant
+        self._by_fingerprint[participant.fingerprint] = participant
+        self.revision += 1
+        return holder
+
+    def admits(self, participant: Participant) -> Participant | None:
+        """Whether `participant` may join now (ProtocolError if not), changing nothing; the
+        older session of the same identity it would replace. The Hub asks first and writes the
+        log before anything changes, so a failed write leaves no member behind.
 
         Names are compared on their confusable skeletons (§5): "аlice" or "a1ice" is refused
         while alice is here, unless it is alice's own identity coming back. One identity holds
@@ -157,14 +173,6 @@ class Room:
             raise ProtocolError("bad_key", "this session key is already in use")
         if holder is None and len(self.members) >= self.max_participants:
             raise ProtocolError("room_full", f"the room is full ({self.max_participants} people)")
-        if holder is not None:
-            self.remove(holder)
-        self.members[participant.sid] = participant
-        self._keys[participant] = keys
-        for index, key in enumerate(keys):
-            self._by_name[index][key] = participant
-        self._by_fingerprint[participant.fingerprint] = participant
-        self.revision += 1
         return holder
 
     def _holders(self, keys: tuple[str, str]) -> list[Participant]:

@@ -44,6 +44,8 @@ class Session:
         self.hub.hello(self.connection)
 
     def receive(self, message: str | bytes) -> None:
+        if self.hub.closing:
+            return  # the server is shutting down: this session has already left (Hub.shutdown)
         try:
             self._handle(message)
         except ProtocolError as error:
