@@ -13,6 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -101,6 +102,9 @@ class ChatClient:
     ssl_options: object = None
     _send_seq: dict[str, int] = field(default_factory=dict)  # recipient stream -> last seq sent
     _recv: dict[str, dict] = field(default_factory=dict)  # sender stream -> {"last", "missing"}
+    # Where each join's fresh session key comes from; None generates one (RSA-2048, 30-300 ms).
+    # The memory soak test hands out a few keys again, to join thousands of times in seconds.
+    session_keys: Callable[[], crypto.SessionKey] | None = None
     _seen: dict[str, set] = field(default_factory=dict)
 
     # -- connecting ------------------------------------------------------------------------
@@ -122,7 +126,7 @@ class ChatClient:
 
     async def join(self, *, timeout: float = 10) -> dict:
         """Join the room the hello named, with a fresh session key."""
-        self.session = crypto.SessionKey.generate()
+        self.session = (self.session_keys or crypto.SessionKey.generate)()
         await self.send_frame(self.join_frame(self.room))
         welcome = await self.expect("welcome", timeout=timeout)
         self.attachments = welcome.get("attachments")

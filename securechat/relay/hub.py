@@ -44,6 +44,8 @@ JOIN_TIMEOUT = 4003
 # not refused (a client asks after stale_recipients and needs the answer): it is answered once
 # the budget allows, and requests meanwhile share that one answer.
 ROSTER_BURST, ROSTER_EVERY = 3, 2.0
+# How often the join and leave paths walk the join window to drop idle addresses (Hub.tidy).
+TIDY_EVERY = 10.0
 
 
 def now_ms() -> int:
@@ -103,6 +105,7 @@ class Hub:
         self._deferred_leaves: list[Participant] = []
         # A full disk fails every append: one line a minute per kind, not one per frame.
         self._log_failed = Throttled(log)
+        self._tidied = time.monotonic()
         self.closing = False  # set by shutdown(): frames that still arrive are dropped
         self.started = now_ms()
 
@@ -174,7 +177,23 @@ class Hub:
             now_ms=now_ms(), max_skew_ms=int(self.config.max_clock_skew * 1000),
         )
 
+    def tidy(self, now: float | None = None) -> None:
+        """Forget what no rule needs any more: addresses that have not joined for a minute
+        (the join window's keys; a walk over all of them, so at most every TIDY_EVERY) and
+        replay ids whose timestamp could no longer pass (cheap: only what expired is touched).
+        Before, both were kept for good: every identity that had sent a message stayed in
+        memory after it left, ~150 bytes per message it sent."""
+        at = now_ms()
+        for room in self.rooms:
+            room.forget_old(at)
+        walk = now is not None  # a given time (a test's) walks the join window now
+        now = time.monotonic() if now is None else now
+        if walk or now - self._tidied >= TIDY_EVERY:
+            self._tidied = now
+            self.joins.forget_idle(now)
+
     def join(self, connection: Connection, join: Join) -> Participant:
+        self.tidy()
         if not self.joins.allow(connection.remote, time.monotonic()):
             raise ProtocolError("rate_limited", "too many joins from your address; wait a minute")
         room = self.rooms.get()
@@ -276,6 +295,7 @@ class Hub:
             if participant not in self._deferred_leaves:
                 self._deferred_leaves.append(participant)
             return
+        self.tidy()
         with self._fanning_out():
             self.revoke(participant)
             room = self.rooms.get()

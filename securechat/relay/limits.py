@@ -61,6 +61,10 @@ class SlidingWindow:
         events.append(now)
         return True
 
+    def __len__(self) -> int:
+        """Keys (addresses) remembered."""
+        return len(self._events)
+
     def forget_idle(self, now: float) -> None:
         for key in [k for k, e in self._events.items() if not e or e[-1] <= now - self.window]:
             del self._events[key]

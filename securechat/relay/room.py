@@ -8,7 +8,7 @@ entries in Rooms; a Room knows nothing of the others.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,26 +85,49 @@ def _string_object(mapping: dict[str, str]) -> str:
 
 
 class ReplayGuard:
-    """Message ids seen per identity, remembered as long as their timestamp could still pass."""
+    """Message ids seen per identity, remembered only as long as their timestamp could pass.
+
+    A message whose `ts` is more than `window_ms` from the server's clock is refused as
+    clock_skew anyway, so an id need not be remembered past ts + window. Ids are forgotten in
+    the order they were remembered, and an identity with none left is dropped: before, each
+    identity's ids were pruned only when their count reached a multiple of 256, so everyone who
+    had ever sent a message stayed here for good (~150 bytes per message, for the server's
+    lifetime).
+    """
 
     def __init__(self, window_ms: int):
         self.window_ms = window_ms
         self._seen: dict[str, dict[str, int]] = {}
+        # (forget after, fingerprint, id) in the order remembered. An entry is forgotten at
+        # max(ts, now) + window: never before ts + window, and entries behind one with a
+        # future ts wait for it at most one window longer.
+        self._expiry: deque[tuple[int, str, str]] = deque()
 
     def seen(self, fingerprint: str, msg_id: str) -> bool:
         return msg_id in self._seen.get(fingerprint, ())
 
     def remember(self, fingerprint: str, msg_id: str, ts: int, now_ms: int) -> None:
-        ids = self._seen.setdefault(fingerprint, {})
-        ids[msg_id] = ts
-        if len(ids) % 256 == 0:
-            self._prune(ids, now_ms)
+        self.prune(now_ms)
+        self._seen.setdefault(fingerprint, {})[msg_id] = ts
+        self._expiry.append((max(ts, now_ms) + self.window_ms, fingerprint, msg_id))
 
-    def _prune(self, ids: dict[str, int], now_ms: int) -> None:
-        # An id whose ts is outside the skew window is refused as clock_skew anyway.
-        oldest = now_ms - self.window_ms
-        for msg_id in [m for m, ts in ids.items() if ts < oldest]:
-            del ids[msg_id]
+    def prune(self, now_ms: int) -> None:
+        """Forget every id whose timestamp can no longer pass the clock check."""
+        expiry, seen = self._expiry, self._seen
+        while expiry and expiry[0][0] < now_ms:
+            _, fingerprint, msg_id = expiry.popleft()
+            ids = seen.get(fingerprint)
+            if ids is not None:
+                ids.pop(msg_id, None)
+                if not ids:
+                    del seen[fingerprint]
+
+    def __len__(self) -> int:
+        """Ids remembered, over all identities."""
+        return len(self._expiry)
+
+    def identities(self) -> int:
+        return len(self._seen)
 
 
 @dataclass
@@ -253,6 +276,14 @@ class Room:
             targets=[(members[sid], wrapped) for sid, wrapped in msg.keys.items()],
             recipients_json=recipients,
         )
+
+    @property
+    def replays(self) -> ReplayGuard:
+        return self._replays
+
+    def forget_old(self, now_ms: int) -> None:
+        """Drop replay ids that can no longer matter (ReplayGuard.prune)."""
+        self._replays.prune(now_ms)
 
     def commit(self, relay: Relay, now_ms: int) -> None:
         """The relay was logged: from now on its id counts as used and its list can be asked for."""
