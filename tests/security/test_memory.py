@@ -153,7 +153,9 @@ def test_thousands_of_members_come_talk_and_go_and_the_server_gives_the_memory_b
         await member_comes_talks_and_goes(server.ws, -1, keys[0])  # its leave tidies
         return start, rss_mib(server.process.pid)
 
-    start, end = asyncio.run(run())
-    server.stop()
+    try:
+        start, end = asyncio.run(run())
+    finally:
+        server.stop()
     print(f"RSS after {WARM_UP} warm-up members: {start:.1f} MiB; after {CYCLES} more: {end:.1f} MiB")
     assert end - start <= ALLOWED_GROWTH_MIB, f"RSS grew {end - start:.1f} MiB: {start:.1f} -> {end:.1f} MiB"
