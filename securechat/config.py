@@ -52,6 +52,9 @@ class Config:
     # Names (or addresses) this server answers to besides its own: a reverse proxy's public
     # name, say. Any other Host gets 421 (DNS rebinding). See web/hosts.py.
     allowed_hosts: tuple[str, ...] = _setting("server", ())
+    # Also listen on this unix socket, for a reverse proxy on the same machine: its peers are
+    # the proxy (file permissions say who may connect), so their X-Forwarded-* headers count.
+    unix_socket: Path | None = _setting("server", None)
     # [tls]
     tls: bool = _setting("tls", False, env="SECURECHAT_TLS", key="enabled")
     cert: Path | None = _setting("tls", None, env="SECURECHAT_TLS_CERT")

@@ -24,7 +24,7 @@ from rich.text import Text
 from . import __version__, qr, tls
 from .admin import runtime
 from .config import Config
-from .server import RunningServer, install_signal_handlers, start, tune_garbage_collector
+from .server import ListenError, RunningServer, install_signal_handlers, start, tune_garbage_collector
 from .storage.ciphertext_log import LogError, LogLocked
 from .web.canonical import CanonicalHost, is_loopback, normalise, url_host
 
@@ -286,7 +286,7 @@ async def run_server(config: Config) -> None:
         # A file error names its file (the data dir, the log); a failed bind names none.
         message = _data_dir_error(config, exc, "the ciphertext log") if exc.filename else _bind_error(config, exc)
         raise click.ClickException(message) from None
-    except LogError as exc:
+    except (LogError, ListenError) as exc:
         raise click.ClickException(str(exc)) from None
     scheme = "https" if cert else "http"
     urls = server_urls(config.listen_host, server.port, scheme, addresses, cert, canonical)

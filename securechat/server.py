@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -10,7 +11,10 @@ import resource
 import secrets
 import signal
 import ssl
+import socket
+import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import tornado.httpserver
 import tornado.netutil
@@ -35,6 +39,42 @@ GOING_AWAY = 1001
 GC_THRESHOLDS = (10_000, 10, 10)
 
 
+class ListenError(Exception):
+    """A socket the configuration asks for cannot be opened; the message says which and why."""
+
+
+# The proxy socket: owner and group may connect (the group being the proxy's), nobody else.
+PROXY_SOCKET_MODE = 0o660
+
+
+def bind_proxy_socket(path: Path) -> socket.socket:
+    """Listen on [server] unix_socket. A stale socket left by an earlier run is replaced; any
+    other file there is not touched."""
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(path))
+            except OSError:
+                path.unlink()  # nobody answers: left behind by an earlier run
+            else:
+                raise ListenError(f"server.unix_socket {path} is in use by another process")
+            finally:
+                probe.close()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ListenError(f"cannot use {path} as server.unix_socket: {exc.strerror}") from None
+    try:
+        return tornado.netutil.bind_unix_socket(str(path), mode=PROXY_SOCKET_MODE)
+    except ValueError:
+        raise ListenError(f"server.unix_socket {path} exists and is not a socket; "
+                          "remove it or choose another path") from None
+    except OSError as exc:
+        raise ListenError(f"cannot listen on the unix socket {path} (server.unix_socket): "
+                          f"{exc.strerror or exc}") from None
+
+
 @dataclass
 class RunningServer:
     """A started server: the pieces shutdown needs, in the order it needs them."""
@@ -52,6 +92,9 @@ class RunningServer:
 
     async def shutdown(self) -> None:
         self.http.stop()
+        if self.config.unix_socket is not None:
+            with contextlib.suppress(OSError):
+                Path(self.config.unix_socket).unlink()
         if self.housekeeping is not None:
             self.housekeeping.stop()
         self.hub.shutdown(GOING_AWAY, "the server is shutting down")
@@ -85,8 +128,18 @@ async def start(config: Config, ssl_context: ssl.SSLContext | None = None, **app
             blobs.close()
         ciphertext_log.close()
         raise
-    http.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
+    if config.unix_socket is not None:
+        try:
+            sockets.append(bind_proxy_socket(Path(config.unix_socket)))
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            if blobs is not None:
+                blobs.close()
+            ciphertext_log.close()
+            raise
+    http.add_sockets(sockets)
     quiet_closed_writes(asyncio.get_running_loop())
     housekeeping = None
     if blobs is not None:

@@ -16,6 +16,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -43,8 +44,13 @@ def nginx_binary() -> str:
     return found
 
 
-def documented_config(upstream: int, plain: int, tls: int, cert: Path, key: Path) -> str:
-    """The nginx block of docs/DEPLOY.md with this test's ports and certificate."""
+# DEPLOY.md's one-line change for a proxy on the same machine: the upstream is the unix socket.
+UNIX_UPSTREAM = "proxy_pass http://unix:/run/securechat/http.sock:;"
+
+
+def documented_config(upstream: int | Path, plain: int, tls: int, cert: Path, key: Path) -> str:
+    """The nginx block of docs/DEPLOY.md with this test's ports and certificate; upstream a
+    port, or the path of securechat's unix socket (the documented one-line change)."""
     text = (ROOT / "docs" / "DEPLOY.md").read_text()
     (snippet,) = re.findall(r"```nginx\n(.*?)```", text, re.S)
     replacements = {
@@ -52,8 +58,13 @@ def documented_config(upstream: int, plain: int, tls: int, cert: Path, key: Path
         "listen 443 ssl;": f"listen 127.0.0.1:{tls} ssl;",
         "/etc/letsencrypt/live/chat.example.org/fullchain.pem": str(cert),
         "/etc/letsencrypt/live/chat.example.org/privkey.pem": str(key),
-        "http://127.0.0.1:5000": f"http://127.0.0.1:{upstream}",
     }
+    if isinstance(upstream, Path):
+        assert f"`{UNIX_UPSTREAM}`" in text
+        replacements["proxy_pass http://127.0.0.1:5000;"] = UNIX_UPSTREAM.replace("/run/securechat/http.sock",
+                                                                                 str(upstream))
+    else:
+        replacements["http://127.0.0.1:5000"] = f"http://127.0.0.1:{upstream}"
     for old, new in replacements.items():
         assert snippet.count(old) == 1, old
         snippet = snippet.replace(old, new)
@@ -73,16 +84,26 @@ def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: floa
     raise AssertionError(f"nginx did not listen on {port}: {log.read_text()}")
 
 
-@pytest.fixture
-def deployment(tmp_path):
+@pytest.fixture(params=["tcp", "unix"])
+def deployment(request, tmp_path):
+    """nginx in front of serve: over TCP trusting 127.0.0.1 (any local process could claim an
+    address), or over [server] unix_socket with no trusted address at all."""
     nginx = nginx_binary()
     upstream, plain, tls = free_port(), free_port(), free_port()
+    env = dict(XDG_RUNTIME_DIR=str(tmp_path / "run"), SECURECHAT_TOKEN=TOKEN, SECURECHAT_ALLOWED_HOSTS="chat.example.org")
+    proxied_to: int | Path = upstream
+    if request.param == "unix":
+        # A short path: a unix socket's name is limited to 107 bytes.
+        sockets = Path(tempfile.mkdtemp(prefix="sc-", dir="/tmp"))
+        request.addfinalizer(lambda: shutil.rmtree(sockets, ignore_errors=True))
+        proxied_to = sockets / "http.sock"
+        env["SECURECHAT_UNIX_SOCKET"] = str(proxied_to)
+    else:
+        env["SECURECHAT_PROXY_TRUSTED"] = "127.0.0.1"
     server = subprocess.Popen(
         [sys.executable, str(ROOT / "cli.py"), "serve", "--host", "127.0.0.1", "--port", str(upstream),
          "--data-dir", str(tmp_path / "data")],
-        cwd=ROOT, env=clean_env(XDG_RUNTIME_DIR=str(tmp_path / "run"), SECURECHAT_PROXY_TRUSTED="127.0.0.1",
-                                SECURECHAT_TOKEN=TOKEN, SECURECHAT_ALLOWED_HOSTS="chat.example.org"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, env=clean_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     cert = ensure_self_signed(tmp_path / "cert")
     prefix = tmp_path / "nginx"
     prefix.mkdir()
@@ -99,7 +120,7 @@ def deployment(tmp_path):
         "http {",
         f"access_log {prefix / 'access.log'};",
         *(f"{name}_temp_path {path};" for name, path in temp.items()),
-        documented_config(upstream, plain, tls, cert.cert_path, cert.key_path),
+        documented_config(proxied_to, plain, tls, cert.cert_path, cert.key_path),
         "}",
     ]))
     proxy = subprocess.Popen([nginx, "-e", str(prefix / "error.log"), "-p", str(prefix), "-c", str(conf)],
@@ -107,7 +128,8 @@ def deployment(tmp_path):
     try:
         wait_for_http(f"http://127.0.0.1:{upstream}/healthz", server)
         wait_for_port(tls, proxy, prefix / "error.log")
-        yield {"upstream": upstream, "plain": plain, "tls": tls, "fingerprint": cert.fingerprint}
+        yield {"upstream": upstream, "plain": plain, "tls": tls, "fingerprint": cert.fingerprint,
+               "socket": proxied_to if request.param == "unix" else None}
     finally:
         proxy.send_signal(signal.SIGQUIT)  # graceful: finish requests, then exit
         try:

@@ -127,3 +127,112 @@ def test_forwarded_hosts_are_checked_against_the_allow_list():
         == ClientView("127.0.0.1", "http", "chat.lan")
     refused = client_view("127.0.0.1", "http", "127.0.0.1:5000", {"X-Forwarded-Host": "evil.example"}, LOCAL, allow)
     assert refused.host == "127.0.0.1:5000" and refused.host_refused
+
+
+# -- [server] unix_socket: the proxy's own way in --------------------------------------------------
+
+
+class UnixHTTPConnection:
+    """One HTTP/1.1 request over a unix socket (what nginx's proxy_pass http://unix:... does)."""
+
+    def __init__(self, path):
+        import http.client
+        import socket as socket_module
+
+        class Connection(http.client.HTTPConnection):
+            def connect(self):
+                self.sock = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM)
+                self.sock.settimeout(10)
+                self.sock.connect(str(path))
+
+        self.connection = Connection("localhost")
+
+    def get(self, path: str, headers: dict) -> int:
+        try:
+            self.connection.request("GET", path, headers=headers)
+            response = self.connection.getresponse()
+            response.read()
+            return response.status
+        finally:
+            self.connection.close()
+
+
+def get_tcp(port: int, headers: dict) -> int:
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/", headers=headers)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def socket_dir():
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp(prefix="sc-", dir="/tmp"))  # a unix socket's name has 107 bytes at most
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_peers_on_the_unix_socket_are_the_proxy_and_tcp_peers_are_not(tmp_path, socket_dir):
+    import os
+    import stat
+
+    from helpers import Server
+
+    path = socket_dir / "http.sock"
+    server = Server(tmp_path, SECURECHAT_UNIX_SOCKET=str(path), SECURECHAT_ALLOWED_HOSTS="chat.example.org")
+    try:
+        mode = os.stat(path).st_mode
+        assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o660
+        forwarded = {"Host": "127.0.0.1", "X-Forwarded-Host": "chat.example.org"}
+        rebinding = {"Host": "127.0.0.1", "X-Forwarded-Host": "rebind.attacker.example"}
+        # Over the socket the forwarded host is believed: allowed -> 200, any other -> 421.
+        assert UnixHTTPConnection(path).get("/", forwarded) == 200
+        assert UnixHTTPConnection(path).get("/", rebinding) == 421
+        # Over TCP, with no [proxy] trusted, nobody's X-Forwarded-* count: the Host decides.
+        assert get_tcp(server.port, {**rebinding, "Host": f"127.0.0.1:{server.port}"}) == 200
+    finally:
+        server.stop()
+    assert not path.exists()  # removed at shutdown
+
+
+def test_a_stale_socket_is_replaced_and_anything_else_is_a_clear_error(tmp_path, socket_dir):
+    import socket as socket_module
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from helpers import Server, clean_env
+
+    path = socket_dir / "http.sock"
+    stale = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # the file stays behind, nobody listens: an earlier run that was killed
+    server = Server(tmp_path, SECURECHAT_UNIX_SOCKET=str(path))
+    try:
+        assert UnixHTTPConnection(path).get("/healthz", {"Host": "localhost"}) == 200
+        # A second server on the same socket (another data dir) must not steal it.
+        root = Path(__file__).resolve().parents[1]
+        second = subprocess.run([sys.executable, str(root / "cli.py"), "serve", "--port", "0", "--data-dir",
+                                 str(tmp_path / "other")], cwd=root, capture_output=True, text=True, timeout=30,
+                                env=clean_env(SECURECHAT_UNIX_SOCKET=str(path), XDG_RUNTIME_DIR=str(server.runtime)))
+        assert second.returncode == 1, second.stderr
+        assert second.stderr.strip() == f"securechat: server.unix_socket {path} is in use by another process"
+    finally:
+        server.stop()
+    path.write_text("not a socket")
+    refused = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "cli.py"), "serve", "--port",
+                              "0", "--data-dir", str(tmp_path / "third")], capture_output=True, text=True, timeout=30,
+                             env=clean_env(SECURECHAT_UNIX_SOCKET=str(path), XDG_RUNTIME_DIR=str(server.runtime)))
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip() == (f"securechat: server.unix_socket {path} exists and is not a socket; "
+                                      "remove it or choose another path")
+    assert path.read_text() == "not a socket"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import tornado.httputil
 import tornado.web
@@ -98,9 +99,11 @@ class Application(tornado.web.Application):
                              path_kwargs=None):
         trusted, hosts = self.settings["trusted_proxies"], self.settings["hosts"]
         misdirected = False
-        if trusted:
+        # A unix-socket peer is the proxy ([server] unix_socket; its file mode says who may connect).
+        from_proxy_socket = _from_unix_socket(request)
+        if trusted or from_proxy_socket:
             view = proxy.client_view(request.remote_ip, request.protocol, request.host,
-                                     request.headers, trusted, hosts.allows)
+                                     request.headers, trusted, hosts.allows, always_trusted=from_proxy_socket)
             request.remote_ip, request.protocol, request.host = view.remote_ip, view.protocol, view.host
             request.host_name = tornado.httputil.split_host_and_port(view.host.lower())[0]
             misdirected = view.host_refused
@@ -108,6 +111,13 @@ class Application(tornado.web.Application):
         if misdirected or not hosts.allows(request.host, _local_address(request)):
             return super().get_handler_delegate(request, MisdirectedHandler)
         return super().get_handler_delegate(request, target_class, target_kwargs, path_args, path_kwargs)
+
+
+def _from_unix_socket(request) -> bool:
+    try:
+        return request.connection.stream.socket.family == socket.AF_UNIX
+    except AttributeError:
+        return False
 
 
 def _local_address(request) -> str | None:
