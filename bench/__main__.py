@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench",
         description="Fan-out benchmark: securechat vs a bare Tornado reference relay, on 127.0.0.1.",
     )
-    parser.add_argument("--quick", action="store_true", help="a run of seconds: N=10,50, short phases, 200 idle")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run of about 20 s: N=10,50, 0.75 s phases, slow consumer at N=20, 200 idle")
     parser.add_argument("--sizes", type=_ints, help="room sizes N, e.g. 10,50,100,250")
     parser.add_argument("--senders", type=int, help="senders per room (default 10)")
     parser.add_argument("--rate", type=float, help="open-loop offered messages/s (default 20)")
@@ -43,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
 
     s = Settings()
     if args.quick:
-        s = Settings(sizes=(10, 50), open_seconds=1.5, closed_seconds=1.5, warmup=0.5, idle=(200,),
-                     slow_size=20, slow_seconds=1.5, slow_rate=50.0, expected_msg_rate=20000, repeats=1)
+        # A smoke run (~20 s on 2 idle cores): every phase runs, briefly; the full run measures.
+        s = Settings(sizes=(10, 50), open_seconds=0.75, closed_seconds=0.75, warmup=0.2, idle=(200,),
+                     slow_size=20, slow_seconds=0.75, slow_rate=50.0, expected_msg_rate=20000, repeats=1,
+                     settle=0.2)
     if args.sizes:
         s.sizes = args.sizes
     if args.senders:

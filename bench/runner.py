@@ -125,6 +125,22 @@ class Relay:
 
 def start_relay(kind: str, workdir: Path, log_fsync: str | None = None,
                 reference_gc: tuple[int, ...] | None = None) -> Relay:
+    return wait_until_ready(launch_relay(kind, workdir, log_fsync, reference_gc))
+
+
+def start_relays(kinds: tuple[str, ...], workdir: Path, reference_gc: tuple[int, ...] | None = None) -> dict:
+    """Several relays started at once: their ~1 s of imports overlap instead of adding up."""
+    launched = [launch_relay(kind, workdir, reference_gc=reference_gc) for kind in kinds]
+    try:
+        return {relay.kind: wait_until_ready(relay) for relay in launched}
+    except BaseException:
+        for relay in launched:
+            relay.stop()
+        raise
+
+
+def launch_relay(kind: str, workdir: Path, log_fsync: str | None = None,
+                 reference_gc: tuple[int, ...] | None = None) -> Relay:
     port = free_port()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -150,19 +166,22 @@ def start_relay(kind: str, workdir: Path, log_fsync: str | None = None,
         preexec_fn=lambda: raise_nofile(NOFILE),
         # taskset execs the command, so the child pid is the relay's pid
     )
-    relay = Relay(kind, proc, port, data_dir, pinned)
+    return Relay(kind, proc, port, data_dir, pinned)
+
+
+def wait_until_ready(relay: Relay) -> Relay:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{kind} exited at start-up: {proc.stderr.read().decode()[-2000:]}")
+        if relay.proc.poll() is not None:
+            raise RuntimeError(f"{relay.kind} exited at start-up: {relay.proc.stderr.read().decode()[-2000:]}")
         try:
-            with urllib.request.urlopen(f"http://{HOST}:{port}/healthz", timeout=1) as reply:
+            with urllib.request.urlopen(f"http://{HOST}:{relay.port}/healthz", timeout=1) as reply:
                 if reply.status == 200:
                     return relay
         except OSError:
             time.sleep(0.05)
     relay.stop()
-    raise RuntimeError(f"{kind} did not come up on port {port}")
+    raise RuntimeError(f"{relay.kind} did not come up on port {relay.port}")
 
 
 # -- frames ------------------------------------------------------------------------------------
@@ -352,7 +371,10 @@ async def open_loop(room: Room, rate: float, duration: float, warmup: float, exc
         room.record = k >= total_warm
         room.send(k % senders)
     room.record = True
-    expected = start_deliveries + total * len(room.members)
+    # A client that stopped reading (the slow-consumer test's) never counts a delivery:
+    # waiting for its share would only run the drain into its 10 s timeout.
+    reading = sum(1 for client in room.clients if not client.paused)
+    expected = start_deliveries + total * reading
     await room.drain(expected, timeout=10)
     room.record = False
     lat = room.latencies
@@ -368,7 +390,7 @@ async def open_loop(room: Room, rate: float, duration: float, warmup: float, exc
     }
 
 
-async def closed_loop(room: Room, duration: float, warmup: float, window: int) -> dict:
+async def closed_loop(room: Room, duration: float, warmup: float, window: int, settle: float = 0.5) -> dict:
     """Every sender keeps `window` messages in flight; a sender's ack releases its next one."""
     senders = len(room.factories)
     relay = room.relay
@@ -393,7 +415,7 @@ async def closed_loop(room: Room, duration: float, warmup: float, window: int) -
     g1 = time.process_time()
     rss = relay.rss_bytes()
     running = False
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(settle)  # the messages still in flight arrive before the next phase
     room.on_ack = None
     elapsed = t1 - t0
     messages = max(1, a1 - a0)
@@ -436,6 +458,7 @@ class Settings:
     pin: bool = True  # move this process to the second core (off for the test suite)
     # Instead of securechat vs the reference relay: securechat's HTTP fallback vs its WebSocket.
     transports: bool = False
+    settle: float = 0.5  # pause for in-flight messages after a closed loop, and for idle sockets to open
     expected_msg_rate: float = 40000.0  # deliveries/s guess used to size the prebuilt pools
 
 
@@ -458,8 +481,8 @@ async def run_size(n: int, s: Settings, workdir: Path) -> list[dict]:
     senders = min(s.senders, n)
     relays, rooms = {}, {}
     try:
+        relays.update(start_relays(s.relays, workdir, reference_gc=s.reference_gc))
         for kind in s.relays:
-            relays[kind] = start_relay(kind, workdir, reference_gc=s.reference_gc)
             rooms[kind] = Room(relays[kind], members, senders, s.text_bytes)
             await rooms[kind].join_all()
         results = {kind: {"relay": kind, "n": n, "senders": senders, "pinned": relays[kind].pinned,
@@ -475,7 +498,8 @@ async def run_size(n: int, s: Settings, workdir: Path) -> list[dict]:
                 for factory in rooms[kind].factories:
                     factory.pool.clear()
                     factory.prebuild(min(expect, 4000))
-                closeds[kind].append(await closed_loop(rooms[kind], s.closed_seconds, s.warmup, s.window))
+                closeds[kind].append(await closed_loop(rooms[kind], s.closed_seconds, s.warmup, s.window,
+                                                       s.settle))
                 for factory in rooms[kind].factories:
                     factory.pool.clear()  # free the memory before the other relay's turn
         for kind in s.relays:
@@ -493,34 +517,37 @@ async def run_size(n: int, s: Settings, workdir: Path) -> list[dict]:
 
 
 async def run_slow(kind: str, s: Settings, workdir: Path) -> dict:
-    """Open loop at N = slow_size, first with every client reading, then with one stalled."""
+    """Open loop at N = slow_size, first with every client reading, then, in the same room,
+    with one of them stalled."""
     n = s.slow_size
     members = bench_keys.members(n)
     senders = min(s.senders, n)
     out = {"relay": kind, "n": n, "offered_per_s": s.slow_rate}
-    for label in ("baseline", "stalled"):
-        relay = start_relay(kind, workdir, reference_gc=s.reference_gc)
-        room = Room(relay, members, senders, s.text_bytes)
-        try:
-            await room.join_all()
-            stalled = n - 1  # a non-sender
+    relay = start_relay(kind, workdir, reference_gc=s.reference_gc)
+    room = Room(relay, members, senders, s.text_bytes)
+    try:
+        await room.join_all()
+        stalled = n - 1  # a non-sender
+        for label in ("baseline", "stalled"):
             if label == "stalled":
                 room.clients[stalled].stop_reading()
+            left, errors = len(room.left), dict(room.errors)
             rss0 = relay.rss_bytes()
             res = await open_loop(room, s.slow_rate, s.slow_seconds, s.warmup, exclude={stalled})
             res["rss_growth_mb"] = (relay.rss_bytes() - rss0) / 2**20
             res["stalled_closed_with"] = room.clients[stalled].close_code if label == "stalled" else None
-            res["left_frames"] = len(room.left)
-            res["errors"] = dict(room.errors)
+            res["left_frames"] = len(room.left) - left
+            res["errors"] = {code: count - errors.get(code, 0) for code, count in room.errors.items()
+                             if count > errors.get(code, 0)}
             out[label] = res
-        finally:
-            room.close()
-            await asyncio.sleep(0.1)
-            relay.stop()
+    finally:
+        room.close()
+        await asyncio.sleep(0.1)
+        relay.stop()
     return out
 
 
-async def run_idle(kind: str, count: int, workdir: Path, concurrency: int = 100) -> dict:
+async def run_idle(kind: str, count: int, workdir: Path, concurrency: int = 100, settle: float = 1.0) -> dict:
     relay = start_relay(kind, workdir)
     clients: list[WSClient] = []
     try:
@@ -531,7 +558,7 @@ async def run_idle(kind: str, count: int, workdir: Path, concurrency: int = 100)
                 connect(HOST, relay.port) for _ in range(min(concurrency, count - start))
             ])
             clients.extend(batch)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(settle)
         open_now = sum(1 for c in clients if not c.closed.done())
         rss1 = relay.rss_bytes()
         return {"relay": kind, "connections": count, "open": open_now, "rss_base_mb": rss0 / 2**20,
@@ -573,5 +600,5 @@ async def run_all(s: Settings) -> dict:
         for count in s.idle:
             for kind in s.relays:
                 log(f"{kind}: {count} idle connections ...")
-                results["idle"].append(await run_idle(kind, count, workdir))
+                results["idle"].append(await run_idle(kind, count, workdir, settle=2 * s.settle))
     return results

@@ -35,6 +35,9 @@ def test_tiny_benchmark_run_produces_sane_figures():
         assert closed["rss_mb"] > 0 and run["rss_joined_mb"] > 0
     for slow in results["slow"]:
         assert slow["baseline"]["latency_samples"] > 0 and slow["stalled"]["latency_samples"] > 0
+        # every client still reading got every message, in both phases (the stalled one is not
+        # waited for: the open loop ends when the readers have theirs)
+        assert slow["baseline"]["missing_deliveries"] == 0 and slow["stalled"]["missing_deliveries"] == 0
     for idle in results["idle"]:
         assert idle["open"] == 10 and not math.isnan(idle["kib_per_connection"])
 
