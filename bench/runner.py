@@ -516,14 +516,13 @@ async def run_size(n: int, s: Settings, workdir: Path) -> list[dict]:
             relay.stop()
 
 
-async def run_slow(kind: str, s: Settings, workdir: Path) -> dict:
+async def run_slow(relay: Relay, s: Settings) -> dict:
     """Open loop at N = slow_size, first with every client reading, then, in the same room,
     with one of them stalled."""
     n = s.slow_size
     members = bench_keys.members(n)
     senders = min(s.senders, n)
-    out = {"relay": kind, "n": n, "offered_per_s": s.slow_rate}
-    relay = start_relay(kind, workdir, reference_gc=s.reference_gc)
+    out = {"relay": relay.kind, "n": n, "offered_per_s": s.slow_rate}
     room = Room(relay, members, senders, s.text_bytes)
     try:
         await room.join_all()
@@ -547,8 +546,8 @@ async def run_slow(kind: str, s: Settings, workdir: Path) -> dict:
     return out
 
 
-async def run_idle(kind: str, count: int, workdir: Path, concurrency: int = 100, settle: float = 1.0) -> dict:
-    relay = start_relay(kind, workdir)
+async def run_idle(relay: Relay, count: int, concurrency: int = 100, settle: float = 1.0) -> dict:
+    kind = relay.kind
     clients: list[WSClient] = []
     try:
         await asyncio.sleep(0.3)
@@ -593,12 +592,23 @@ async def run_all(s: Settings) -> dict:
         for n in s.sizes:
             log(f"N={n}: {' vs '.join(s.relays)}, {s.repeats} repeats ...")
             results["runs"].extend(await run_size(n, s, workdir))
+        # Each test below gets fresh relays, booted together (a relay waiting its turn is idle).
         if s.slow_size:
-            for kind in s.relays:
-                log(f"{kind}: slow consumer at N={s.slow_size} ...")
-                results["slow"].append(await run_slow(kind, s, workdir))
+            relays = start_relays(s.relays, workdir, reference_gc=s.reference_gc)
+            try:
+                for kind in s.relays:
+                    log(f"{kind}: slow consumer at N={s.slow_size} ...")
+                    results["slow"].append(await run_slow(relays[kind], s))
+            finally:
+                for relay in relays.values():
+                    relay.stop()
         for count in s.idle:
-            for kind in s.relays:
-                log(f"{kind}: {count} idle connections ...")
-                results["idle"].append(await run_idle(kind, count, workdir, settle=2 * s.settle))
+            relays = start_relays(s.relays, workdir)
+            try:
+                for kind in s.relays:
+                    log(f"{kind}: {count} idle connections ...")
+                    results["idle"].append(await run_idle(relays[kind], count, settle=2 * s.settle))
+            finally:
+                for relay in relays.values():
+                    relay.stop()
     return results
