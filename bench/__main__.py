@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Fan-out benchmark: securechat vs a bare Tornado reference relay, on 127.0.0.1.",
     )
     parser.add_argument("--quick", action="store_true",
-                        help="a smoke run of about 20 s: N=10,50, 0.75 s phases, slow consumer at N=20, 200 idle")
+                        help="a smoke run (< 30 s on 2 quiet cores): N=10,50, 0.75 s phases, slow consumer at N=20, 200 idle")
     parser.add_argument("--sizes", type=_ints, help="room sizes N, e.g. 10,50,100,250")
     parser.add_argument("--senders", type=int, help="senders per room (default 10)")
     parser.add_argument("--rate", type=float, help="open-loop offered messages/s (default 20)")
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     s = Settings()
     if args.quick:
-        # A smoke run (~20 s on 2 idle cores): every phase runs, briefly; the full run measures.
+        # A smoke run (< 30 s on 2 quiet cores): every phase runs, briefly; the full run measures.
         s = Settings(sizes=(10, 50), open_seconds=0.75, closed_seconds=0.75, warmup=0.2, idle=(200,),
                      slow_size=20, slow_seconds=0.75, slow_rate=50.0, expected_msg_rate=20000, repeats=1,
                      settle=0.2)
