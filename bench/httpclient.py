@@ -158,6 +158,7 @@ class HttpClient:
         self.errors: dict[int, int] = {}
         self._head = b""
         self.close_code: int | None = None
+        self.paused = False  # stop_reading() called: the open loop's drain does not wait for it
 
     async def open(self, timeout: float = 10) -> "HttpClient":
         loop = asyncio.get_running_loop()
@@ -231,6 +232,7 @@ class HttpClient:
         self._pump()
 
     def stop_reading(self) -> None:
+        self.paused = True
         self.stream.transport.pause_reading()
 
     def close(self) -> None:
