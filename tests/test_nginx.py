@@ -294,3 +294,33 @@ def test_a_clients_own_x_forwarded_host_does_not_get_through(deployment):
                                     {"X-Forwarded-Host": "chat.example.org"})
     assert status == 200
     assert "wss://chat.example.org" not in headers["Content-Security-Policy"]
+
+
+def test_the_http_fallback_streams_through_nginx_unbuffered(deployment):
+    """The HTTP transport behind the documented proxy: the stream's events pass through as they
+    are written (securechat's X-Accel-Buffering: no), POSTs keep their Origin and token."""
+    public = f"https://127.0.0.1:{deployment['tls']}"
+
+    async def scenario():
+        phone = ChatClient(public, "iris", transport="http")
+        await phone.connect(origin=public, ssl_options=insecure())
+        alice = await join(f"wss://127.0.0.1:{deployment['tls']}/ws", "alice", origin=public)
+        try:
+            while len(phone.members) < 2 or len(alice.members) < 2:
+                await (phone.recv(5) if len(phone.members) < 2 else alice.recv(5))
+            await alice.send("through the proxy, right away")
+            # A buffering proxy would hold this small event until its buffer filled (pings add
+            # 22 bytes every 20 s) or the response ended: it would miss this generous deadline.
+            received = await phone.next_message(timeout=5)
+            await phone.deliver("and back")
+            answer = await alice.next_message()
+            while answer.sender != "iris":
+                answer = await alice.next_message()
+        finally:
+            phone.close()
+            await close_all([alice])
+        return received, answer
+
+    received, answer = asyncio.run(scenario())
+    assert isinstance(received, Message) and received.text == "through the proxy, right away"
+    assert answer.text == "and back"

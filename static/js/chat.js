@@ -23,6 +23,8 @@ export const SEND_TIMEOUT_MS = 10000;
 export const RECIPIENTS_TIMEOUT_MS = 10000;
 // The status line's addition while the HTTP transport carries the chat (transport.js).
 export const HTTP_FALLBACK_TEXT = "via HTTP fallback (WebSocket unavailable)";
+// While its stream is being resumed: what was sent to us waits on the server, nothing is lost.
+export const HTTP_RESUMING_TEXT = "The connection was interrupted; resuming where it left off.";
 
 // Join errors after which retrying the same join cannot help.
 const FATAL_JOIN_ERRORS = new Set(["bad_username", "username_taken", "identity_in_use", "bad_key",
@@ -148,6 +150,7 @@ export class ChatClient {
       onOpen: () => {}, // the server speaks first: the join answers its hello (challenge)
       onFrame: (frame) => this.enqueue(() => connection === this.connection && this.onFrame(frame)),
       onDrop: (info) => this.enqueue(() => connection === this.connection && this.onDrop(info)),
+      onInterrupt: ({ resuming }) => this.enqueue(() => connection === this.connection && this.onInterrupt(resuming)),
     });
     this.connection = connection;
     this.emit("status", { state: "connecting" });
@@ -281,9 +284,7 @@ export class ChatClient {
     this.scheduleRotationCheck();
     this.emit("welcome", { room: this.room, you: { sid: this.session.sid, username: this.username,
       fingerprint: this.identity.fingerprint } });
-    const { transport } = this.connection;
-    this.emit("status", { state: "connected", transport,
-      ...(transport === "http" ? { detail: HTTP_FALLBACK_TEXT } : {}) });
+    this.emitConnected();
     if (!(await this.flushWhenComplete()) && this.graceTimer === null) {
       this.graceTimer = this.setTimer(() => this.enqueue(() => this.flushWhenComplete(true)), REJOIN_GRACE_MS);
     }
@@ -632,6 +633,22 @@ export class ChatClient {
       reason += ` (difference: about ${minutes} min)`;
     }
     this.setOutgoing(record, "failed", reason);
+  }
+
+  emitConnected() {
+    const { transport } = this.connection;
+    this.emit("status", { state: "connected", transport,
+      ...(transport === "http" ? { detail: HTTP_FALLBACK_TEXT } : {}) });
+  }
+
+  /** The HTTP stream broke and is being resumed (nothing lost yet), or it is back. */
+  onInterrupt(resuming) {
+    if (!this.joined) return;
+    if (resuming) {
+      this.emit("status", { state: "reconnecting", transport: "http", detail: HTTP_RESUMING_TEXT });
+    } else {
+      this.emitConnected();
+    }
   }
 
   async onDrop({ code, reason, willRetry, delay }) {

@@ -93,6 +93,8 @@ class HttpCarrier {
     this.kind = "http";
     this.onText = null;
     this.onClose = null;
+    this.onInterrupt = null; // ({resuming}): the stream broke and a quick resume failed / it is back
+    this.interrupted = false;
     this.source = null;
     this.session = null; // {session, token, ping_ms, timeout_ms, ack_bytes}
     this.last = 0; // id of the last frame received
@@ -162,6 +164,10 @@ class HttpCarrier {
     this.session = info;
     this.lostAt = null;
     this.resumeAttempt = 0;
+    if (this.interrupted) {
+      this.interrupted = false;
+      this.onInterrupt?.({ resuming: false });
+    }
     this.#alive();
     if (fresh) this.pageEvents?.addEventListener?.("pagehide", this.onPageHide);
     this.#pump(); // POSTs held back while the stream was away
@@ -210,6 +216,12 @@ class HttpCarrier {
     // Past the server's liveness window the session is gone anyway: stop trying.
     const window = this.session.ping_ms + this.session.timeout_ms;
     if (now - this.lostAt > window) return this.#end(CLOSE_ABNORMAL, "the connection was lost");
+    // The first, quick retry usually just works (a proxy or the server ended the response);
+    // only when it did not is the owner told, so a status line does not flicker.
+    if (this.resumeAttempt >= 1 && !this.interrupted) {
+      this.interrupted = true;
+      this.onInterrupt?.({ resuming: true });
+    }
     const delay = RETRY_DELAYS_MS[Math.min(this.resumeAttempt++, RETRY_DELAYS_MS.length - 1)];
     this.clearTimer(this.retryTimer);
     this.retryTimer = this.setTimer(() => {
@@ -314,17 +326,18 @@ class HttpCarrier {
  *   onOpen()            the server spoke (its hello went to onFrame first): send the join
  *   onFrame(frame)      a parsed server frame
  *   onDrop({code, reason, willRetry, delay})  the connection ended
+ *   onInterrupt({resuming})  HTTP only: the stream broke and is being resumed (true), or is back
  * `transport` says which one carries it now: "websocket" or "http".
  * The owner calls stop() to end it (leave, replaced, fatal join error).
  */
 export class Connection {
-  constructor({ url, onOpen, onFrame, onDrop, WebSocketImpl = globalThis.WebSocket,
+  constructor({ url, onOpen, onFrame, onDrop, onInterrupt, WebSocketImpl = globalThis.WebSocket,
     EventSourceImpl = globalThis.EventSource,
     fetchImpl = globalThis.fetch ? (...args) => globalThis.fetch(...args) : undefined,
     // Wrapped: the browser's timer functions throw "Illegal invocation" as methods of another object.
     setTimer = (fn, ms) => setTimeout(fn, ms), clearTimer = (id) => clearTimeout(id),
     random = Math.random, pageEvents = globalThis, firstFrameTimeoutMs = FIRST_FRAME_TIMEOUT_MS }) {
-    Object.assign(this, { url, onOpen, onFrame, onDrop, WebSocketImpl, EventSourceImpl, fetchImpl,
+    Object.assign(this, { url, onOpen, onFrame, onDrop, onInterrupt, WebSocketImpl, EventSourceImpl, fetchImpl,
       setTimer, clearTimer, random, pageEvents, firstFrameTimeoutMs });
     this.carrier = null;
     this.transport = null;
@@ -353,6 +366,7 @@ export class Connection {
     this.spoke = false;
     carrier.onText = (text) => this.#text(carrier, text);
     carrier.onClose = (info) => this.#closed(carrier, info);
+    carrier.onInterrupt = (info) => carrier === this.carrier && this.onInterrupt?.(info);
     if (kind === "websocket" && this.firstFrameTimeoutMs > 0) {
       this.firstFrameTimer = this.setTimer(() => {
         if (carrier === this.carrier && !this.spoke) this.#closed(carrier, { code: CLOSE_ABNORMAL, reason: "no answer" });

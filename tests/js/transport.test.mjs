@@ -324,3 +324,27 @@ test("a stream that goes silent past a ping and half a timeout is given up and r
   await until(() => h.frames.some((f) => f.id === "during"));
   assert.deepEqual(h.drops, []);
 });
+
+test("a resume that does not succeed at once is reported, and so is its success", async () => {
+  const server = new FakeServer();
+  server.refuseWebSockets = true;
+  const interrupts = [];
+  const h = harness(server, { onInterrupt: (info) => interrupts.push(info.resuming) });
+  h.conn.start();
+  await until(() => h.opens() === 1);
+  const session = sessionOf(server);
+  server.dropStream(session); // a quick resume works: nothing to report
+  await until(() => server.eventSources.length === 2);
+  await until(() => server.eventSources[1].readyState === 1);
+  assert.deepEqual(interrupts, []);
+  server.down = true;
+  server.dropStream(session);
+  await until(() => interrupts.length === 1);
+  assert.deepEqual(interrupts, [true]);
+  session.deliver({ v: 1, type: "ack", id: "kept", recipients: 1 });
+  server.down = false;
+  await until(() => interrupts.length === 2, 5000);
+  assert.deepEqual(interrupts, [true, false]);
+  await until(() => h.frames.some((f) => f.id === "kept"));
+  assert.deepEqual(h.drops, []);
+});
