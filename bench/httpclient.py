@@ -132,7 +132,9 @@ class _PostProtocol(asyncio.Protocol):
             self.client._answered(status)
 
     def connection_lost(self, exc) -> None:
-        self.client.posts_lost = True
+        # The server closes keep-alive connections idle past limits.header_timeout; a browser
+        # just opens another one, and so do we (re-sending an unanswered POST: it is numbered).
+        self.client._posts_lost(self)
 
 
 class HttpClient:
@@ -150,10 +152,13 @@ class HttpClient:
         self.last = 0
         self.unacked = 0
         self.sent = 0
-        self.queue: deque[tuple[bytes, bytes]] = deque()  # (path, body)
+        self.queue: deque[tuple[bytes, bytes, int | None]] = deque()  # (path, body, seq)
+        self.inflight: tuple[bytes, bytes, int | None] | None = None
         self.stream: _StreamProtocol | None = None
         self.posts: _PostProtocol | None = None
-        self.posts_lost = False
+        self.reconnects = 0  # POST connections opened again after the server closed one
+        self._connecting = False
+        self._closing = False
         self.close_info: dict | None = None
         self.errors: dict[int, int] = {}
         self._head = b""
@@ -165,6 +170,7 @@ class HttpClient:
         _, self.stream = await loop.create_connection(lambda: _StreamProtocol(self), self.host, self.port)
         await asyncio.wait_for(asyncio.shield(self.opened), timeout)
         _, self.posts = await loop.create_connection(lambda: _PostProtocol(self), self.host, self.port)
+        self.reconnects = 0
         return self
 
     # -- the stream ------------------------------------------------------------------------
@@ -201,7 +207,8 @@ class HttpClient:
 
     def send_raw(self, payload: bytes) -> None:
         """One frame's JSON, as the body of POST /stream/send."""
-        self.queue.append((b"/stream/send", payload))
+        self.sent += 1
+        self.queue.append((b"/stream/send", payload, self.sent))
         self._pump()
 
     def send_text(self, text: str | bytes) -> None:
@@ -209,33 +216,61 @@ class HttpClient:
 
     def ack(self) -> None:
         if not self.queue:  # a POST already waiting carries the newest ack anyway
-            self.queue.append((b"/stream/ack", b"{}"))
+            self.queue.append((b"/stream/ack", b"{}", None))
             self._pump()
 
     def _pump(self) -> None:
         posts = self.posts
-        if posts is None or posts.transport is None or posts.busy or not self.queue or posts.transport.is_closing():
+        if posts is None or posts.transport is None or posts.transport.is_closing():
+            self._reconnect_posts()
             return
-        path, body = self.queue.popleft()
-        extra = b""
-        if path == b"/stream/send":
-            self.sent += 1
-            extra = b"Securechat-Seq: %d\r\n" % self.sent
+        if posts.busy or not self.queue:
+            return
+        path, body, seq = self.inflight = self.queue.popleft()
+        extra = b"" if seq is None else b"Securechat-Seq: %d\r\n" % seq
         self.unacked = 0
         posts.busy = True
         posts.transport.write(b"POST %s HTTP/1.1\r\n%s%sSecurechat-Ack: %d\r\nContent-Length: %d\r\n\r\n%s"
                               % (path, self._head, extra, self.last, len(body), body))
 
     def _answered(self, status: int) -> None:
+        self.inflight = None
         if status != 204:
             self.errors[status] = self.errors.get(status, 0) + 1
         self._pump()
+
+    def _posts_lost(self, protocol: "_PostProtocol") -> None:
+        if protocol is not self.posts:
+            return
+        self.posts = None
+        if self.inflight is not None:
+            self.queue.appendleft(self.inflight)
+            self.inflight = None
+        if self.queue:
+            self._reconnect_posts()
+
+    def _reconnect_posts(self) -> None:
+        if self._connecting or self._closing or self.session is None:
+            return
+        self._connecting = True
+
+        async def reconnect():
+            try:
+                loop = asyncio.get_running_loop()
+                _, self.posts = await loop.create_connection(lambda: _PostProtocol(self), self.host, self.port)
+                self.reconnects += 1
+            finally:
+                self._connecting = False
+            self._pump()
+
+        asyncio.ensure_future(reconnect())
 
     def stop_reading(self) -> None:
         self.paused = True
         self.stream.transport.pause_reading()
 
     def close(self) -> None:
+        self._closing = True
         for protocol in (self.stream, self.posts):
             if protocol is not None and protocol.transport is not None and not protocol.transport.is_closing():
                 protocol.transport.close()

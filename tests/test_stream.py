@@ -73,7 +73,7 @@ async def test_the_stream_is_server_sent_events_carrying_the_websockets_frames(h
         config = hub.config
         assert stream.session["ping_ms"] == config.ping_interval * 1000
         assert stream.session["timeout_ms"] == config.ping_timeout * 1000
-        assert stream.session["ack_bytes"] == config.max_outbound_bytes // 4
+        assert stream.session["ack_bytes"] == config.max_outbound_bytes // 16
         hello = await in_thread(stream.next_event)
         assert (hello.name, hello.id) == ("message", "1")
         frame = json.loads(hello.data)

@@ -45,6 +45,7 @@ SEQ_HEADER = "Securechat-Seq"
 ACK_HEADER = "Securechat-Ack"
 CLIENT_CLOSED = 1000
 FRAME_TOO_LARGE = 1009
+ACK_BYTES_SHARE = 16  # clients ack every max_outbound_bytes / 16 received (256 KiB by default)
 TIMED_OUT = 4004  # (4003 is the Hub's: did not join in time)
 # ack and close carry no frame: their body is `{}`, and anything much larger is not a client.
 SMALL_BODY_BYTES = 1024
@@ -156,7 +157,9 @@ class StreamSession:
         return {
             "session": self.id, "token": self.token,
             "ping_ms": int(config.ping_interval * 1000), "timeout_ms": int(config.ping_timeout * 1000),
-            "ack_bytes": max(1, self.limit // 4),
+            # Small enough that a busy room keeps little per reader (at most this much waits
+            # for an ack in steady state), large enough that acks cost a POST per 256 KiB.
+            "ack_bytes": max(1, self.limit // ACK_BYTES_SHARE),
         }
 
     def detach(self, stream: "StreamHandler") -> None:
