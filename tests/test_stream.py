@@ -130,6 +130,26 @@ async def test_a_resume_replays_exactly_the_frames_after_last(http_port, http_se
         again.close()
 
 
+async def test_a_page_from_before_the_upgrade_is_told_to_reload_over_http_too(http_port, http_server):
+    """§1: the v1-shaped answer to a v1 frame does not depend on the transport."""
+    stream = await in_thread(RawStream, "127.0.0.1", http_port)
+    try:
+        assert (await in_thread(stream.next_frame))["type"] == "hello"
+        token = stream.session["token"]
+        errors = []
+        for seq, frame in enumerate(['{"v": 1, "type": "join", "username": "alice"}', '{"v": 3, "type": "roster"}'],
+                                    start=1):
+            status, _ = await in_thread(lambda: post("127.0.0.1", http_port, "/stream/send", frame,
+                                                     token=token, seq=seq))
+            assert status == 204
+            errors.append(await in_thread(stream.next_frame))
+        assert [(e["v"], e["type"], e["code"]) for e in errors] == [(1, "error", "unsupported_version"),
+                                                                    (2, "error", "unsupported_version")]
+        assert "reload the page" in errors[0]["message"] and "reload" not in errors[1]["message"]
+    finally:
+        stream.close()
+
+
 async def test_a_retried_post_is_handled_once_and_a_gap_is_refused(http_port, http_server, connect):
     bob = await connect("bob")
     stream = await in_thread(RawStream, "127.0.0.1", http_port)
