@@ -34,6 +34,7 @@ PART_BODY_TIMEOUT = 120.0  # seconds for one part's body, enough for 4 MiB at 30
 MAX_PENDING_PER_SESSION = 4
 UPLOAD_IDLE_SECONDS = 600.0
 READ_BYTES = 256 * 1024
+WRITE_BYTES = 256 * 1024
 HOUSEKEEPING_SECONDS = 60.0
 PRUNE_EVERY_SECONDS = 3600.0
 _DECIMAL = re.compile(r"(0|[1-9][0-9]{0,15})\Z")
@@ -164,6 +165,8 @@ class PartHandler(BlobHandler):
     _receiving = False
     _failure: BlobError | None = None
     _write: asyncio.Future | None = None
+    _pending: list[bytes]
+    _pending_bytes = 0
 
     def prepare(self) -> None:
         grant = self.authorize()
@@ -189,13 +192,24 @@ class PartHandler(BlobHandler):
         allow_body(self, length, timeout=PART_BODY_TIMEOUT)
         upload.busy = True
         upload.begin_part()
+        self._pending = []
         self._receiving = True
 
     async def data_received(self, chunk: bytes) -> None:
-        upload = self.upload
         if not self._receiving or self._failure is not None:
             return  # a refused request or a failed part: the rest of the body is discarded
-        self._write = IOLoop.current().run_in_executor(self.store.io, self.store.write, upload, chunk)
+        # Tornado hands the body over in 64 KiB pieces; one trip to a worker per 256 KiB.
+        self._pending.append(chunk)
+        self._pending_bytes += len(chunk)
+        if self._pending_bytes >= WRITE_BYTES:
+            await self._write_pending()
+
+    async def _write_pending(self) -> None:
+        upload, data = self.upload, b"".join(self._pending)
+        self._pending, self._pending_bytes = [], 0
+        if not data:
+            return
+        self._write = IOLoop.current().run_in_executor(self.store.io, self.store.write, upload, data)
         try:
             await self._write
         except BlobError as exc:
@@ -207,6 +221,8 @@ class PartHandler(BlobHandler):
 
     async def patch(self, upload_id: str) -> None:
         upload = self.upload
+        if self._failure is None:
+            await self._write_pending()
         self._receiving = False
         if self._failure is not None or self.api.hub.grant(self.grant.token) is None:
             upload.rollback_part()
