@@ -3,6 +3,7 @@
 // The page (main.js/ui.js) listens to events; node tests drive it with a fake WebSocket.
 
 import * as c from "./crypto.js";
+import { fileRefJson, parseFiles } from "./filecrypto.js";
 import { nameKeys, scriptProblem } from "./names.js";
 import { joinFrame, leaveFrame, recipientsFrame, rekeyFrame, rosterFrame } from "./protocol.js";
 import { Connection, CLOSE_REPLACED, wsUrl } from "./transport.js";
@@ -38,6 +39,7 @@ const SEND_ERROR_TEXT = {
   server_error: "The server could not store the message.",
   stale_recipients: "The participant list changed twice while sending.",
   bad_frame: "The server refused the message as malformed.",
+  bad_attachment: "The server no longer has the attached file (it was deleted or never finished uploading). Attach it again.",
 };
 
 /** Sequence numbers run per (identity, stream): another identity cannot borrow a stream id. */
@@ -52,11 +54,12 @@ function plural(n, word) {
 /**
  * emit(type, detail) events:
  *   identity {fingerprint}           status {state, detail, transport}
- *   welcome {room, you}              roster {participants}
- *   message {id, sid, username, fingerprint, ts, text, trust, verified, seq, late, before}
+ *   welcome {room, you, attachments} roster {participants}
+ *   message {id, sid, username, fingerprint, ts, text, files, trust, verified, seq, late,
+ *       before}
  *       late: it filled a gap; before: the id of the first later message from that sender shown
  *   warning {text, kind?}            notice {text, kind: "joined"|"left"|"missed"|"late"}
- *   outgoing {localId, text, ts, state, reason, withheld}
+ *   outgoing {localId, text, files, ts, state, reason, withheld}
  *   mode {verifiedOnly}
  *   trust {fingerprint, trust, verified}
  *   presence {change: "joined"|"left", username, fingerprint}   (after the welcome only)
@@ -172,6 +175,7 @@ export class ChatClient {
     // A fresh session key for every join (§3): nothing wrapped before survives this session.
     this.joined = false;
     this.rotating = null;
+    this.attachments = null; // the capability dies with the session; the next welcome has a new one
     this.session = await this.newSession(challenge);
     this.verifiedOnly = Boolean(await this.store.getSetting(`verified-only:${this.signRoom}`));
     this.emit("mode", { verifiedOnly: this.verifiedOnly });
@@ -282,8 +286,12 @@ export class ChatClient {
     for (const id of this.pendingLists.keys()) this.askForRecipients(id);
     this.connection.resetBackoff();
     this.scheduleRotationCheck();
+    // This session's capability for the attachment endpoints (§10.2); null when they are off.
+    const a = frame.attachments;
+    this.attachments = a && typeof a.token === "string" && Number.isSafeInteger(a.max_bytes)
+      ? { token: a.token, maxBytes: a.max_bytes } : null;
     this.emit("welcome", { room: this.room, you: { sid: this.session.sid, username: this.username,
-      fingerprint: this.identity.fingerprint } });
+      fingerprint: this.identity.fingerprint }, attachments: this.attachments });
     this.emitConnected();
     if (!(await this.flushWhenComplete()) && this.graceTimer === null) {
       this.graceTimer = this.setTimer(() => this.enqueue(() => this.flushWhenComplete(true)), REJOIN_GRACE_MS);
@@ -468,11 +476,14 @@ export class ChatClient {
     if (!sender) return warn("the sender is not in the room");
     if (!sender.ok) return warn("the sender's session key did not verify");
     let opened;
+    let files;
     try {
       opened = await c.openMessage(frame, this.room, sender, this.session);
+      files = parseFiles(opened.body);
     } catch (err) {
       const reasons = { bad_signature: "its signature, key or sequence number does not match what the sender signed",
-        no_decrypt: "it was not addressed to us or does not decrypt", bad_plaintext: "it is malformed" };
+        no_decrypt: "it was not addressed to us or does not decrypt", bad_plaintext: "it is malformed",
+        bad_reference: "its attachment is malformed" };
       return warn(reasons[err.code] ?? "it is malformed");
     }
     const seen = this.seenIds.get(sender.fingerprint) ?? new Set();
@@ -513,7 +524,7 @@ export class ChatClient {
       return undefined; // our own echo: already on screen; the ack that follows confirms it
     }
     this.emit("message", { id: frame.id, sid: frame.from, username: sender.username,
-      fingerprint: sender.fingerprint, ts: frame.ts, text: opened.text, trust: sender.trust,
+      fingerprint: sender.fingerprint, ts: frame.ts, text: opened.text, files, trust: sender.trust,
       verified: sender.verified, seq: opened.seq, late, before });
   }
 
@@ -689,11 +700,15 @@ export class ChatClient {
 
   // -- outgoing ---------------------------------------------------------------------------
 
-  /** Queue `text`; it goes out now when connected, otherwise at the next welcome. */
-  send(text) {
-    if (typeof text !== "string" || !text.trim()) return null;
+  /**
+   * Queue `text`; it goes out now when connected, otherwise at the next welcome. `files` are
+   * uploaded file references (§10.4) the message carries; `localId` lets the page keep the
+   * article it already shows for them (the upload's).
+   */
+  send(text, { files = [], localId = null } = {}) {
+    if (typeof text !== "string" || (!text.trim() && !files.length)) return null;
     if ([...text].length > c.MAX_TEXT_CHARS) return `Messages can have at most ${c.MAX_TEXT_CHARS} characters.`;
-    const record = { localId: `out-${this.nextLocalId++}`, text, ts: this.now(), state: "queued",
+    const record = { localId: localId ?? `out-${this.nextLocalId++}`, text, files, ts: this.now(), state: "queued",
       reason: null, resent: false, id: null, withheld: [], timer: null };
     this.outbox.set(record.localId, record);
     const now = this.joined && this.expectBack.size === 0;
@@ -764,6 +779,8 @@ export class ChatClient {
     const frame = await c.sealMessage({
       identityPrivateKey: this.identity.privateKey, fingerprint: this.identity.fingerprint,
       senderSid: this.session.sid, room: this.room, text: record.text, recipients: claimed, ts: this.now(),
+      extra: record.files.length ? { files: record.files.map(fileRefJson) } : null,
+      attachments: record.files.map((f) => f.id),
     });
     record.id = frame.id;
     record.withheldWhy = [...this.roster.values()].filter((e) => this.withheldBecause(e) !== null)
@@ -790,8 +807,8 @@ export class ChatClient {
   setOutgoing(record, state, reason = null) {
     record.state = state;
     record.reason = reason;
-    this.emit("outgoing", { localId: record.localId, text: record.text, ts: record.ts, state, reason,
-      withheld: record.withheld });
+    this.emit("outgoing", { localId: record.localId, text: record.text, files: record.files, ts: record.ts,
+      state, reason, withheld: record.withheld });
   }
 
   // -- trust actions --------------------------------------------------------------------

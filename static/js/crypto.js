@@ -361,11 +361,18 @@ export function unpad(bytes) {
   return bytes.subarray(0, end - 1);
 }
 
-export function encodePlaintext(text) {
-  return pad(utf8(JSON.stringify({ text })));
+/** §7.1: {"text": ...}, plus optional fields such as an attachment's "files" (§10.4), padded. */
+export function encodePlaintext(text, extra = null) {
+  // "text" first, as Python writes it, and never replaced by an extra field.
+  return pad(utf8(JSON.stringify(Object.assign({ text }, extra ?? {}, { text }))));
 }
 
 export function decodePlaintext(bytes) {
+  return decodeBody(bytes).text;
+}
+
+/** The whole plaintext object; it must at least hold a "text" string. */
+export function decodeBody(bytes) {
   let body;
   try {
     body = JSON.parse(decoder.decode(unpad(bytes)));
@@ -375,7 +382,7 @@ export function decodePlaintext(bytes) {
   if (!body || typeof body !== "object" || typeof body.text !== "string") {
     throw new CryptoError('the plaintext has no "text" string', "bad_plaintext");
   }
-  return body.text;
+  return body;
 }
 
 export async function aesEncrypt(rawKey, iv, plaintext, aad) {
@@ -439,11 +446,13 @@ export async function unwrapKey(sessionPrivateKey, wrappedB64) {
  * Build a client→server msg frame (§7.3).
  * recipients: [{sid, sessionKey: CryptoKey, seq}] whose session statements were verified;
  * seq is that recipient's next sequence number from this sender.
- * messageKey/iv overrides exist only so tests can reproduce the vectors.
+ * messageKey/iv overrides exist only so tests can reproduce the vectors. `extra` adds plaintext
+ * fields (§7.1); `attachments` lists the blob ids the message refers to, in the clear (§10.3).
  */
 export async function sealMessage({
   identityPrivateKey, fingerprint, senderSid, room, text, recipients,
   ts = Date.now(), id = randomId(), messageKey = randomBytes(32), iv = randomBytes(12),
+  extra = null, attachments = null,
 }) {
   if (!recipients.length || recipients.length > MAX_RECIPIENTS) {
     throw new CryptoError(`a message has 1 to ${MAX_RECIPIENTS} recipients`);
@@ -454,18 +463,21 @@ export async function sealMessage({
   const to = await recipientsCommitment(ordered.map((r) => r.sid));
   const header = messageHeader(room, fingerprint, senderSid, id, ts, n, to,
     hex(await merkleRoot(leaves)), await keyCommitment(messageKey));
-  const ct = b64encode(await aesEncrypt(messageKey, iv, encodePlaintext(text), utf8(header)));
+  const ct = b64encode(await aesEncrypt(messageKey, iv, encodePlaintext(text, extra), utf8(header)));
   const ivB64 = b64encode(iv);
   const keys = {};
   for (const [i, r] of ordered.entries()) {
     keys[r.sid] = await wrapKey(r.sessionKey, keyPayload(messageKey, n, i, r.seq, await merklePath(i, leaves)));
   }
   const sig = await sign(identityPrivateKey, signedText(header, ivB64, ct));
-  return { v: PROTOCOL_VERSION, type: "msg", id, ts, iv: ivB64, ct, to, sig, keys };
+  const frame = { v: PROTOCOL_VERSION, type: "msg", id, ts, iv: ivB64, ct, to, sig, keys };
+  if (attachments?.length) frame.attachments = [...attachments];
+  return frame;
 }
 
 /**
- * Verify and decrypt a relayed msg frame (§7.4 steps 2-5); returns {text, seq, n, to}.
+ * Verify and decrypt a relayed msg frame (§7.4 steps 2-5); returns {text, seq, n, to, body}
+ * (body: the whole plaintext object, text plus e.g. "files").
  * Roster, sequence and clock checks need client state and live in chat.js.
  * Throws CryptoError whose code says which check failed.
  */
@@ -490,5 +502,6 @@ export async function openMessage(frame, room, sender, session) {
   } catch {
     throw new CryptoError("the message does not decrypt", "no_decrypt");
   }
-  return { text: decodePlaintext(plaintext), seq: payload.seq, n: payload.n, to: frame.to };
+  const body = decodeBody(plaintext);
+  return { text: body.text, seq: payload.seq, n: payload.n, to: frame.to, body };
 }

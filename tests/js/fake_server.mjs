@@ -264,7 +264,7 @@ export class FakeServer {
     this.members.set(participant.sid, { socket, participant });
     socket.deliver({ v: 2, type: "welcome", room: this.room, you: participant,
       participants: this.participants(), server_time: Date.now(), challenge: this.challenge(socket),
-      limits: this.limits });
+      limits: this.limits, attachments: { token: `token-${participant.sid}`, max_bytes: 26214400 } });
     this.broadcast({ v: 2, type: "joined", participant }, socket);
   }
 
