@@ -30,7 +30,8 @@ def content_security_policy(host: str, secure: bool) -> str:
         "default-src 'self'",
         "script-src 'self'",
         "style-src 'self'",
-        "img-src 'self' data:",
+        # blob: only for images decrypted in the page (attachment previews); nothing else.
+        "img-src 'self' data: blob:",
         f"connect-src 'self' {ws}",
         "object-src 'none'",
         "frame-ancestors 'none'",

@@ -2,6 +2,7 @@
 // download + hash + decrypt, with progress and cancel. No DOM: `fetch` is injectable, so node
 // tests drive it against a fake server. The page (ui/attachments.js) shows what happens.
 
+import { b64decode } from "./crypto.js";
 import { FileCryptoError, BlobHasher, Decryptor, blobSize, encryptBlob, newFileKey } from "./filecrypto.js";
 
 export const PART_BYTES = 1024 * 1024; // blob bytes per PATCH (the server takes up to 4 MiB)
@@ -214,7 +215,8 @@ export async function downloadFile(ref, { token, fetch = globalThis.fetch, onPro
   if (response.status !== 200) throw await failure(response);
   const total = blobSize(ref.size);
   const hasher = new BlobHasher();
-  const decryptor = await Decryptor.create(ref.key);
+  // Keys arrive as in the plaintext (b64), from a message or from this device's history.
+  const decryptor = await Decryptor.create(typeof ref.key === "string" ? b64decode(ref.key) : ref.key);
   const type = isInlineImage(ref) ? ref.type : "application/octet-stream";
   let blob = new Blob([], { type });
   let pending = [];

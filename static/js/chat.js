@@ -524,7 +524,7 @@ export class ChatClient {
       return undefined; // our own echo: already on screen; the ack that follows confirms it
     }
     this.emit("message", { id: frame.id, sid: frame.from, username: sender.username,
-      fingerprint: sender.fingerprint, ts: frame.ts, text: opened.text, files, trust: sender.trust,
+      fingerprint: sender.fingerprint, ts: frame.ts, text: opened.text, files: files.map(fileRefJson), trust: sender.trust,
       verified: sender.verified, seq: opened.seq, late, before });
   }
 

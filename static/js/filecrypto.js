@@ -330,8 +330,9 @@ export async function blobHash(bytes) {
 
 // -- the file reference in a message's plaintext (§10.4) -------------------------------------
 
+/** A file reference as the plaintext carries it (key as b64); takes the key as bytes or b64. */
 export function fileRefJson({ id, key, name, type, size, width, height }) {
-  const ref = { id, key: b64encode(key), name, type, size };
+  const ref = { id, key: typeof key === "string" ? key : b64encode(key), name, type, size };
   if (Number.isSafeInteger(width) && Number.isSafeInteger(height)) Object.assign(ref, { width, height });
   return ref;
 }

@@ -1,6 +1,8 @@
 // Entry point: checks the environment, then wires the chat session to the page.
 
+import { downloadFile, fileName, fileType, imageSize, limitProblem, uploadFile } from "./attachments.js";
 import { hasWebCrypto } from "./crypto.js";
+import { fileRefJson } from "./filecrypto.js";
 import { ChatClient } from "./chat.js";
 import { openDeviceHistory } from "./device-history.js";
 import { memoryStore, openStore } from "./store.js";
@@ -76,8 +78,9 @@ async function main() {
   const handlers = {
     identity: ({ fingerprint }) => ui.showIdentity(fingerprint),
     status: ({ state, detail }) => ui.setStatus(state, detail),
-    welcome: ({ room, you }) => {
+    welcome: ({ room, you, attachments }) => {
       username = you.username;
+      ui.attachments.enable(Boolean(attachments));
       ui.showChat(room);
       rejoin.set(true);
       if (!revealed) {
@@ -105,7 +108,7 @@ async function main() {
       ui.showWithheld(client.withheldReasons());
     },
     outgoing: (record) => {
-      ui.upsertOutgoing(record, username, (id) => client.retry(id));
+      ui.upsertOutgoing(record, username, retry);
       device.sent(record);
     },
     trust: (detail) => ui.applyTrust(detail),
@@ -153,6 +156,67 @@ async function main() {
   });
 
   ui.composer.onSend((text) => client.send(text));
+
+  // -- files: each one is uploaded encrypted, then sent as a message that carries its key ---
+  const token = () => client.attachments?.token ?? "";
+  const uploads = new Map(); // localId -> {file, descriptor, dimensions, controller}
+  let nextUpload = 1;
+  let uploadChain = Promise.resolve(); // one at a time, in the order they were chosen
+  ui.attachments.setFetcher((ref, options) => downloadFile(ref, { token, ...options }));
+  ui.setFileRenderer(({ files, mine, localId }) => {
+    const upload = mine ? uploads.get(localId) : null;
+    return upload ? ui.attachments.uploadCard(localId, upload.file, upload.descriptor) : ui.attachments.render(files);
+  });
+  ui.attachments.onFiles((files) => {
+    for (const file of files) sendFile(file);
+  });
+
+  function retry(localId) {
+    if (uploads.has(localId)) startUpload(localId);
+    else client.retry(localId);
+  }
+
+  async function sendFile(file) {
+    const problem = limitProblem(file, client.attachments?.maxBytes);
+    if (problem) {
+      ui.composer.showError(problem);
+      return;
+    }
+    ui.composer.showError("");
+    const localId = `file-${nextUpload++}`;
+    const dimensions = await imageSize(file);
+    const descriptor = { name: fileName(file), type: fileType(file), size: file.size, ...(dimensions ?? {}) };
+    uploads.set(localId, { file, descriptor, dimensions, ts: Date.now(), controller: null });
+    startUpload(localId);
+  }
+
+  function startUpload(localId) {
+    const upload = uploads.get(localId);
+    upload.controller = new AbortController();
+    const { signal } = upload.controller;
+    const show = (state, reason = null) => ui.upsertOutgoing({ localId, text: "", files: [upload.descriptor],
+      ts: upload.ts, state, reason }, username, retry);
+    show("uploading");
+    ui.attachments.uploadStart(localId, () => upload.controller.abort());
+    uploadChain = uploadChain.then(async () => {
+      try {
+        const ref = await uploadFile(upload.file, { token, signal, dimensions: upload.dimensions,
+          onProgress: (done, total) => ui.attachments.uploadProgress(localId, done, total) });
+        ui.attachments.uploadDone(localId);
+        uploads.delete(localId);
+        client.send("", { files: [fileRefJson(ref)], localId });
+      } catch (err) {
+        if (err?.code === "cancelled") {
+          uploads.delete(localId);
+          ui.attachments.forget(localId);
+          ui.removeOutgoing(localId);
+          return;
+        }
+        ui.attachments.uploadFailed(localId, err?.message ?? String(err));
+        show("failed", "The file was not sent.");
+      }
+    });
+  }
 
   parts.leave.addEventListener("click", async () => {
     ui.layout.closePanels();

@@ -10,7 +10,7 @@ export const EARLIER_TITLE = "Earlier on this device";
 const PAGE = 300;
 
 /** `onRetry(entry)`: send a kept message again that the page closed on before it was confirmed. */
-export function createEarlier(parts, { onRetry }) {
+export function createEarlier(parts, { onRetry, renderFiles = () => null }) {
   const log = parts.messages;
   let section = null;
   let body = null;
@@ -23,8 +23,11 @@ export function createEarlier(parts, { onRetry }) {
     const grouped = previous !== null && previous.kind === record.kind && previous.sender === record.sender
       && previous.fingerprint === record.fingerprint && record.ts - previous.ts < GROUP_MS
       && dayKey(previous.ts) === dayKey(record.ts);
+    // Kept file references open from the server again (any session of the room may fetch them).
+    const files = record.attachments ?? [];
     const node = messageArticle({ username: record.sender, ts: record.ts, text: record.text, mine,
-      fingerprint: mine ? null : record.fingerprint, grouped });
+      fingerprint: mine ? null : record.fingerprint, grouped,
+      filesNode: files.length ? renderFiles({ files, mine: false, localId: null }) : null });
     node.dataset.seq = String(seq);
     if (mine) {
       showDelivery(node, record.delivery ?? { state: "delivered" }, () => onRetry({ seq, record }));

@@ -3,6 +3,7 @@
 
 import { groupFingerprint } from "../crypto.js";
 import { createAttention } from "./attention.js";
+import { createAttachments } from "./attachments.js";
 import { createComposer } from "./composer.js";
 import { createDialog } from "./dialog.js";
 import { wireCopy } from "./dom.js";
@@ -59,20 +60,29 @@ export function createUi(doc = document, { prefs, savePrefs } = {}) {
     lockDone: $("lock-done"), historyDone: $("history-done"),
     exportDialog: $("export-dialog"), exportTitle: $("export-title"), exportBody: $("export-body"),
     exportJson: $("export-json"), exportHtml: $("export-html"), exportClose: $("export-close"),
+    attachButton: $("attach"), attachInput: $("attach-input"),
+    conversation: doc.querySelector(".conversation"),
   };
   const { layout } = createLayout(parts);
   wireCopy(parts.copyFingerprint, () => parts.ownFingerprint.textContent);
 
   const { attention } = createAttention(parts, { prefs, savePrefs, doc });
   const roomLink = () => new URL("/", location.href).href;
+  const timeline = createTimeline(parts, { onUnread: (n) => attention.setUnread(n), roomLink });
+  let renderFiles = null; // the live timeline and "Earlier on this device" show files alike
 
   return {
     parts,
     attention,
     ...createPeople(parts),
-    ...createTimeline(parts, { onUnread: (n) => attention.setUnread(n), roomLink }),
+    ...timeline,
+    setFileRenderer(fn) {
+      renderFiles = fn;
+      timeline.setFileRenderer(fn);
+    },
     ...createDialog(parts),
     ...createComposer(parts, layout),
+    ...createAttachments(parts, doc),
     layout,
 
     /**
@@ -88,7 +98,8 @@ export function createUi(doc = document, { prefs, savePrefs } = {}) {
         onOpen,
         onUnlock: () => controls.historyControls.promptUnlock(),
       });
-      Object.assign(this, createEarlier(parts, { onRetry }), search, controls);
+      Object.assign(this, createEarlier(parts, { onRetry, renderFiles: (args) => renderFiles?.(args) ?? null }),
+        search, controls);
       const fromMenu = (action) => () => {
         layout.closePanels();
         action();

@@ -5,6 +5,7 @@
 import { button, el, linkify, timeElement } from "./dom.js";
 
 const OUTGOING_TEXT = {
+  uploading: "Uploading",
   queued: "Waiting to send",
   sending: "Sending…",
   delivered: "Delivered",
@@ -38,14 +39,17 @@ function textBlock(text) {
   return [body, toggle];
 }
 
-/** The article of one message; `grouped` hides the name under the previous one's. */
-export function messageArticle({ username, ts, text, mine, fingerprint, grouped = false }) {
+/** The article of one message; `grouped` hides the name under the previous one's; `filesNode`
+ * shows its attachments (ui/attachments.js), and a message of files alone has no text line. */
+export function messageArticle({ username, ts, text, mine, fingerprint, grouped = false, filesNode = null }) {
   const article = el("article", mine ? "msg mine" : "msg");
   if (fingerprint) article.dataset.fingerprint = fingerprint;
   if (grouped) article.classList.add("grouped");
   const head = el("header", "msg-head");
   head.append(el("span", "sender", username), timeElement(ts));
-  article.append(head, ...textBlock(text));
+  article.append(head);
+  if (filesNode) article.append(filesNode);
+  if (text || !filesNode) article.append(...textBlock(text));
   return article;
 }
 

@@ -11,6 +11,8 @@ const STICKY_PX = 48;
 export function createTimeline(parts, { onUnread = () => {}, roomLink = () => location.href } = {}) {
   const log = parts.messages;
   const outgoing = new Map(); // localId -> article
+  // Builds the cards of a message's files (ui/attachments.js, wired by main.js).
+  let renderFiles = null;
   let lastDay = null;
   let lastGroup = null; // {who, ts} of the last message, null after anything else
   let unread = 0;
@@ -58,11 +60,16 @@ export function createTimeline(parts, { onUnread = () => {}, roomLink = () => lo
     if (counts && !(follow && !document.hidden)) setUnread(unread + 1);
   }
 
-  function messageArticle({ username, ts, text, mine, fingerprint }) {
+  function messageArticle({ username, ts, text, mine, fingerprint, files = [], localId = null }) {
     const who = mine ? "\u0000me" : `${fingerprint} ${username}`;
     const grouped = Boolean(lastGroup && lastGroup.who === who && ts - lastGroup.ts < GROUP_MS && dayKey(ts) === lastDay);
     lastGroup = { who, ts };
-    return buildArticle({ username, ts, text, mine, fingerprint, grouped });
+    const filesNode = filesNodeFor({ files, mine, localId });
+    return buildArticle({ username, ts, text, mine, fingerprint, grouped, filesNode });
+  }
+
+  function filesNodeFor({ files, mine = false, localId = null }) {
+    return files?.length && renderFiles ? renderFiles({ files, mine, localId }) : null;
   }
 
   function notice(text, className = "log-notice") {
@@ -104,12 +111,19 @@ export function createTimeline(parts, { onUnread = () => {}, roomLink = () => lo
       parts.withheld.textContent = said.length ? `Not sent to: ${said.join(", ")}.` : "";
     },
 
-    addMessage({ id, username, fingerprint, ts, text, trust, verified, late, before }) {
+    /** fn({files, mine, localId}) -> the node showing a message's files. */
+    setFileRenderer(fn) {
+      renderFiles = fn;
+    },
+
+    addMessage({ id, username, fingerprint, ts, text, files, trust, verified, late, before }) {
       // A message that arrived late goes where it was sent (chat.js orders by sequence number).
       const later = typeof before === "string"
         ? [...log.querySelectorAll("article.msg")].find((a) => a.dataset.msgId === before) : null;
       if (!later) dayFor(ts);
-      const node = later ? buildArticle({ username, ts, text, fingerprint }) : messageArticle({ username, ts, text, fingerprint });
+      const node = later
+        ? buildArticle({ username, ts, text, fingerprint, filesNode: filesNodeFor({ files }) })
+        : messageArticle({ username, ts, text, fingerprint, files });
       if (typeof id === "string") node.dataset.msgId = id;
       showTrust(node, { username, trust, verified });
       if (late) node.append(el("p", "msg-late", "Arrived late"));
@@ -148,17 +162,24 @@ export function createTimeline(parts, { onUnread = () => {}, roomLink = () => lo
       "log-notice key-change"));
     },
 
-    upsertOutgoing({ localId, text, ts, state, reason, withheld = [] }, username, onRetry) {
+    upsertOutgoing({ localId, text, files, ts, state, reason, withheld = [] }, username, onRetry) {
       let node = outgoing.get(localId);
       if (!node) {
         dayFor(ts);
-        node = messageArticle({ username, ts, text, mine: true });
+        node = messageArticle({ username, ts, text, mine: true, files, localId });
         node.dataset.localId = localId;
         outgoing.set(localId, node);
         append(node, { ts });
       }
       showDelivery(node, { state, reason, withheld }, () => onRetry(localId));
       if (state === "delivered") outgoing.delete(localId);
+    },
+
+    /** Take back an outgoing message that was never sent (a cancelled upload). */
+    removeOutgoing(localId) {
+      outgoing.get(localId)?.remove();
+      outgoing.delete(localId);
+      updateEmpty();
     },
 
     /** Scroll to a message of this page (by its id, or our own by its localId); false if absent. */
