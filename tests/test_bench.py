@@ -95,3 +95,16 @@ def test_the_reconnect_bench_brings_both_pages_back_and_reports_each_interval():
     text = reconnect.markdown(result)
     for row in ("| join |", "| every connection cut |", "| server restart |"):
         assert row in text
+
+
+def test_the_attachment_benchmark_runs_and_reports(capsys, tmp_path):
+    from bench import attachments
+
+    out = tmp_path / "attachments.json"
+    assert attachments.main(["--mib", "1", "--repeats", "1", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| upload (encrypt + 1 MiB parts), MiB/s |" in text and "server RSS:" in text
+    import json
+
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["upload_s"] > 0 and run["rss_peak"] >= run["rss_before"] > 0 and run["chat_during_ms"]
