@@ -81,6 +81,7 @@ async function main() {
     welcome: ({ room, you, attachments }) => {
       username = you.username;
       ui.attachments.enable(Boolean(attachments));
+      if (attachments) for (const waiting of capabilityWaiters.splice(0)) waiting();
       ui.showChat(room);
       rejoin.set(true);
       if (!revealed) {
@@ -162,7 +163,20 @@ async function main() {
   const uploads = new Map(); // localId -> {file, descriptor, dimensions, controller}
   let nextUpload = 1;
   let uploadChain = Promise.resolve(); // one at a time, in the order they were chosen
-  ui.attachments.setFetcher((ref, options) => downloadFile(ref, { token, ...options }));
+  // Transfers need this session's capability: before the (re)join's welcome there is none, so
+  // they wait for it (a reload shows kept files before it has re-joined).
+  const capabilityWaiters = [];
+  function capability(signal) {
+    if (client.attachments) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      capabilityWaiters.push(resolve);
+      signal?.addEventListener("abort", () => reject(Object.assign(new Error("Cancelled."), { code: "cancelled" })));
+    });
+  }
+  ui.attachments.setFetcher(async (ref, options) => {
+    await capability(options.signal);
+    return downloadFile(ref, { token, ...options });
+  });
   ui.setFileRenderer(({ files, mine, localId }) => {
     const upload = mine ? uploads.get(localId) : null;
     return upload ? ui.attachments.uploadCard(localId, upload.file, upload.descriptor) : ui.attachments.render(files);
@@ -200,6 +214,7 @@ async function main() {
     ui.attachments.uploadStart(localId, () => upload.controller.abort());
     uploadChain = uploadChain.then(async () => {
       try {
+        await capability(signal);
         const ref = await uploadFile(upload.file, { token, signal, dimensions: upload.dimensions,
           onProgress: (done, total) => ui.attachments.uploadProgress(localId, done, total) });
         ui.attachments.uploadDone(localId);

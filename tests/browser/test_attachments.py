@@ -393,3 +393,35 @@ def test_screenshots_of_files_in_the_conversation(browser, server, tmp_path):
     assert sizes == {"files-phone-390x844.png": (390, 844), "files-keyboard-390x480.png": (390, 480),
                      "files-desktop-1280x760.png": (1280, 760), "files-viewer-390x844.png": (390, 844),
                      "files-uploading-1280x760.png": (1280, 760)}
+
+
+def test_files_kept_on_this_device_open_again_after_a_reload(people, server, tmp_path):
+    """History keeps the reference (with its key), never the bytes; after a reload the new session
+    fetches the blob again, so the earlier image and file still open."""
+    data, pixels = png(24, 16)
+    image = tmp_path / "kept.png"
+    image.write_bytes(data)
+    document = tmp_path / "kept.txt"
+    document.write_bytes(MARKER * 50)
+    alice, bob = people.join("alice"), people.join("bob")
+    attach(alice, image)
+    attach(alice, document)
+    expect(messages(bob).locator("img.preview")).to_have_count(1)
+    expect(messages(bob).locator(".file-name")).to_have_count(2)
+    bob.wait_for_function("""async () => {
+        const open = indexedDB.open("securechat-history");
+        const db = await new Promise((ok) => { open.onsuccess = () => ok(open.result); });
+        const count = db.transaction("messages").objectStore("messages").count();
+        return await new Promise((ok) => { count.onsuccess = () => ok(count.result >= 2); });
+    }""")
+    bob.reload()
+    bob.wait_for_selector("html[data-ready=true]")
+    earlier = messages(bob).locator("section.earlier")
+    kept = earlier.locator("img.preview")
+    expect(kept).to_have_attribute("alt", "kept.png")
+    kept.evaluate("(img) => img.decode()")
+    assert pixels_of(bob, kept) == pixels
+    with bob.expect_download() as saved:
+        earlier.get_by_role("button", name="Download", exact=True).click()
+    assert Path(saved.value.path()).read_bytes() == document.read_bytes()
+    assert files_containing(server.data_dir, MARKER) == []
