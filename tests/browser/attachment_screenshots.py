@@ -106,6 +106,7 @@ def capture(browser, server, out_dir: Path) -> list[Path]:
         alice.screenshot(path=str(path))
         written.append(path)
         messages(alice).get_by_role("button", name="Cancel", exact=True).click()
+        alice.unroute_all(behavior="ignoreErrors")
     finally:
         for context, _ in viewers.values():
             context.close()

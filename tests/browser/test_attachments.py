@@ -126,6 +126,8 @@ class Pinger(threading.Thread):
                     except asyncio.TimeoutError:
                         pass
             dave.close()
+            while await asyncio.wait_for(dave.ws.read_message(), 5) is not None:
+                pass  # the close handshake, so no socket outlives this loop
 
         asyncio.run(main())
 
@@ -346,6 +348,7 @@ def test_cancel_stops_the_upload_and_leaves_nothing_behind(people, server, tmp_p
         time.sleep(0.05)
     assert pending == [] and stored_blobs(server) == []
     expect(messages(bob).locator("article")).to_have_count(0)
+    alice.unroute_all(behavior="ignoreErrors")
 
 
 def test_dropping_files_and_pasting_an_image(people, server, tmp_path):
