@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from securechat import crypto
 from securechat import filecrypto as fc
 
 V = json.loads((Path(__file__).parent / "vectors" / "files.json").read_text())
@@ -141,3 +142,12 @@ def test_file_references():
     assert fc.parse_files({"text": "hi"}) == []
     with pytest.raises(fc.FileCryptoError):
         fc.parse_files({"text": "", "files": [refs["valid"]] * 17})
+
+
+def test_a_message_carries_its_files_inside_the_padded_plaintext():
+    m = V["message_plaintext"]
+    padded = crypto.encode_plaintext(m["text"], {"files": m["files"]})
+    assert crypto.b64encode(padded) == m["padded"] and len(padded) in crypto.PAD_BUCKETS
+    body = crypto.decode_body(crypto.b64decode(m["padded"]))
+    assert body["text"] == m["text"]
+    assert [ref.to_json() for ref in fc.parse_files(body)] == m["files"]

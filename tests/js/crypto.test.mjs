@@ -180,7 +180,7 @@ const sender = async () => ({ fingerprint: V.identity.fingerprint, identityKey: 
 test("openMessage opens frame_in end to end, for bob and for carol with their own seq", async () => {
   const bob = { sid: M.other_recipient.sid, privateKey: await importSession(M.other_recipient) };
   const opened = await c.openMessage(M.frame_in, M.room, await sender(), bob);
-  assert.deepEqual(opened, { text: M.text, seq: 3, n: 3, to: M.to });
+  assert.deepEqual(opened, { text: M.text, seq: 3, n: 3, to: M.to, body: { text: M.text } });
   const carol = { sid: M.third_recipient.sid, privateKey: await importSession(M.third_recipient) };
   const forCarol = { ...M.frame_in, key: M.frame_out.keys[M.third_recipient.sid] };
   assert.equal((await c.openMessage(forCarol, M.room, await sender(), carol)).seq, 12);

@@ -3,6 +3,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 
+import * as c from "../../static/js/crypto.js";
 import * as f from "../../static/js/filecrypto.js";
 
 const V = JSON.parse(readFileSync(new URL("../vectors/files.json", import.meta.url), "utf8"));
@@ -130,4 +131,13 @@ test("file references: the valid ones parse, every invalid one is refused", () =
   }
   assert.deepEqual(f.parseFiles({ text: "hi" }), []);
   assert.throws(() => f.parseFiles({ text: "", files: Array(17).fill(refs.valid) }));
+});
+
+test("a message carries its files inside the padded plaintext, byte for byte as Python", () => {
+  const m = V.message_plaintext;
+  const padded = c.encodePlaintext(m.text, { files: m.files.map((r) => f.fileRefJson(f.parseFileRef(r))) });
+  assert.equal(c.b64encode(padded), m.padded);
+  const body = c.decodeBody(c.b64decode(m.padded));
+  assert.equal(body.text, m.text);
+  assert.deepEqual(f.parseFiles(body).map(f.fileRefJson), m.files);
 });

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from securechat import filecrypto as fc  # noqa: E402
-from securechat.crypto import b64encode  # noqa: E402
+from securechat.crypto import b64encode, encode_plaintext  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "files.json"
@@ -112,6 +112,13 @@ def references() -> dict:
     }
 
 
+def message_plaintext(refs: dict) -> dict:
+    """A message's padded plaintext (§7.1) carrying two file references (§10.4), byte for byte."""
+    text = "two files: Grüße"
+    files = [refs["valid"], refs["valid_file"]]
+    return {"text": text, "files": files, "padded": b64encode(encode_plaintext(text, {"files": files}))}
+
+
 def main() -> None:
     cases = [case(name, data) for name, data in PLAINTEXTS.items()]
     four = bytes.fromhex(cases[3]["blob"])
@@ -134,6 +141,7 @@ def main() -> None:
                          "plaintext": fc.largest_file(fc.blob_size(25 * 1024 * 1024))},
         "references": references(),
     }
+    vectors["message_plaintext"] = message_plaintext(vectors["references"])
     OUT.write_text(json.dumps(vectors, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {OUT}")
 
