@@ -351,7 +351,8 @@ class ChatClient:
                 hasher.update(piece)
                 part += piece
                 while len(part) >= part_bytes or (part and offset + len(part) == size):
-                    chunk, part = bytes(part[:part_bytes]), part[part_bytes:]
+                    chunk = bytes(part[:part_bytes])
+                    del part[:part_bytes]  # O(1) at the front of a bytearray: a large piece is not re-copied per part
                     answer = await self._call("PATCH", f"/api/blobs/uploads/{upload}",
                                               {"Upload-Offset": str(offset)}, chunk)
                     offset += len(chunk)

@@ -104,7 +104,9 @@ def test_the_attachment_benchmark_runs_and_reports(capsys, tmp_path):
     assert attachments.main(["--mib", "1", "--repeats", "1", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "| upload (encrypt + 1 MiB parts), MiB/s |" in text and "server RSS:" in text
+    assert "| upload of the blob alone (no encryption), MiB/s |" in text
     import json
 
     (run,) = json.loads(out.read_text())["runs"]
-    assert run["upload_s"] > 0 and run["rss_peak"] >= run["rss_before"] > 0 and run["chat_during_ms"]
+    assert run["upload_s"] > 0 and run["upload_blob_s"] > 0
+    assert run["rss_peak"] >= run["rss_before"] > 0 and run["chat_during_ms"]
