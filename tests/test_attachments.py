@@ -391,3 +391,20 @@ async def test_a_late_joiner_never_gets_the_key(connect):
     assert MARKER not in blob
     with pytest.raises(fc.FileCryptoError):
         fc.decrypt(fc.new_file_key(), blob)
+
+
+async def test_rotating_the_session_key_keeps_the_capability_and_its_uploads(connect):
+    alice, bob = await connect("alice"), await connect("bob")
+    await settle(alice, bob, members=2)
+    token = alice.attachments["token"]
+    code, started, _ = await call(alice.http_url, "POST", "/api/blobs", token, {"Upload-Length": "100"})
+    assert code == 201
+    await alice.rotate()  # §4: the same member under a fresh session key, not a new session
+    code, answer, _ = await call(alice.http_url, "PATCH", f"/api/blobs/uploads/{started['upload']}", token,
+                                 {"Upload-Offset": "0"}, bytes(50))
+    assert (code, answer) == (200, {"offset": 50})
+    _, ref = await alice.send_file(document(5000), "after the rotation.bin")
+    received = await bob.next_message()
+    while not received.files:
+        received = await bob.next_message()
+    assert await bob.fetch_file(received.files[0]) == document(5000) and ref.id == received.files[0].id
