@@ -346,6 +346,9 @@ export class Connection {
     this.timer = null;
     this.firstFrameTimer = null;
     this.stopped = false;
+    this.webSocketWorked = false; // a WebSocket reached the server's first frame on this page
+    this.recheckWebSocket = false; // the HTTP stream now open is a check that the server is up
+    this.fallbackNext = false; // the WebSocket now opening is that second try: HTTP if it fails
   }
 
   start() {
@@ -390,6 +393,21 @@ export class Connection {
     }
     this.spoke = true;
     this.clearTimer(this.firstFrameTimer);
+    if (carrier.kind === "websocket") {
+      this.webSocketWorked = true;
+      this.fallbackNext = false;
+    }
+    if (carrier.kind === "http" && this.recheckWebSocket) {
+      // The WebSocket worked on this page before and failed only while the server was away:
+      // the server answers again, so the WebSocket gets one more try before anything is joined
+      // over HTTP (nothing was sent on this stream yet; closing it loses nothing).
+      this.recheckWebSocket = false;
+      carrier.onText = carrier.onClose = carrier.onInterrupt = null;
+      carrier.stop(null, CLOSE_NORMAL);
+      this.#open("websocket");
+      this.fallbackNext = true;
+      return;
+    }
     this.onFrame?.(frame);
     this.onOpen?.();
   }
@@ -443,6 +461,10 @@ export class Connection {
       carrier.onText = carrier.onClose = null;
       if (!carrier.closed) carrier.stop(null, CLOSE_NORMAL);
       if (this.EventSourceImpl && this.fetchImpl) {
+        // A page whose WebSocket worked before most likely met a server that is down or
+        // restarting: its HTTP stream first checks that the server is back (see #text).
+        this.recheckWebSocket = this.webSocketWorked && !this.fallbackNext;
+        this.fallbackNext = false;
         this.#open("http");
         return;
       }

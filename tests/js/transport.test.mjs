@@ -273,6 +273,56 @@ test("after an HTTP session ends, the next reconnection tries the WebSocket agai
   assert.equal(h.conn.transport, "websocket");
 });
 
+/** server.WebSocket, except that the next `refuse.count` sockets fail as a server still starting would. */
+function flakyWebSockets(server) {
+  const refuse = { count: 0 };
+  const Real = server.WebSocket;
+  class Flaky {
+    constructor(url) {
+      if (refuse.count <= 0) return new Real(url);
+      refuse.count -= 1;
+      const failed = { url, readyState: 0, send() {}, close() { this.readyState = 3; } };
+      setImmediate(() => {
+        failed.readyState = 3;
+        failed.onclose?.({ code: 1006, reason: "" });
+      });
+      return failed;
+    }
+  }
+  return { Flaky, refuse };
+}
+
+test("a page whose WebSocket worked is back on it after a restart, even when HTTP answered first", async () => {
+  const server = new FakeServer();
+  const { Flaky, refuse } = flakyWebSockets(server);
+  const h = harness(server, { WebSocketImpl: Flaky });
+  h.conn.start();
+  await until(() => h.opens() === 1);
+  assert.equal(h.conn.transport, "websocket");
+  // The server restarts; the first WebSocket try meets it still starting, the HTTP one does not.
+  refuse.count = 1;
+  server.restart();
+  await until(() => h.drops.length === 1);
+  await until(() => h.opens() === 2);
+  assert.equal(h.conn.transport, "websocket");
+  assert.equal(server.eventSources.length, 1, "one HTTP stream checked that the server is back");
+  assert.deepEqual(server.posts.map((x) => x.path), ["/stream/close"], "closed before anything was joined on it");
+  assert.equal(h.frames.filter((f) => f.type === "hello").length, 2, "the HTTP stream's hello is not passed on");
+});
+
+test("a page whose WebSocket worked falls back to HTTP when the WebSocket fails again with the server up", async () => {
+  const server = new FakeServer();
+  const { Flaky, refuse } = flakyWebSockets(server);
+  const h = harness(server, { WebSocketImpl: Flaky });
+  h.conn.start();
+  await until(() => h.opens() === 1);
+  refuse.count = 1000; // e.g. the device now reaches the server through a proxy without WebSockets
+  server.restart();
+  await until(() => h.opens() === 2);
+  assert.equal(h.conn.transport, "http");
+  assert.equal(server.eventSources.length, 2, "the check stream, then the session's");
+});
+
 test("stop() over HTTP posts the final frame, then closes the session", async () => {
   const server = new FakeServer();
   server.refuseWebSockets = true;
@@ -341,7 +391,7 @@ test("a resume that does not succeed at once is reported, and so is its success"
   server.dropStream(session);
   await until(() => interrupts.length === 1);
   assert.deepEqual(interrupts, [true]);
-  session.deliver({ v: 1, type: "ack", id: "kept", recipients: 1 });
+  session.deliver({ v: 2, type: "ack", id: "kept", recipients: 1 });
   server.down = false;
   await until(() => interrupts.length === 2, 5000);
   assert.deepEqual(interrupts, [true, false]);
