@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .relay import roomname
 from .web.proxy import parse_networks
 
 ENV_PREFIX = "SECURECHAT_"
@@ -89,6 +90,9 @@ class Config:
     body_timeout: float = _setting("limits", 30.0, minimum=1.0)
     max_body_bytes: int = _setting("limits", 64 * 1024, minimum=1024)
     joins_per_minute: int = _setting("limits", 20, minimum=1)
+    # Rooms (/r/<name>) open at once besides the default room, and rooms one address may be in.
+    max_rooms: int = _setting("limits", 1000, minimum=1)
+    max_rooms_per_address: int = _setting("limits", 16, minimum=1)
     max_outbound_bytes: int = _setting("limits", 4 * 1024 * 1024, minimum=65536)
     # [attachments]
     # The largest file people may send (its size before encryption); 0 turns attachments off.
@@ -117,6 +121,9 @@ class Config:
         if self.max_outbound_bytes < self.max_frame_bytes:
             # Tornado refuses any single write larger than the cap, even to a fast reader.
             raise ConfigError("limits.max_outbound_bytes must be at least limits.max_frame_bytes")
+        why = roomname.problem(self.room)
+        if why is not None:
+            raise ConfigError(f"server.room (SECURECHAT_ROOM): {why}, not {self.room!r}")
         if self.data_dir is None:
             object.__setattr__(self, "data_dir", default_data_dir())
         if (self.cert is None) != (self.key is None):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .. import crypto, names
+from . import roomname
 
 VERSION = crypto.PROTOCOL_VERSION
 MAX_USERNAME = 32
@@ -24,7 +25,7 @@ MAX_INT = 2**53 - 1
 HEX32 = re.compile(r"[0-9a-f]{32}\Z")
 HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 MAX_ATTACHMENTS = 16
-ROOM_NAME = re.compile(r"[a-z0-9-]{1,32}\Z")
+ROOM_NAME = roomname.ROOM_NAME
 _FORBIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 
 
@@ -144,10 +145,7 @@ def check_username(username: str) -> str:
     return username
 
 
-def check_room_name(name: str) -> str:
-    if not ROOM_NAME.match(name):
-        raise ValueError(f"room name {name!r} must be 1-32 characters of a-z, 0-9 and -")
-    return name
+check_room_name = roomname.check
 
 
 # -- parsing ---------------------------------------------------------------------------------
