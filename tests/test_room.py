@@ -7,7 +7,7 @@ import json
 import pytest
 
 from securechat.relay.protocol import Msg, ProtocolError
-from securechat.relay.room import Participant, Room
+from securechat.relay.room import Participant, Room, Rooms
 
 NOW = 1_764_097_200_000
 WRAPPED = "A" * 344
@@ -195,3 +195,106 @@ def test_log_line_with_attachments_is_still_exactly_json(room):
     assert relay.log_line == json.dumps(record, separators=(",", ":"), ensure_ascii=False)
     # Recipients get no reference: the one that counts is inside the ciphertext.
     assert all("attachments" not in json.loads(text) for _, text in relay.deliveries())
+
+
+# -- the registry: rooms exist while someone is in them ------------------------------------
+
+
+def member(name: str, n: int, room: str = "", remote: str = "192.0.2.1") -> Participant:
+    joining = person(name, n)
+    joining.room, joining.remote = room, remote
+    return joining
+
+
+def registry(**caps) -> Rooms:
+    return Rooms("lobby", max_participants=8, max_clock_skew_ms=300_000, **caps)
+
+
+def test_a_room_is_made_by_its_first_join_and_dropped_with_its_last_member():
+    rooms = registry()
+    assert rooms.find("design") is None and len(rooms) == 0
+    alice, bob = member("alice", 1, "design"), member("bob", 2, "design")
+    room, replaced = rooms.admit(alice, NOW)
+    assert replaced is None and room.name == "design" and room.created == NOW
+    assert rooms.admit(bob, NOW + 5)[0] is room and room.created == NOW  # the age is the first join's
+    assert rooms.remove(alice) is room and rooms.find("design") is room
+    assert rooms.remove(bob) is room and rooms.find("design") is None and len(rooms) == 0
+    assert rooms.remove(bob) is None  # already gone: nothing to announce twice
+
+
+def test_rooms_never_share_members_names_or_rosters():
+    rooms = registry()
+    rooms.admit(member("alice", 1, "design"), NOW)
+    # The same name (and the same identity) may be in another room: membership is per room.
+    rooms.admit(member("alice", 2, "", remote="192.0.2.9"), NOW)
+    rooms.admit(member("bob", 3, "design"), NOW)
+    assert [p["username"] for p in rooms.find("design").roster()] == ["alice", "bob"]
+    assert [p["username"] for p in rooms.find("lobby").roster()] == ["alice"]
+    assert rooms.find("lobby").roster()[0]["sid"] == f"{2:032x}"
+    assert len(rooms.participants()) == 3
+
+
+def test_a_join_the_room_refuses_changes_no_count():
+    rooms = registry()
+    rooms.admit(member("alice", 1, "design"), NOW)
+    with pytest.raises(ProtocolError) as info:
+        rooms.admit(member("ALICE", 2, "design"), NOW)
+    assert info.value.code == "username_taken" and rooms.rooms_of("192.0.2.1") == 1
+    intruder = member("mallory", 3, "other")
+    intruder.fingerprint = f"{1:064x}"
+    rooms.admit(intruder, NOW)  # another room: the same key is free there
+    assert rooms.rooms_of("192.0.2.1") == 2
+
+
+def test_the_server_opens_at_most_max_rooms_besides_the_default_room():
+    rooms = registry(max_rooms=2)
+    rooms.admit(member("a", 1, "one"), NOW)
+    rooms.admit(member("b", 2, "two", remote="192.0.2.2"), NOW)
+    with pytest.raises(ProtocolError) as info:
+        rooms.admit(member("c", 3, "three", remote="192.0.2.3"), NOW)
+    assert info.value.code == "too_many_rooms" and "2 rooms open" in info.value.message
+    assert rooms.find("three") is None
+    rooms.admit(member("c", 3, "", remote="192.0.2.3"), NOW)  # the default room is always open
+    rooms.admit(member("d", 4, "one", remote="192.0.2.4"), NOW)  # and rooms that exist take more people
+    rooms.remove(rooms.find("two").members[f"{2:032x}"])
+    rooms.admit(member("e", 5, "three", remote="192.0.2.5"), NOW)  # a room closed: room for a new one
+
+
+def test_one_address_is_in_at_most_max_rooms_per_address_rooms():
+    rooms = registry(max_rooms_per_address=2)
+    first, second = member("alice", 1, "one"), member("alice", 2, "two")
+    rooms.admit(first, NOW)
+    rooms.admit(second, NOW)
+    with pytest.raises(ProtocolError) as info:
+        rooms.admit(member("alice", 3, "three"), NOW)
+    assert info.value.code == "too_many_rooms_joined" and "leave one" in info.value.message
+    assert rooms.find("three") is None
+    rooms.admit(member("bob", 4, "two"), NOW)  # a second person there: still two rooms
+    rooms.admit(member("carol", 5, "three", remote="192.0.2.7"), NOW)  # another address
+    rooms.remove(first)
+    rooms.admit(member("alice", 6, "three"), NOW)
+    assert rooms.rooms_of("192.0.2.1") == 2
+
+
+def test_an_ipv6_network_may_be_in_four_times_as_many_rooms_as_one_address():
+    rooms = registry(max_rooms_per_address=1)
+    rooms.admit(member("a", 1, "one", remote="2001:db8::1"), NOW)
+    with pytest.raises(ProtocolError):
+        rooms.admit(member("a", 2, "two", remote="2001:db8::1"), NOW)
+    for n in range(2, 5):  # other addresses of the same /64
+        rooms.admit(member(f"p{n}", n, f"room{n}", remote=f"2001:db8::{n}"), NOW)
+    with pytest.raises(ProtocolError) as info:
+        rooms.admit(member("p5", 5, "room5", remote="2001:db8::5"), NOW)
+    assert info.value.code == "too_many_rooms_joined"
+
+
+def test_a_replaced_session_moves_the_address_count_to_the_new_one():
+    rooms = registry(max_rooms_per_address=1)
+    old = member("alice", 1, "design", remote="192.0.2.1")
+    rooms.admit(old, NOW)
+    back = member("alice", 2, "design", remote="192.0.2.50")  # same identity, from elsewhere
+    back.fingerprint = old.fingerprint
+    assert rooms.admit(back, NOW)[1] is old
+    assert rooms.rooms_of("192.0.2.1") == 0 and rooms.rooms_of("192.0.2.50") == 1
+    assert rooms.remove(old) is None  # the replaced one's leave changes nothing
+    assert rooms.remove(back) is not None and len(rooms) == 0

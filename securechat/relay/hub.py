@@ -23,13 +23,16 @@ from . import protocol
 from .admission import Pool, address_keys
 from .limits import SlidingWindow, TokenBucket
 from .protocol import Join, Msg, ProtocolError, Rekey
-from .room import Participant, Rooms
+from .room import Participant, Room, Rooms
 
 log = logging.getLogger("securechat")
 
 
 class Connection(Protocol):
     remote: str
+    # The room its opening request named (the transport checked the name); "" or absent means
+    # the default room. Fixed for the life of the connection: one connection, one room.
+    room: str
 
     def send(self, text: str) -> None: ...
 
@@ -89,6 +92,8 @@ class Hub:
             config.room,
             max_participants=config.max_participants,
             max_clock_skew_ms=int(config.max_clock_skew * 1000),
+            max_rooms=config.max_rooms,
+            max_rooms_per_address=config.max_rooms_per_address,
         )
         # Every open session with the keys it is counted under (relay/admission.py).
         self.connections: dict[Connection, tuple] = {}
@@ -99,7 +104,7 @@ class Hub:
         # The challenge each connection must sign into its next session statement (§4).
         self.challenges: dict[Connection, str] = {}
         self.joins = SlidingWindow(config.joins_per_minute, 60.0)
-        self._roster_frames: dict[str, tuple[int, str]] = {}  # room -> (revision, encoded frame)
+        self._roster_frames: dict[str, tuple[Room, int, str]] = {}  # room name -> (room, revision, encoded frame)
         self._roster_budgets: dict[Participant, _RosterBudget] = {}
         self._fan_out_depth = 0
         self._deferred_leaves: list[Participant] = []
@@ -196,9 +201,9 @@ class Hub:
         self.tidy()
         if not self.joins.allow(connection.remote, time.monotonic()):
             raise ProtocolError("rate_limited", "too many joins from your address; wait a minute")
-        room = self.rooms.get()
+        name = self.room_of(connection)
         verified = self._verify_session(
-            connection, room, username=join.username, identity_key=join.identity_key,
+            connection, self.rooms.get(name), username=join.username, identity_key=join.identity_key,
             session_key=join.session_key, issued=join.issued, challenge=join.challenge,
             stream=join.stream, session_sig=join.session_sig,
         )
@@ -207,13 +212,14 @@ class Hub:
             identity_key=join.identity_key, session_key=join.session_key,
             session_sig=join.session_sig, wrapped_key_length=verified.wrapped_key_length,
             joined=now_ms(), issued=join.issued, challenge=join.challenge, stream=join.stream,
-            remote=connection.remote, connection=connection,
+            remote=connection.remote, connection=connection, room=name,
         )
-        # Everything that can fail comes before anything changes: the room's checks, then the
-        # log (a full disk, a file-size limit). A join that cannot be recorded does not happen:
-        # before, the member was added and announced and then the write failed, so the socket
-        # never learnt it had joined and the name stayed taken by a member nobody could remove.
-        replaced = room.admits(participant)
+        # Everything that can fail comes before anything changes: the room's checks (and the
+        # room caps), then the log (a full disk, a file-size limit). A join that cannot be
+        # recorded does not happen: before, the member was added and announced and then the
+        # write failed, so the socket never learnt it had joined and the name stayed taken by a
+        # member nobody could remove.
+        room, replaced = self.rooms.admits(participant, now_ms())
         at = now_ms()
         records = [room.membership_record("join", participant, at)]
         if replaced is not None:
@@ -225,7 +231,7 @@ class Hub:
                                   "so it was refused: %s", exc)
             raise ProtocolError("server_error", "the server could not record your join; try again later") from None
         with self._fanning_out():
-            room.add(participant)
+            self.rooms.add(room, participant)  # a first join makes the room
             if replaced is not None:
                 self.revoke(replaced)
                 replaced.connection.close(4001, "replaced by a newer session")
@@ -241,7 +247,7 @@ class Hub:
                 server_time=now_ms(), limits=self.limits(), challenge=self._challenge(connection), **extra,
             ))
             if replaced is not None:
-                self._tell_left(replaced, skip=participant)
+                self._tell_left(room, replaced, skip=participant)
             joined = protocol.frame("joined", participant=participant.public())
             for other in room.others(participant):
                 other.connection.send(joined)
@@ -250,7 +256,7 @@ class Hub:
 
     def rekey(self, participant: Participant, rekey: Rekey) -> None:
         """Rotate a member's session key (§4): everyone swaps it in place, nobody sees a leave."""
-        room = self.rooms.get()
+        room = self.rooms.get(participant.room)
         connection = participant.connection
         # Same identity, name and stream: only the session key and its statement change.
         verified = self._verify_session(
@@ -268,16 +274,20 @@ class Hub:
             for other in room.others(participant):  # a list: a snapshot of the members
                 other.connection.send(announce)
 
+    def room_of(self, connection: Connection) -> str:
+        """The room a connection belongs to: the one its opening request named, else the default."""
+        return getattr(connection, "room", None) or self.rooms.default
+
     def hello(self, connection: Connection) -> None:
         """The first frame on every socket: which room this is, before the client signs a join."""
         connection.send(protocol.frame(
-            "hello", room=self.rooms.default, server_time=now_ms(), limits=self.limits(),
+            "hello", room=self.room_of(connection), server_time=now_ms(), limits=self.limits(),
             challenge=self._challenge(connection),
         ))
 
     def recipients(self, participant: Participant, msg_id: str) -> None:
         """A recent message's full recipient list, which the client checks against its `to`."""
-        listed = self.rooms.get().recipient_list(msg_id)
+        listed = self.rooms.get(participant.room).recipient_list(msg_id)
         if listed is None:
             raise ProtocolError("unknown_message", "the server no longer has this message's recipient list",
                                 msg_id=msg_id)
@@ -286,7 +296,8 @@ class Hub:
                 f'{{"v":{protocol.VERSION},"type":"recipients","id":"{msg_id}","sids":{listed}}}')
 
     def leave(self, participant: Participant) -> None:
-        """The member is gone (left, closed, dropped): it leaves the room whatever else fails.
+        """The member is gone (left, closed, dropped): it leaves its room whatever else fails;
+        the room goes with its last member.
 
         Called from inside a fan-out (a send found a stalled reader), the leave waits until
         that fan-out is done, so no loop over the members sees them change under it.
@@ -298,10 +309,12 @@ class Hub:
         self.tidy()
         with self._fanning_out():
             self.revoke(participant)
-            room = self.rooms.get()
-            if not room.remove(participant):
-                return
-            self._tell_left(participant)
+            room = self.rooms.remove(participant)
+            if room is None:
+                return  # already gone, or replaced (its leave was recorded with the join)
+            if self.rooms.find(room.name) is not room:
+                self._roster_frames.pop(room.name, None)  # the room went with its last member
+            self._tell_left(room, participant)
             try:
                 self.log.append(room.membership_record("leave", participant, now_ms()))
             except OSError as exc:
@@ -366,15 +379,15 @@ class Hub:
             refs.append({"id": blob_id, "size": info.size})
         return refs
 
-    def _tell_left(self, participant: Participant, skip: Participant | None = None) -> None:
-        """Tell the others a member left (its record is the caller's business)."""
+    def _tell_left(self, room: Room, participant: Participant, skip: Participant | None = None) -> None:
+        """Tell the others in its room a member left (its record is the caller's business)."""
         self._forget_roster_budget(participant)
         log_membership("left", participant)
         if self.closing:
             return  # everyone is leaving at once and will hear the close (1001) instead
         left = protocol.frame("left", **participant.as_sender())
         # A snapshot: a send can find a stalled reader, whose leave must not change this loop.
-        for other in list(self.rooms.get().members.values()):
+        for other in list(room.members.values()):
             if other is not skip:
                 other.connection.send(left)
 
@@ -388,7 +401,7 @@ class Hub:
             return  # an answer is already scheduled; it will carry the roster of its moment
         if budget.bucket.take(now):
             with self._fanning_out():
-                participant.connection.send(self.roster_frame())
+                participant.connection.send(self.roster_frame(self.rooms.get(participant.room)))
             return
         budget.pending = asyncio.get_running_loop().call_later(
             budget.bucket.wait(now), self._deferred_roster, participant)
@@ -400,16 +413,19 @@ class Hub:
         budget.pending = None
         budget.bucket.take(time.monotonic())
         with self._fanning_out():
-            participant.connection.send(self.roster_frame())
+            participant.connection.send(self.roster_frame(self.rooms.get(participant.room)))
 
-    def roster_frame(self) -> str:
-        """The room's roster frame, encoded once per change of membership."""
-        room = self.rooms.get()
+    def roster_frame(self, room: Room | None = None) -> str:
+        """A room's roster frame (None: the default room's), encoded once per change of membership.
+
+        Cached per Room object: a room that emptied and was made again is a new object, whose
+        revisions start again (its entry is dropped with it, see leave)."""
+        room = room if room is not None else self.rooms.get()
         cached = self._roster_frames.get(room.name)
-        if cached is None or cached[0] != room.revision:
-            cached = (room.revision, protocol.frame("roster", room=room.name, participants=room.roster()))
+        if cached is None or cached[0] is not room or cached[1] != room.revision:
+            cached = (room, room.revision, protocol.frame("roster", room=room.name, participants=room.roster()))
             self._roster_frames[room.name] = cached
-        return cached[1]
+        return cached[2]
 
     def _forget_roster_budget(self, participant: Participant) -> None:
         budget = self._roster_budgets.pop(participant, None)
@@ -417,7 +433,7 @@ class Hub:
             budget.pending.cancel()
 
     def relay(self, sender: Participant, msg: Msg) -> None:
-        room = self.rooms.get()
+        room = self.rooms.get(sender.room)
         received = now_ms()
         attachments = self._attachment_refs(room.name, msg)
         relay = room.prepare(sender, msg, received, attachments)

@@ -2,8 +2,9 @@
 
 A Room holds its participants and decides routing; the WebSocket handler hands it parsed
 frames and writes what it returns. Members carry an opaque `connection` the room never calls,
-so the same Room works under tests with no server. Named rooms (`/r/<name>`) only need more
-entries in Rooms; a Room knows nothing of the others.
+so the same Room works under tests with no server. Rooms is the registry of the rooms that
+exist now: a room exists while someone is in it, and a Room knows nothing of the others, so
+no frame or roster can cross from one to another.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import names
+from .admission import address_keys
 from .protocol import VERSION, Msg, ProtocolError, encode
 
 
@@ -31,6 +33,7 @@ class Participant:
     stream: str = ""
     remote: str = ""
     connection: Any = None
+    room: str = ""  # the room it joined; "" is the default room
 
     def public(self) -> dict:
         return {
@@ -135,6 +138,7 @@ class Room:
     name: str
     max_participants: int = 256
     max_clock_skew_ms: int = 300_000
+    created: int = 0  # ms, when its first member joined
     members: dict[str, Participant] = field(default_factory=dict)
     # [by lowercased skeleton, by skeleton as typed] (names.name_keys) -> member
     _by_name: tuple[dict, dict] = field(default_factory=lambda: ({}, {}))
@@ -329,22 +333,118 @@ class Room:
 
 
 class Rooms:
-    """Every room of this server by name; today only the one shared room exists."""
+    """The rooms of this server by name: each exists while someone is in it.
 
-    def __init__(self, default: str, *, max_participants: int, max_clock_skew_ms: int):
+    The default room (`[server] room`) is always open and not counted against `max_rooms`;
+    every other room is made by its first join and dropped with its last member. One address
+    (an IPv6 /64: NETWORK_FACTOR times as many) may be in at most `max_rooms_per_address`
+    rooms at once, however many people behind it are in each.
+    """
+
+    def __init__(self, default: str, *, max_participants: int, max_clock_skew_ms: int,
+                 max_rooms: int = 1000, max_rooms_per_address: int = 16):
         self.default = default
+        self.max_rooms = max_rooms
+        self.max_rooms_per_address = max_rooms_per_address
         self._options = {"max_participants": max_participants, "max_clock_skew_ms": max_clock_skew_ms}
         self._rooms: dict[str, Room] = {}
+        # address key -> {room name: members from there}
+        self._by_address: dict[str, dict[str, int]] = {}
+
+    def name_of(self, participant: Participant) -> str:
+        return participant.room or self.default
+
+    def find(self, name: str | None = None) -> Room | None:
+        """The room called `name` (None: the default room) if anyone is in it."""
+        return self._rooms.get(name or self.default)
 
     def get(self, name: str | None = None) -> Room:
+        """The room called `name`, or an empty one standing for it when nobody is in it.
+
+        For reading only: an empty stand-in is not registered, so people join through admit().
+        """
         name = name or self.default
+        return self._rooms.get(name) or Room(name, **self._options)
+
+    def admits(self, participant: Participant, now_ms: int) -> tuple[Room, Participant | None]:
+        """Whether a participant may join its room now, changing nothing (the Hub then writes
+        the log, then calls add): its room — a new one, not yet registered, for a first join —
+        and the older session of the same identity it would replace (see Room.admits).
+
+        Refused with ProtocolError: a new room past max_rooms (`too_many_rooms`), a room past
+        max_rooms_per_address for this address (`too_many_rooms_joined`), and whatever
+        Room.admits refuses.
+        """
+        name = self.name_of(participant)
         room = self._rooms.get(name)
         if room is None:
-            room = self._rooms[name] = Room(name, **self._options)
+            if name != self.default and self.named() >= self.max_rooms:
+                raise ProtocolError("too_many_rooms", f"this server has {self.max_rooms} rooms open, the most it "
+                                    "allows; join a room that exists, or try again later")
+            room = Room(name, created=now_ms, **self._options)
+        for key, factor in address_keys(participant.remote):
+            held = self._by_address.get(key, {})
+            limit = self.max_rooms_per_address * factor
+            if name not in held and len(held) >= limit:
+                raise ProtocolError("too_many_rooms_joined", f"your address is in {len(held)} rooms already, the "
+                                    "most this server allows; leave one of them first")
+        return room, room.admits(participant)
+
+    def add(self, room: Room, participant: Participant) -> Participant | None:
+        """Put a participant admits() accepted in `room` (registering a new room); returns the
+        session it replaced."""
+        name = self.name_of(participant)
+        replaced = room.add(participant)
+        self._rooms[name] = room
+        if replaced is not None:
+            self._uncount(replaced, name)
+        self._count(participant, name)
+        return replaced
+
+    def admit(self, participant: Participant, now_ms: int) -> tuple[Room, Participant | None]:
+        """admits() then add(), for callers with nothing to do in between."""
+        room, _ = self.admits(participant, now_ms)
+        return room, self.add(room, participant)
+
+    def remove(self, participant: Participant) -> Room | None:
+        """Take this exact participant out; returns the room it left (dropped from the registry
+        when it was the last one), or None when it was already gone or replaced."""
+        name = self.name_of(participant)
+        room = self._rooms.get(name)
+        if room is None or not room.remove(participant):
+            return None
+        self._uncount(participant, name)
+        if not room.members:
+            del self._rooms[name]
         return room
+
+    def named(self) -> int:
+        """How many rooms other than the default one exist."""
+        return len(self._rooms) - (self.default in self._rooms)
+
+    def rooms_of(self, remote: str) -> int:
+        """How many rooms someone at `remote` (its own address) is in."""
+        return len(self._by_address.get(address_keys(remote)[0][0], ()))
+
+    def _count(self, participant: Participant, name: str) -> None:
+        for key, _ in address_keys(participant.remote):
+            held = self._by_address.setdefault(key, {})
+            held[name] = held.get(name, 0) + 1
+
+    def _uncount(self, participant: Participant, name: str) -> None:
+        for key, _ in address_keys(participant.remote):
+            held = self._by_address.get(key, {})
+            left = held.pop(name, 1) - 1
+            if left > 0:
+                held[name] = left
+            if not held:
+                self._by_address.pop(key, None)  # an emptied key is dropped, so the map never grows
 
     def __iter__(self):
         return iter(list(self._rooms.values()))
+
+    def __len__(self) -> int:
+        return len(self._rooms)
 
     def participants(self) -> list[Participant]:
         return [p for room in self for p in room.members.values()]
