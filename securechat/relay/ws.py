@@ -11,6 +11,7 @@ from tornado.iostream import StreamBufferFullError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from ..web.http_security import SecureHeadersMixin, same_origin
+from . import roomname
 from .hub import Hub
 from .session import TOO_SLOW, Session
 
@@ -19,6 +20,7 @@ class ChatSocket(SecureHeadersMixin, WebSocketHandler):
     def initialize(self, hub: Hub) -> None:
         self.hub = hub
         self.session: Session | None = None
+        self.room = ""  # the default room, unless ?room=<name> names another
 
     @property
     def remote(self) -> str:
@@ -28,6 +30,14 @@ class ChatSocket(SecureHeadersMixin, WebSocketHandler):
         return same_origin(origin, self.request.host, self.hub.config.allowed_origins)
 
     async def get(self, *args, **kwargs) -> None:
+        room = self.get_query_argument("room", None)
+        if room is not None:
+            why = roomname.problem(room)
+            if why is not None:
+                self.set_status(400)
+                self.finish({"error": why})
+                return
+            self.room = room
         refusal = self.hub.refusal(self.remote)
         if refusal is not None:
             status, message = refusal

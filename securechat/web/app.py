@@ -20,7 +20,8 @@ from ..storage.blobs import BlobStore
 from ..storage.ciphertext_log import CiphertextLog
 from ..tls import LocalCA
 from . import blobs as blob_handlers
-from . import proxy, resources, setup
+from ..relay import roomname
+from . import proxy, resources, rooms, setup
 from .canonical import CanonicalHost
 from .hosts import HostPolicy
 from .http_security import (MisdirectedHandler, NotFoundHandler, SecureHeadersMixin, SecureStaticFileHandler,
@@ -30,19 +31,28 @@ from .redirect import CanonicalRedirectMixin
 
 
 class IndexHandler(CanonicalRedirectMixin, SecureHeadersMixin, tornado.web.RequestHandler):
+    """The chat page: `/` for the default room, `/r/<name>` for room <name>."""
+
     def initialize(self, hub: Hub) -> None:
         self.hub = hub
 
-    def get(self) -> None:
+    def get(self, name: str | None = None) -> None:
         sri = self.settings["sri"]
-        # Service workers (*-sw.js) are not modules of the page: they run apart, never preloaded.
-        modules = [name for name in sri if name.startswith("js/") and name != "js/main.js"
-                   and not name.endswith("-sw.js")]
         self.set_header("Cache-Control", "no-cache")
+        default = self.hub.rooms.default
+        if name is not None and roomname.problem(name) is not None:
+            self.set_status(404)
+            self.render("room-name.html", name=rooms.shown_name(name), why=roomname.problem(name),
+                        suggestion=roomname.suggestion(name), rule=roomname.RULE, default_room=default, sri=sri)
+            return
+        # Service workers (*-sw.js) are not modules of the page: they run apart, never preloaded.
+        modules = [path for path in sri if path.startswith("js/") and path != "js/main.js"
+                   and not path.endswith("-sw.js")]
         # Over https with the local CA, a browser that has not installed it saw a warning: point
         # it at /setup (the page cannot tell whether this browser trusts the CA, so always).
         setup = self.settings.get("local_ca") is not None and self.request.protocol == "https"
-        self.render("index.html", room=self.hub.rooms.default, version=__version__, sri=sri, modules=modules,
+        self.render("index.html", room=name or default, default_room=default,
+                    invite_origin=rooms.invite_origin(self), version=__version__, sri=sri, modules=modules,
                     setup=setup)
 
 
@@ -156,6 +166,8 @@ def make_app(config: Config, ciphertext_log: CiphertextLog | None = None, blobs:
     stream_sessions = stream.StreamSessions(hub)
     routes = [
         (r"/", IndexHandler, {"hub": hub}),
+        *rooms.routes(config.room),
+        (r"/r/(.*)", IndexHandler, {"hub": hub}),
         (r"/healthz", HealthHandler, {"hub": hub}),
         (r"/ws", ChatSocket, {"hub": hub}),
         *blob_handlers.routes(blob_api),

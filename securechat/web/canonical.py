@@ -18,6 +18,11 @@ from typing import Iterable
 
 # Only page loads move: a redirected WebSocket or POST would fail instead of following.
 PAGES = ("/", "/setup")
+ROOM_PAGES = "/r/"  # /r/<name>, a room's page (web/rooms.py)
+
+
+def is_page(path: str) -> bool:
+    return path in PAGES or (path.startswith(ROOM_PAGES) and "/" not in path[len(ROOM_PAGES):])
 
 
 def normalise(host: str) -> str:
@@ -60,7 +65,7 @@ class CanonicalHost:
 
     def redirect(self, method: str, request_host: str, path: str, query: str, scheme: str) -> str | None:
         """Where to send this request, or None to serve it as it is."""
-        if method not in ("GET", "HEAD") or path not in PAGES:
+        if method not in ("GET", "HEAD") or not is_page(path):
             return None
         name, port = split_host(request_host)
         if name not in self.aliases:
