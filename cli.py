@@ -105,6 +105,18 @@ def server_options(command):
                         help="The running server on this port, when several run here.")(command)
 
 
+class RoomParam(click.ParamType):
+    name = "NAME"
+
+    def convert(self, value, param, ctx):
+        from securechat.relay import roomname
+
+        why = roomname.problem(value)
+        if why is not None:
+            self.fail(why, param, ctx)
+        return value
+
+
 class TimeParam(click.ParamType):
     name = "TIME"
 
@@ -318,7 +330,7 @@ def status(as_json) -> None:
         entry = {key: value for key, value in vars(info).items() if key != "token"}
         try:
             live = AdminClient(info.admin_url, info.token, info.cert_fingerprint, timeout=3).status()
-            entry["status"] = {k: live.get(k) for k in ("participants", "connections", "room", "uptime")}
+            entry["status"] = {k: live.get(k) for k in ("participants", "connections", "room", "rooms", "in_default", "uptime")}
         except AdminError as exc:
             entry["status"] = None
             entry["problem"] = str(exc)
@@ -334,8 +346,38 @@ def status(as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @server_options
 @config_options
-def roster(as_json, port, url, token, fingerprint, cacert, data_dir, config_file) -> None:
-    """List who is connected: name, fingerprint, since when, from where.
+def rooms(as_json, port, url, token, fingerprint, cacert, data_dir, config_file) -> None:
+    """List the rooms open now: name, how many people are in each, since when.
+
+    A room exists while someone is in it: the first join makes it, the last leave ends it.
+    The default room (server.room) is the one the server's address opens; any other is
+    /r/<name>. Finds the server like every admin command (--port or --data-dir picks one of
+    several; `securechat status` lists them).
+
+    \b
+    Examples:
+      securechat rooms
+      securechat rooms --json | jq -r '.rooms[] | "\\(.name) \\(.members)"'
+    """
+    config = build_config(config_file, data_dir=data_dir)
+    client = admin_client(config, url=url, token=token, port=port, fingerprint=fingerprint, cacert=cacert)
+    answer = admin_call(client.rooms)
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return
+    from securechat.admin.views import rooms_table
+    from securechat.console import make_console
+
+    make_console().print(rooms_table(answer))
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--room", type=RoomParam(), help="Only the people in this room.  [default: every room, grouped]")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@server_options
+@config_options
+def roster(room, as_json, port, url, token, fingerprint, cacert, data_dir, config_file) -> None:
+    """List who is connected, room by room: name, fingerprint, since when, from where.
 
     The fingerprint is grouped exactly as the browser shows it, for comparing out of band.
     With one server running here it needs no options; with several, --port or --data-dir
@@ -344,20 +386,26 @@ def roster(as_json, port, url, token, fingerprint, cacert, data_dir, config_file
     \b
     Examples:
       securechat roster
+      securechat roster --room design
       securechat roster --port 5001
-      securechat roster --json | jq -r '.participants[].username'
+      securechat roster --json | jq -r '.participants[] | "\\(.room) \\(.username)"'
       SECURECHAT_TOKEN=... securechat roster --url https://192.168.1.20:5000/ --fingerprint AB:CD:…
     """
     config = build_config(config_file, data_dir=data_dir)
     client = admin_client(config, url=url, token=token, port=port, fingerprint=fingerprint, cacert=cacert)
-    answer = admin_call(client.roster)
+    answer = admin_call(lambda: client.roster(room))
     if as_json:
         click.echo(json.dumps(answer, indent=2))
         return
-    from securechat.admin.views import roster_table
+    from securechat.admin.views import roster_tables
     from securechat.console import make_console
 
-    make_console().print(roster_table(answer))
+    console = make_console()
+    tables = roster_tables(answer)
+    if not tables:
+        console.print("nobody is connected", markup=False)
+    for table in tables:
+        console.print(table)
 
 
 @main.group(context_settings=CONTEXT)
@@ -375,11 +423,12 @@ def logs() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the records as stored (JSON Lines).")
 @click.option("--since", type=TimeParam(), help="Only records from this time: ISO 8601 or an age (10m, 2h, 1d).")
 @click.option("--until", type=TimeParam(), help="Only records before this time: ISO 8601 or an age.")
+@click.option("--room", type=RoomParam(), help="Only the records of this room.  [default: every room]")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new records, like tail -f; Ctrl-C stops.")
 @click.option("--follow-for", type=float, hidden=True, help="Follow for this many seconds (tests).")
 @server_options
 @config_options
-def dump(as_json, since, until, follow, follow_for, port, url, token, fingerprint, cacert, data_dir,
+def dump(as_json, since, until, room, follow, follow_for, port, url, token, fingerprint, cacert, data_dir,
          config_file) -> None:
     """Print the ciphertext log, oldest first, across rotated files.
 
@@ -393,6 +442,7 @@ def dump(as_json, since, until, follow, follow_for, port, url, token, fingerprin
     Examples:
       securechat logs dump --since 1h
       securechat logs dump --since 2026-11-25T09:00 --until 2026-11-25T17:00
+      securechat logs dump --room design
       securechat logs dump --json | jq -c 'select(.event == "join")'
       securechat logs dump --follow
       SECURECHAT_TOKEN=... securechat logs dump --url https://chat.example/ --json > log.jsonl
@@ -400,14 +450,14 @@ def dump(as_json, since, until, follow, follow_for, port, url, token, fingerprin
     import time
 
     from securechat.admin import dump as dump_module
-    from securechat.storage.ciphertext_log import read_log
+    from securechat.storage.ciphertext_log import LogRecord, read_log
 
     config = build_config(config_file, data_dir=data_dir)
     if url is not None:
         if follow or follow_for is not None:
             raise click.UsageError("--follow reads the local files; it does not go with --url")
         client = admin_client(config, url=url, token=token, fingerprint=fingerprint, cacert=cacert)
-        print_items(with_progress(remote_items(client, since, until)), as_json=as_json, chunk=500)
+        print_items(with_progress(remote_items(client, since, until, room)), as_json=as_json, chunk=500)
         return
     log_dir = local_log_dir(config, port=port, fingerprint=fingerprint, cacert=cacert)
     if not log_dir.is_dir():
@@ -418,6 +468,9 @@ def dump(as_json, since, until, follow, follow_for, port, url, token, fingerprin
                                    keep_going=lambda: deadline is None or time.monotonic() < deadline)
     else:
         items = with_progress(read_log(log_dir, since=since, until=until))
+    if room is not None:
+        items = (item for item in items
+                 if not isinstance(item, LogRecord) or dump_module.in_room(item.record, room))
     try:
         print_items(items, as_json=as_json, chunk=1 if follow or follow_for else 500)
     except KeyboardInterrupt:
@@ -435,7 +488,7 @@ def local_log_dir(config: Config, *, port, fingerprint, cacert) -> Path:
     return Path(client.server.data_dir) if client is not None else config.log_dir
 
 
-def remote_items(client, since, until):
+def remote_items(client, since, until, room=None):
     """The server's records as LogRecords, so remote and local dumps print alike. The server
     is not ours: no control character it sends reaches the terminal, even in --json lines."""
     from securechat.admin.client import AdminError
@@ -446,7 +499,7 @@ def remote_items(client, since, until):
         click.echo(f"securechat: the server skipped {count} unreadable line(s) of its log", err=True)
 
     try:
-        for raw in client.logs(since=since, until=until, on_skipped=skipped):
+        for raw in client.logs(since=since, until=until, on_skipped=skipped, room=room):
             raw = safe_json_line(raw)
             record = json.loads(raw)
             if not isinstance(record, dict):

@@ -1,4 +1,4 @@
-"""Token-protected /api/admin/* handlers: status, roster, the log in pages, rotate the log now.
+"""Token-protected /api/admin/* handlers: status, rooms, roster, the log in pages, rotate the log now.
 
 Thin, like jupyter_server's API handlers: check the bearer token, ask the Hub, write JSON.
 The token travels only in the Authorization header (Tornado's access log records URLs, not
@@ -17,6 +17,7 @@ from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
 
 from .. import __version__
+from ..relay import roomname
 from ..relay.hub import Hub
 from ..storage import blobs as blob_storage
 from ..storage import log_pages
@@ -76,6 +77,14 @@ class AdminHandler(SecureHeadersMixin, tornado.web.RequestHandler):
     def check_xsrf_cookie(self) -> None:
         """No cookies are involved: the bearer header is itself the proof a browser cannot forge."""
 
+    def _room(self) -> str | None:
+        """The ?room=NAME filter (None: every room); a name no room can have is a 400."""
+        name = self.get_query_argument("room", None)
+        if name is not None and roomname.problem(name) is not None:
+            # A fixed text: the reason goes into the status line, where the name could not.
+            raise tornado.web.HTTPError(400, reason=f"room must be a room name ({roomname.RULE})")
+        return name
+
 
 class StatusHandler(AdminHandler):
     def get(self) -> None:
@@ -87,18 +96,45 @@ class StatusHandler(AdminHandler):
             "connections": len(self.hub.connections),
             "participants": len(self.hub.rooms.participants()),
             "room": self.hub.rooms.default,
+            "rooms": len(self.hub.rooms),
+            "in_default": len(self.hub.rooms.get().members),
             "tls": self.hub.config.uses_tls,
             "log_file": str(log_path),
             "log_bytes": log_path.stat().st_size if log_path.exists() else 0,
         })
 
 
-class RosterHandler(AdminHandler):
+def ordered_rooms(hub: Hub) -> list:
+    """The rooms that exist now: the default room first, then by name."""
+    return sorted(hub.rooms, key=lambda room: (room.name != hub.rooms.default, room.name))
+
+
+class RoomsHandler(AdminHandler):
+    """GET: the rooms that exist now (someone is in each), with member counts and age."""
+
     def get(self) -> None:
-        self.write({"room": self.hub.rooms.default, "participants": [
+        now = time.time()
+        rooms = self.hub.rooms
+        self.write({
+            "default": rooms.default,
+            "max_rooms": rooms.max_rooms,
+            "max_rooms_per_address": rooms.max_rooms_per_address,
+            "rooms": [{"name": room.name, "members": len(room.members), "created": room.created,
+                       "age": round(max(0.0, now - room.created / 1000), 3), "default": room.name == rooms.default}
+                      for room in ordered_rooms(self.hub)],
+        })
+
+
+class RosterHandler(AdminHandler):
+    """GET: who is connected, grouped by room (default room first); ?room=NAME: only that room."""
+
+    def get(self) -> None:
+        name = self._room()
+        rooms = [self.hub.rooms.get(name)] if name is not None else ordered_rooms(self.hub)
+        self.write({"room": name, "participants": [
             {"username": p.username, "fingerprint": p.fingerprint, "sid": p.sid,
-             "joined": p.joined, "remote": p.remote}
-            for p in self.hub.rooms.participants()
+             "joined": p.joined, "remote": p.remote, "room": room.name}
+            for room in rooms for p in room.members.values()
         ]})
 
 
@@ -143,6 +179,7 @@ class LogsHandler(AdminHandler):
 
     async def get(self) -> None:
         since, until = self._time("since"), self._time("until")
+        room = self._room()
         limit = self._limit()
         start = self._cursor()
         directory, loop = self.hub.config.log_dir, IOLoop.current()
@@ -151,7 +188,8 @@ class LogsHandler(AdminHandler):
         with tempfile.SpooledTemporaryFile(max_size=self.SPOOL_BYTES, dir=directory) as sink:
             try:
                 page = await loop.run_in_executor(None, lambda: log_pages.collect(
-                    directory, start, sink, since=since, until=until, limit=limit, max_bytes=self.PAGE_BYTES))
+                    directory, start, sink, since=since, until=until, limit=limit, max_bytes=self.PAGE_BYTES,
+                    room=room))
             except OSError as exc:
                 raise tornado.web.HTTPError(503, reason=f"cannot read the ciphertext log now: {exc.strerror}") from None
             self.set_header("Content-Type", "application/x-ndjson; charset=utf-8")
@@ -228,6 +266,7 @@ def routes(hub: Hub, token: str | None) -> list[tuple]:
     options = {"hub": hub, "token": token}
     return [
         (r"/api/admin/status", StatusHandler, options),
+        (r"/api/admin/rooms", RoomsHandler, options),
         (r"/api/admin/roster", RosterHandler, options),
         (r"/api/admin/logs", LogsHandler, options),
         (r"/api/admin/logs/rotate", RotateHandler, options),

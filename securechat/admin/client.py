@@ -53,8 +53,11 @@ class AdminClient:
     def status(self) -> dict:
         return self._call("GET", "/api/admin/status")
 
-    def roster(self) -> dict:
-        return self._call("GET", "/api/admin/roster")
+    def roster(self, room: str | None = None) -> dict:
+        return self._call("GET", "/api/admin/roster" + (f"?{urlencode({'room': room})}" if room else ""))
+
+    def rooms(self) -> dict:
+        return self._call("GET", "/api/admin/rooms")
 
     def rotate(self, keep: int | None = None) -> dict:
         body = json.dumps({"keep": keep} if keep is not None else {})
@@ -67,7 +70,7 @@ class AdminClient:
         return self._call("POST", "/api/admin/blobs/prune", json.dumps({"dry_run": dry_run}))
 
     def logs(self, since: float | None = None, until: float | None = None, page: int = 1000,
-             on_skipped: Callable[[int], None] = lambda n: None) -> Iterator[str]:
+             on_skipped: Callable[[int], None] = lambda n: None, room: str | None = None) -> Iterator[str]:
         """Every stored record line (JSON, no newline) from /api/admin/logs, page after page.
 
         Each page is streamed line by line; the cursor the server hands out leads to the next
@@ -75,7 +78,7 @@ class AdminClient:
         """
         cursor = None
         while True:
-            query = {"limit": page, "since": since, "until": until, "cursor": cursor}
+            query = {"limit": page, "since": since, "until": until, "room": room, "cursor": cursor}
             path = "/api/admin/logs?" + urlencode({k: v for k, v in query.items() if v is not None})
             with self._exchange("GET", path) as response:
                 if response.status != 200:

@@ -125,6 +125,11 @@ def in_window(record: dict, since: float | None, until: float | None) -> bool:
     return (since is None or t / 1000 >= since) and (until is None or t / 1000 < until)
 
 
+def in_room(record: dict, room: str | None) -> bool:
+    """Every record names its room (§8); None keeps the records of every room."""
+    return room is None or record.get("room") == room
+
+
 @dataclass
 class Follower:
     """Reads a log directory from the beginning and then keeps up with it, like `tail -F`.

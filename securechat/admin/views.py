@@ -52,6 +52,58 @@ def roster_table(roster: dict) -> Table:
     return table
 
 
+def roster_tables(answer: dict) -> list[Table]:
+    """`securechat roster`: one table per room, in the server's order (the default room first)."""
+    people = answer.get("participants")
+    people = [p for p in people if isinstance(p, dict)] if isinstance(people, list) else []
+    if answer.get("room") is not None:
+        return [roster_table({"room": answer["room"], "participants": people})]
+    groups: dict[str, list[dict]] = {}
+    for person in people:
+        groups.setdefault(str(person.get("room", "?")), []).append(person)
+    return [roster_table({"room": room, "participants": members}) for room, members in groups.items()]
+
+
+def duration(seconds: float) -> str:
+    """An age for people: "45 s", "12 min", "3 h 5 min", "2 d 4 h"."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def rooms_table(answer: dict) -> Table:
+    """`securechat rooms`: the rooms that exist now, with member counts and age."""
+    rooms = answer.get("rooms")
+    rooms = [r for r in rooms if isinstance(r, dict)] if isinstance(rooms, list) else []
+    count = f"{len(rooms)} room{'s' if len(rooms) != 1 else ''} open"
+    title = Text(count if rooms else "no rooms are open: nobody is connected")
+    table = Table(title=title, title_justify="left", box=None, header_style="bold", pad_edge=False)
+    table.add_column("room", overflow="fold")
+    table.add_column("people", justify="right")
+    table.add_column("age", justify="right")
+    table.add_column("open since", overflow="fold")
+    for room in rooms:
+        name = cell(room.get("name"))
+        if room.get("default") is True:
+            name.append(" (default)", style="dim")
+        members, created, age = room.get("members"), room.get("created"), room.get("age")
+        table.add_row(
+            name,
+            str(members) if isinstance(members, int) and not isinstance(members, bool) else "-",
+            duration(age) if isinstance(age, (int, float)) and not isinstance(age, bool) else "-",
+            local_time(created) if isinstance(created, int) and not isinstance(created, bool) else "-",
+        )
+    return table
+
+
 def dump_table(rows: list[tuple[str, ...]], header: bool) -> Table:
     table = Table(box=None, show_header=header, header_style="bold", pad_edge=False)
     for name, width in zip(COLUMNS, _DUMP_WIDTHS):
@@ -75,8 +127,11 @@ def status_lines(servers: list[dict], runtime_dir) -> list[str]:
     for server in servers:
         live = server.get("status")
         if live:
-            people = live.get("participants")
-            state = f"{people} {'person' if people == 1 else 'people'} in {live.get('room')}"
+            people, rooms = live.get("participants"), live.get("rooms")
+            # "in lobby" while everyone is in the default room; past that, in how many rooms.
+            elsewhere = isinstance(rooms, int) and people != live.get("in_default", people)
+            where = f"{rooms} room{'s' if rooms != 1 else ''}" if elsewhere else live.get("room")
+            state = f"{people} {'person' if people == 1 else 'people'} in {where}"
         else:
             state = "not answering: " + server.get("problem", "?")
         lines += [

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from ..admin.dump import in_window
+from ..admin.dump import in_room, in_window
 from .ciphertext_log import LIVE_NAME, LogProblem, LogRecord, parse_line, rotated_stamps
 
 Item = LogRecord | LogProblem
@@ -90,10 +90,11 @@ def decode(cursor: str) -> Position:
 
 
 def collect(directory: Path, start: Position | None, sink: BinaryIO, *, since: float | None,
-            until: float | None, limit: int, max_bytes: int | None = None) -> Page:
+            until: float | None, limit: int, max_bytes: int | None = None, room: str | None = None) -> Page:
     """Write a page of at most `limit` records from `start` into sink (each stored line and a
     newline) and say where it ends, in one walk. A page is also full once it holds `max_bytes`
     (it always holds at least one record), so a page of big records stays bounded on disk.
+    `room`: only that room's records.
 
     The cursor goes in a response header, before the records: the page is gathered first
     (GET /api/admin/logs spools it, to a temporary file past a few MiB). Counting in one walk
@@ -107,7 +108,7 @@ def collect(directory: Path, start: Position | None, sink: BinaryIO, *, since: f
         resume = position
         if isinstance(item, LogProblem):
             problems += 1
-        elif in_window(item.record, since, until):
+        elif in_window(item.record, since, until) and in_room(item.record, room):
             size += sink.write(item.raw.encode("utf-8") + b"\n")
             count += 1
             if count == limit or (max_bytes is not None and size >= max_bytes):
