@@ -298,3 +298,16 @@ def test_a_replaced_session_moves_the_address_count_to_the_new_one():
     assert rooms.rooms_of("192.0.2.1") == 0 and rooms.rooms_of("192.0.2.50") == 1
     assert rooms.remove(old) is None  # the replaced one's leave changes nothing
     assert rooms.remove(back) is not None and len(rooms) == 0
+
+
+def test_room_names_follow_the_one_rule_the_browser_checks_too():
+    from pathlib import Path
+
+    from securechat.relay import roomname
+
+    vectors = json.loads((Path(__file__).parent / "vectors" / "rooms.json").read_text())
+    for entry in vectors["names"]:
+        assert (roomname.problem(entry["name"]) is None) == entry["valid"], entry["name"]
+    assert roomname.suggestion("Design Team") == "design-team"
+    assert roomname.suggestion("dеsign") is None  # a Cyrillic е is never "corrected" into a room
+    assert roomname.suggestion("design") is None  # nothing to suggest for a valid name

@@ -4,7 +4,8 @@ WebKit (every browser on iOS and iPadOS, Safari on macOS) refuses `wss://` to a 
 user accepted by exception, yet serves `fetch` and `EventSource` to the same origin. For those
 browsers docs/PROTOCOL.md §1.2 carries the very same frames over plain HTTP(S) requests:
 
-    GET  /stream                              a new session: a text/event-stream response
+    GET  /stream[?room=<name>]                a new session in that room (default: the default
+                                              room): a text/event-stream response
     GET  /stream?session=<id>&last=<n>        that session again, replaying every frame after n
     POST /stream/send    one client frame as the body, exactly what a WebSocket text frame holds
     POST /stream/ack     "I have every frame up to n": the server may forget them
@@ -34,7 +35,7 @@ from tornado.iostream import StreamBufferFullError
 
 from ..web.http_security import SecureHeadersMixin, same_origin
 from ..web.limits import allow_body
-from . import sse
+from . import roomname, sse
 from .hub import Hub
 from .session import POLICY_VIOLATION, TOO_SLOW, Session
 
@@ -84,12 +85,13 @@ def parse_count(text: str | None, what: str) -> int | None:
 class StreamSession:
     """One participant on the HTTP transport: the Hub's Connection, whichever request is open."""
 
-    def __init__(self, sessions: "StreamSessions", remote: str):
+    def __init__(self, sessions: "StreamSessions", remote: str, room: str = ""):
         self.sessions = sessions
         config = sessions.hub.config
         self.id = secrets.token_urlsafe(16)  # names the session in a resume URL
         self.token = secrets.token_urlsafe(16)  # authorises its POSTs; never in a URL
         self.remote = remote
+        self.room = room  # named by the request that opened it; "" is the default room
         self.limit = config.max_outbound_bytes
         self.loop = asyncio.get_running_loop()
         self.pipeline = Session(sessions.hub, self)
@@ -226,8 +228,8 @@ class StreamSessions:
         self.tombstones: OrderedDict[str, tuple[float, int, str]] = OrderedDict()
         self.ticker: PeriodicCallback | None = None
 
-    def create(self, remote: str) -> StreamSession:
-        session = StreamSession(self, remote)
+    def create(self, remote: str, room: str = "") -> StreamSession:
+        session = StreamSession(self, remote, room)
         self.by_id[session.id] = session
         self.by_token[session.token] = session
         if self.ticker is None:
@@ -328,6 +330,10 @@ class StreamHandler(_Base):
                 if last is not None or "Last-Event-ID" in self.request.headers:
                     raise RequestProblem(400, "bad_request",
                                          "resume with ?session=<id>&last=<n> (PROTOCOL.md §1.2)")
+                room = self.get_query_argument("room", None)
+                why = roomname.problem(room) if room is not None else None
+                if why is not None:
+                    raise RequestProblem(400, "bad_room", why)
                 refusal = self.hub.refusal(self.remote)
                 if refusal is not None:
                     raise RequestProblem(refusal[0], "refused", refusal[1])
@@ -354,7 +360,7 @@ class StreamHandler(_Base):
         self.open_stream()
         self.ended = asyncio.get_running_loop().create_future()
         if session is None:
-            session = self.sessions.create(self.remote)
+            session = self.sessions.create(self.remote, self.get_query_argument("room", None) or "")
             self.session = session
             session.start(self)
         else:

@@ -23,6 +23,11 @@ export function wsUrl(location) {
   return `${scheme}//${location.host}/ws`;
 }
 
+/** `?room=<name>` for the request that opens a connection (§1); none: the default room. */
+export function roomQuery(room) {
+  return room ? `?room=${encodeURIComponent(room)}` : "";
+}
+
 /** The page's origin for the HTTP transport, from the WebSocket URL (ws→http, wss→https). */
 export function httpBase(url) {
   return url.replace(/^ws(s?):/, "http$1:").replace(/\/ws$/, "");
@@ -88,8 +93,8 @@ class WebSocketCarrier {
  * acknowledging what we have received so the server can let go of it.
  */
 class HttpCarrier {
-  constructor({ base, EventSourceImpl, fetchImpl, setTimer, clearTimer, pageEvents }) {
-    Object.assign(this, { base, EventSourceImpl, fetchImpl, setTimer, clearTimer, pageEvents });
+  constructor({ base, room, EventSourceImpl, fetchImpl, setTimer, clearTimer, pageEvents }) {
+    Object.assign(this, { base, room, EventSourceImpl, fetchImpl, setTimer, clearTimer, pageEvents });
     this.kind = "http";
     this.onText = null;
     this.onClose = null;
@@ -111,7 +116,8 @@ class HttpCarrier {
   }
 
   open() {
-    this.#connect(`${this.base}/stream`);
+    // Only the request that opens the session names the room: a resume names the session.
+    this.#connect(`${this.base}/stream${roomQuery(this.room)}`);
   }
 
   get isOpen() {
@@ -327,17 +333,18 @@ class HttpCarrier {
  *   onFrame(frame)      a parsed server frame
  *   onDrop({code, reason, willRetry, delay})  the connection ended
  *   onInterrupt({resuming})  HTTP only: the stream broke and is being resumed (true), or is back
- * `transport` says which one carries it now: "websocket" or "http".
+ * `transport` says which one carries it now: "websocket" or "http". `room` names the room the
+ * connection belongs to (the server's hello confirms it); null: the server's default room.
  * The owner calls stop() to end it (leave, replaced, fatal join error).
  */
 export class Connection {
-  constructor({ url, onOpen, onFrame, onDrop, onInterrupt, WebSocketImpl = globalThis.WebSocket,
+  constructor({ url, room = null, onOpen, onFrame, onDrop, onInterrupt, WebSocketImpl = globalThis.WebSocket,
     EventSourceImpl = globalThis.EventSource,
     fetchImpl = globalThis.fetch ? (...args) => globalThis.fetch(...args) : undefined,
     // Wrapped: the browser's timer functions throw "Illegal invocation" as methods of another object.
     setTimer = (fn, ms) => setTimeout(fn, ms), clearTimer = (id) => clearTimeout(id),
     random = Math.random, pageEvents = globalThis, firstFrameTimeoutMs = FIRST_FRAME_TIMEOUT_MS }) {
-    Object.assign(this, { url, onOpen, onFrame, onDrop, onInterrupt, WebSocketImpl, EventSourceImpl, fetchImpl,
+    Object.assign(this, { url, room, onOpen, onFrame, onDrop, onInterrupt, WebSocketImpl, EventSourceImpl, fetchImpl,
       setTimer, clearTimer, random, pageEvents, firstFrameTimeoutMs });
     this.carrier = null;
     this.transport = null;
@@ -360,8 +367,8 @@ export class Connection {
 
   #open(kind) {
     const carrier = kind === "websocket"
-      ? new WebSocketCarrier(this.url, this.WebSocketImpl)
-      : new HttpCarrier({ base: httpBase(this.url), EventSourceImpl: this.EventSourceImpl,
+      ? new WebSocketCarrier(this.url + roomQuery(this.room), this.WebSocketImpl)
+      : new HttpCarrier({ base: httpBase(this.url), room: this.room, EventSourceImpl: this.EventSourceImpl,
         fetchImpl: this.fetchImpl, setTimer: this.setTimer, clearTimer: this.clearTimer,
         pageEvents: this.pageEvents });
     this.carrier = carrier;
