@@ -1,5 +1,6 @@
 // Getting attention when the page is not being read: the unread count in the tab title and
 // in the favicon, and opt-in notifications (sender only, unless the person chooses the text).
+// The title and every notification name the room ("#design").
 
 const TITLE = "securechat";
 const BADGE_MAX = 99;
@@ -33,6 +34,13 @@ export function createAttention(parts, { prefs = {}, savePrefs = () => {}, doc =
   const icon = doc.querySelector("link[rel=icon]");
   const baseIcon = icon?.href ?? null;
   let shown = 0; // the count currently in the favicon
+  let room = null; // the room on screen
+  let unread = 0;
+
+  function renderTitle() {
+    const count = unread ? `(${unread > BADGE_MAX ? `${BADGE_MAX}+` : unread}) ` : "";
+    doc.title = `${count}${room ? `#${room} · ` : ""}${TITLE}`;
+  }
   const settings = { notify: false, text: false, ...prefs };
   const supported = typeof globalThis.Notification === "function";
 
@@ -82,21 +90,32 @@ export function createAttention(parts, { prefs = {}, savePrefs = () => {}, doc =
 
   return {
     attention: {
-      /** Unread messages (tab hidden or scrolled up): "(3) securechat" and a badge. */
+      /** Unread messages in every room (tab hidden, scrolled up, another room on screen):
+       *  "(3) #design · securechat" and a badge. */
       setUnread(count) {
-        doc.title = count ? `(${count > BADGE_MAX ? `${BADGE_MAX}+` : count}) ${TITLE}` : TITLE;
+        unread = count;
+        renderTitle();
         setIcon(count);
       },
 
-      /** A message arrived; tell the OS only when opted in and the page is not in front. */
-      notify({ username, text, room }) {
+      /** The room on screen, named in the title. */
+      setRoom(name) {
+        room = name || null;
+        renderTitle();
+      },
+
+      /** A message arrived; tell the OS only when opted in and the page is not in front.
+       *  `onOpen` runs when the person clicks the notification (show that room). */
+      notify({ username, text, room: where, onOpen = () => {} }) {
         if (!settings.notify || !supported || Notification.permission !== "granted") return;
         if (!doc.hidden && doc.hasFocus()) return;
-        const body = settings.text ? text.slice(0, 200) : `securechat · ${room}`;
+        const body = settings.text ? text.slice(0, 200) : `securechat · #${where}`;
         try {
-          const note = new Notification(`New message from ${username}`, { body, tag: `securechat-${room}`, icon: baseIcon });
+          const note = new Notification(`New message from ${username} in #${where}`,
+            { body, tag: `securechat-${where}`, icon: baseIcon });
           note.addEventListener("click", () => {
             globalThis.focus();
+            onOpen();
             note.close();
           });
         } catch {
