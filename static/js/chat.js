@@ -70,12 +70,14 @@ function plural(n, word) {
  * their trust is "changed".
  */
 export class ChatClient {
-  constructor({ store, emit, url, room = DEFAULT_ROOM, WebSocketImpl, EventSourceImpl, fetchImpl,
+  constructor({ store, emit, url, room = DEFAULT_ROOM, socketRoom = room, WebSocketImpl, EventSourceImpl, fetchImpl,
     now = Date.now, setTimer, clearTimer, random, firstFrameTimeoutMs, recipientsTimeoutMs = RECIPIENTS_TIMEOUT_MS }) {
     this.store = store;
     this.emit = emit;
     this.url = url ?? (globalThis.location ? wsUrl(globalThis.location) : null);
     this.signRoom = room;
+    // What the connection's opening request names (?room=, §1); null: the server's default room.
+    this.socketRoom = socketRoom;
     this.room = room;
     this.now = now;
     this.connOptions = { WebSocketImpl, EventSourceImpl, fetchImpl, setTimer, clearTimer, random, firstFrameTimeoutMs };
@@ -149,6 +151,7 @@ export class ChatClient {
     // Events of a connection we already replaced (stopped, still closing) are ignored.
     const connection = new Connection({
       url: this.url,
+      room: this.socketRoom, // ?room=<name>: the server's hello confirms it (§1)
       ...this.connOptions,
       onOpen: () => {}, // the server speaks first: the join answers its hello (challenge)
       onFrame: (frame) => this.enqueue(() => connection === this.connection && this.onFrame(frame)),

@@ -99,26 +99,26 @@ def test_scrolled_up_new_messages_show_a_button_and_the_unread_title(people, con
         send(bob, f"filler {i}")
     log = messages(alice)
     expect(log.locator("article")).to_have_count(30)
-    expect(alice).to_have_title("securechat")
+    expect(alice).to_have_title("#lobby · securechat")
     alice.evaluate("() => { document.getElementById('messages').scrollTop = 0; }")
     send(bob, "while you were reading")
     send(bob, "and another")
     jump = alice.get_by_role("button", name=re.compile(r"^New messages"))
     expect(jump).to_have_text("New messages (2)")
-    expect(alice).to_have_title("(2) securechat")
+    expect(alice).to_have_title("(2) #lobby · securechat")
     icon = alice.locator("link[rel=icon]")
     expect(icon).to_have_attribute("href", re.compile(r"^data:image/png;base64,"))
     assert alice.evaluate("() => document.getElementById('messages').scrollTop") == 0
     jump.click()
     expect(jump).to_be_hidden()
-    expect(alice).to_have_title("securechat")
+    expect(alice).to_have_title("#lobby · securechat")
     expect(icon).to_have_attribute("href", re.compile(r"/static/icons/favicon-32\.png"))
     # Reading to the bottom by scrolling clears it as well.
     alice.evaluate("() => { document.getElementById('messages').scrollTop = 0; }")
     send(bob, "one more")
-    expect(alice).to_have_title("(1) securechat")
+    expect(alice).to_have_title("(1) #lobby · securechat")
     alice.evaluate("() => { const l = document.getElementById('messages'); l.scrollTop = l.scrollHeight; }")
-    expect(alice).to_have_title("securechat")
+    expect(alice).to_have_title("#lobby · securechat")
     expect(jump).to_be_hidden()
     assert console == []
 
@@ -130,11 +130,11 @@ def test_a_hidden_tab_counts_unread_in_the_title(people):
         Object.defineProperty(document, 'hidden', { configurable: true, get: () => true });
         document.dispatchEvent(new Event('visibilitychange')); }""")
     send(bob, "are you there?")
-    expect(alice).to_have_title("(1) securechat")
+    expect(alice).to_have_title("(1) #lobby · securechat")
     alice.evaluate("""() => {
         Object.defineProperty(document, 'hidden', { configurable: true, get: () => false });
         document.dispatchEvent(new Event('visibilitychange')); }""")
-    expect(alice).to_have_title("securechat")
+    expect(alice).to_have_title("#lobby · securechat")
 
 
 def test_long_messages_are_collapsed_with_show_more(people):
@@ -253,7 +253,7 @@ def test_notifications_are_opt_in_and_name_only_the_sender_by_default(people):
     alice.evaluate("() => { window.__hidden = true; }")
     send(bob, "secret plans")
     alice.wait_for_function("() => window.__notes.length === 1")
-    assert alice.evaluate("() => window.__notes") == [{"title": "New message from bob", "body": "securechat · lobby"}]
+    assert alice.evaluate("() => window.__notes") == [{"title": "New message from bob in #lobby", "body": "securechat · #lobby"}]
     option.check()
     send(bob, "now with text")
     alice.wait_for_function("() => window.__notes.length === 2")

@@ -3,7 +3,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 
 import { memoryStore } from "../../static/js/store.js";
-import { JOIN_SLOTS, REJOIN_KEY, ROOMS_SETTING, RoomsTab } from "../../static/js/rooms/tab.js";
+import { JOIN_SLOTS, REJOIN_PREFIX, ROOMS_SETTING, RoomsTab } from "../../static/js/rooms/tab.js";
 
 function fakeSession() {
   const items = new Map();
@@ -55,16 +55,16 @@ test("an unanswered join frees its slot after a while", () => {
 
 test("joined rooms are remembered, in order, and mark the tab for a re-join on reload", async () => {
   const { tab, store, session } = harness();
-  assert.deepEqual(await tab.remembered(), { rooms: [], rejoin: false });
+  assert.deepEqual(await tab.remembered("lobby"), { rooms: [], rejoin: [] });
   tab.enter("alice", ["lobby", "design"], "lobby");
   await tab.joined("design");
   await tab.joined("lobby");
   assert.deepEqual(await store.getSetting(ROOMS_SETTING), ["design", "lobby"]);
-  assert.equal(session.getItem(REJOIN_KEY), "1");
-  assert.deepEqual(await tab.remembered(), { rooms: ["design", "lobby"], rejoin: true });
+  assert.equal(session.getItem(`${REJOIN_PREFIX}design`), "1");
+  assert.deepEqual(await tab.remembered("ops"), { rooms: ["design", "lobby"], rejoin: ["design", "lobby"] });
 });
 
-test("leaving one room keeps the others; leaving the last forgets the tab", async () => {
+test("leaving one room keeps the others, and neither a reload nor the browser brings it back", async () => {
   const { tab, joins, store, session } = harness();
   tab.enter("alice", ["lobby", "design"], "design");
   await tab.joined("lobby");
@@ -74,11 +74,12 @@ test("leaving one room keeps the others; leaving the last forgets the tab", asyn
   assert.deepEqual(tab.names(), ["lobby"]);
   assert.equal(tab.active, "lobby");
   assert.deepEqual(await store.getSetting(ROOMS_SETTING), ["lobby"]);
-  assert.equal(session.getItem(REJOIN_KEY), "1");
+  assert.equal(session.getItem(`${REJOIN_PREFIX}design`), null);
+  assert.equal(session.getItem(`${REJOIN_PREFIX}lobby`), "1");
   await tab.leave("lobby");
   assert.equal(tab.active, null);
   assert.deepEqual(await store.getSetting(ROOMS_SETTING), []);
-  assert.equal(session.getItem(REJOIN_KEY), null);
+  assert.deepEqual((await tab.remembered("lobby")).rejoin, []);
 });
 
 test("a failed or replaced room leaves the tab but stays remembered", async () => {

@@ -10,15 +10,16 @@
 // server's pre-join limit per address (limits.max_unjoined_per_address, 4).
 //
 // Remembered:
-//   store setting "rooms"                 the rooms this browser is in, in the order joined
-//                                          (IndexedDB: survives closing the browser)
-//   sessionStorage "securechat.rejoin"     this tab was in the chat: a reload re-joins at once.
-//                                          A new tab shows the join form first, so it never
-//                                          silently takes over another tab's sessions.
+//   store setting "rooms"                   the rooms this browser is in, in the order joined
+//                                           (IndexedDB: survives closing the browser); joining
+//                                           in a new tab (or the next day) joins them all
+//   sessionStorage "securechat.rejoin:<room>"  this tab is in <room>: a reload re-joins it at
+//                                           once. A new tab shows the join form first, so it
+//                                           never silently takes over another tab's sessions.
 
 import { isRoomName } from "./names.js";
 
-export const REJOIN_KEY = "securechat.rejoin";
+export const REJOIN_PREFIX = "securechat.rejoin:";
 export const ROOMS_SETTING = "rooms";
 export const JOIN_SLOTS = 2;
 // A join that has not been answered by then frees its slot for the next room anyway.
@@ -45,16 +46,23 @@ export class RoomsTab {
     this.joining = new Map(); // name -> slot timer
   }
 
-  /** The rooms the browser remembers, and whether this tab was in the chat before a reload. */
-  async remembered() {
+  /** The rooms the browser remembers, and those this tab was in before a reload (`rejoin`). */
+  async remembered(pageRoom = null) {
     const saved = await this.store.getSetting(ROOMS_SETTING);
-    let rejoin = false;
+    const rooms = unique(Array.isArray(saved) ? saved : []);
+    const candidates = unique([...rooms, ...(pageRoom ? [pageRoom] : [])]);
+    return { rooms, rejoin: candidates.filter((name) => this.flag(name)) };
+  }
+
+  flag(name, on = undefined) {
     try {
-      rejoin = this.session?.getItem(REJOIN_KEY) === "1";
+      if (on === undefined) return this.session?.getItem(REJOIN_PREFIX + name) === "1";
+      if (on) this.session?.setItem(REJOIN_PREFIX + name, "1");
+      else this.session?.removeItem(REJOIN_PREFIX + name);
     } catch {
-      rejoin = false; // storage refused: a reload shows the join form, nothing worse
+      // storage refused or full: a reload shows the join form, nothing worse
     }
-    return { rooms: unique(Array.isArray(saved) ? saved : []), rejoin };
+    return false;
   }
 
   names() {
@@ -127,11 +135,7 @@ export class RoomsTab {
     if (!room) return;
     room.state = "joined";
     this.release(name);
-    try {
-      this.session?.setItem(REJOIN_KEY, "1");
-    } catch {
-      // nothing: only the automatic re-join after a reload is lost
-    }
+    this.flag(name, true);
     await this.remember((names) => (names.includes(name) ? names : [...names, name]));
     this.onChange();
   }
@@ -143,6 +147,7 @@ export class RoomsTab {
     room.state = "failed";
     room.problem = message;
     this.release(name);
+    this.flag(name, false);
     this.drop(name);
   }
 
@@ -152,6 +157,7 @@ export class RoomsTab {
     if (!room || room.state === "ended") return;
     room.state = "ended";
     this.release(name);
+    this.flag(name, false);
     this.drop(name);
   }
 
@@ -161,19 +167,10 @@ export class RoomsTab {
     if (!room) return;
     room.state = "ended";
     this.release(name);
+    this.flag(name, false);
     this.drop(name);
     await this.remember((names) => names.filter((n) => n !== name));
-    if (this.rooms.size === 0) this.forgetTab();
     await room.client.leave();
-  }
-
-  /** The tab is out of every room by the person's choice: a reload shows the join form. */
-  forgetTab() {
-    try {
-      this.session?.removeItem(REJOIN_KEY);
-    } catch {
-      // nothing to undo
-    }
   }
 
   drop(name) {

@@ -18,7 +18,7 @@ function percent(done, total) {
 export function createAttachments(parts, doc = document) {
   const listeners = [];
   const uploads = new Map(); // localId -> card controls
-  let fetchFile = null; // (ref, {onProgress, signal}) -> Promise<Blob>, from main.js
+  let fetchFile = null; // (ref, {onProgress, signal, room}) -> Promise<Blob>, from main.js
   let viewer = null;
 
   /** Run a change that makes a message taller; a log that was at the bottom stays there. */
@@ -185,13 +185,14 @@ export function createAttachments(parts, doc = document) {
     card.dataset.state = "ready";
   }
 
-  /** Fetch a received file; `then(blob)` runs only for a file that passed every check. */
-  function fetchInto(card, ref, verb, then, after = () => {}) {
+  /** Fetch a received file (through its room's session); `then(blob)` runs only for a file
+   *  that passed every check. */
+  function fetchInto(card, ref, room, verb, then, after = () => {}) {
     card.querySelector(".file-warning")?.remove();
     const controller = new AbortController();
     const row = transferRow(card, verb, () => controller.abort());
     card.dataset.state = "loading";
-    fetchFile(ref, { onProgress: (done, total) => row.progress(done, total), signal: controller.signal })
+    fetchFile(ref, { onProgress: (done, total) => row.progress(done, total), signal: controller.signal, room })
       .then((blob) => {
         row.remove();
         card.dataset.state = "ready";
@@ -208,7 +209,7 @@ export function createAttachments(parts, doc = document) {
       .finally(after);
   }
 
-  function receivedCard(ref) {
+  function receivedCard(ref, room) {
     const card = el("div", isInlineImage(ref) ? "file-card image" : "file-card file");
     card.dataset.name = ref.name;
     card.dataset.state = "idle";
@@ -217,7 +218,7 @@ export function createAttachments(parts, doc = document) {
       const placeholder = el("div", "placeholder");
       if (ref.width && ref.height) placeholder.style.aspectRatio = `${ref.width} / ${ref.height}`;
       card.prepend(placeholder);
-      const load = () => fetchInto(card, ref, "Loading image", (blob) => showImage(card, blob, ref));
+      const load = () => fetchInto(card, ref, room, "Loading image", (blob) => showImage(card, blob, ref));
       if (ref.size <= AUTO_LOAD_BYTES) {
         queueMicrotask(load);
       } else {
@@ -235,7 +236,7 @@ export function createAttachments(parts, doc = document) {
     download.type = "button";
     download.addEventListener("click", () => {
       download.disabled = true;
-      fetchInto(card, ref, "Downloading", (blob) => saveBlob(blob, ref.name), () => { download.disabled = false; });
+      fetchInto(card, ref, room, "Downloading", (blob) => saveBlob(blob, ref.name), () => { download.disabled = false; });
     });
     card.querySelector(".file-meta").append(download);
     return card;
@@ -266,10 +267,10 @@ export function createAttachments(parts, doc = document) {
         fetchFile = fn;
       },
 
-      /** The cards of a message's files; `local` maps a ref to the File it was sent from. */
-      render(files, { local = null } = {}) {
+      /** The cards of a message's files in `room`; `local` maps a ref to the File it was sent from. */
+      render(files, { local = null, room = null } = {}) {
         const box = el("div", "files");
-        for (const ref of files) box.append(local?.get(ref) ? localCard(local.get(ref), ref) : receivedCard(ref));
+        for (const ref of files) box.append(local?.get(ref) ? localCard(local.get(ref), ref) : receivedCard(ref, room));
         return box;
       },
 

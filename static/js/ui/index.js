@@ -12,7 +12,8 @@ import { createHistoryDialogs } from "./history-dialogs.js";
 import { createLayout } from "./layout.js";
 import { createPeople } from "./people.js";
 import { createSearch } from "./search.js";
-import { createTimeline } from "./timeline.js";
+import { createRoomViews } from "./room-views.js";
+import { createRooms } from "./rooms.js";
 
 const STATUS_TEXT = {
   connecting: "Connecting…",
@@ -21,8 +22,16 @@ const STATUS_TEXT = {
   offline: "Offline",
 };
 
-/** `prefs`/`savePrefs`: the notification settings, kept by main.js in the store. */
-export function createUi(doc = document, { prefs, savePrefs } = {}) {
+/** The timeline calls that go to the conversation of the room on screen. */
+const TIMELINE_CALLS = ["setAlone", "addMessage", "applyTrust", "addWarning", "addNotice", "addPresence",
+  "addKeyChange", "upsertOutgoing", "removeOutgoing", "reveal"];
+
+/**
+ * `prefs`/`savePrefs`: the notification settings, kept by main.js in the store.
+ * `rooms`: {invite(name), qrPath(name), onSelect(name), onNew(), onUnread(name, n)} for the
+ * Rooms list; without it (the insecure page) there are no rooms to show.
+ */
+export function createUi(doc = document, { prefs, savePrefs, rooms: roomHooks = null } = {}) {
   const $ = (id) => doc.getElementById(id);
   const parts = {
     status: $("status"), ownFingerprint: $("own-fingerprint"), newIdentity: $("new-identity"),
@@ -62,27 +71,63 @@ export function createUi(doc = document, { prefs, savePrefs } = {}) {
     exportJson: $("export-json"), exportHtml: $("export-html"), exportClose: $("export-close"),
     attachButton: $("attach"), attachInput: $("attach-input"),
     conversation: doc.querySelector(".conversation"),
+    joinTitle: $("join-title"), roomList: $("room-list"), newRoom: $("new-room"), copyInvite: $("copy-invite"), showQr: $("show-qr"),
+    menuUnread: $("menu-unread"), qrDialog: $("qr-dialog"), qrTitle: $("qr-title"), qrImage: $("qr-image"),
+    qrLink: $("qr-link"),
   };
   const { layout } = createLayout(parts);
   wireCopy(parts.copyFingerprint, () => parts.ownFingerprint.textContent);
 
   const { attention } = createAttention(parts, { prefs, savePrefs, doc });
-  const roomLink = () => new URL("/", location.href).href;
-  const timeline = createTimeline(parts, { onUnread: (n) => attention.setUnread(n), roomLink });
-  let renderFiles = null; // the live timeline and "Earlier on this device" show files alike
+  // The live timelines and "Earlier on this device" show files alike; each caller names its
+  // room, whose session fetches them (main.js).
+  let renderFiles = null;
+  const views = createRoomViews(parts, {
+    onUnread: (name, n) => roomHooks?.onUnread(name, n),
+    roomLink: (name) => roomHooks?.invite(name) ?? new URL("/", location.href).href,
+    renderFiles: (args) => renderFiles?.(args) ?? null,
+  });
+  const timelineCalls = Object.fromEntries(TIMELINE_CALLS.map((call) => [call, (...args) => views.active?.timeline[call](...args)]));
+  const roomList = roomHooks ? createRooms(parts, {
+    onSelect: (name) => {
+      layout.closePanels();
+      roomHooks.onSelect(name);
+    },
+    onNew: () => {
+      layout.closePanels();
+      roomHooks.onNew();
+    },
+    invite: () => roomHooks.invite(views.active?.name),
+    qrPath: () => roomHooks.qrPath(views.active?.name),
+  }).rooms : null;
 
   return {
     parts,
     attention,
     ...createPeople(parts),
-    ...timeline,
+    ...timelineCalls,
+    roomViews: views,
+    roomList,
+    /** fn({files, mine, localId, room}) -> the node showing a message's files, in every room. */
     setFileRenderer(fn) {
       renderFiles = fn;
-      timeline.setFileRenderer(fn);
+    },
+    /** Empty every room's conversation on screen (history cleared). */
+    clear() {
+      for (const view of views.all()) view.timeline.clear();
+    },
+    get unread() {
+      return views.active?.timeline.unread ?? 0;
+    },
+    showWithheld(names) {
+      parts.withheld.hidden = names.length === 0;
+      parts.withheld.textContent = names.length
+        ? `Not sent to: ${names.join(", ")} (key not accepted or not verifiable).` : "";
     },
     ...createDialog(parts),
     ...createComposer(parts, layout),
-    ...createAttachments(parts, doc),
+    // One composer and drop zone for the tab; a card keeps the log of the room on screen in place.
+    ...createAttachments({ ...parts, get messages() { return views.active?.parts.messages ?? parts.messages; } }, doc),
     layout,
 
     /**
@@ -98,7 +143,8 @@ export function createUi(doc = document, { prefs, savePrefs } = {}) {
         onOpen,
         onUnlock: () => controls.historyControls.promptUnlock(),
       });
-      Object.assign(this, createEarlier(parts, { onRetry, renderFiles: (args) => renderFiles?.(args) ?? null }),
+      Object.assign(this, createEarlier(parts, { onRetry,
+        renderFiles: (args) => renderFiles?.({ ...args, room: room() }) ?? null }),
         search, controls);
       const fromMenu = (action) => () => {
         layout.closePanels();
@@ -146,6 +192,17 @@ export function createUi(doc = document, { prefs, savePrefs } = {}) {
     joining() {
       parts.joinButton.disabled = true;
       parts.joinError.textContent = "";
+    },
+
+    /** Put `name` on screen: its conversation, the header, the title; `several` rooms or one. */
+    showRoom(name, { several = false } = {}) {
+      views.show(name);
+      parts.roomName.textContent = name;
+      parts.roomName.hidden = false;
+      attention.setRoom(name);
+      parts.message.placeholder = `Message #${name}`;
+      // One room: "Leave chat", as ever; several: which one this button leaves.
+      parts.leave.textContent = several ? `Leave #${name}` : "Leave chat";
     },
 
     showChat(room) {

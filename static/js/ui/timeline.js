@@ -8,7 +8,14 @@ import { GROUP_MS, highlight, messageArticle as buildArticle, showDelivery, show
 // Scrolled further than this from the bottom counts as "reading older messages".
 const STICKY_PX = 48;
 
-export function createTimeline(parts, { onUnread = () => {}, roomLink = () => location.href } = {}) {
+/**
+ * One room's conversation in `parts.messages` (and that room's empty state and New messages
+ * button). `shown()` says whether it is the room on screen: a room in the background counts
+ * every message as unread, and keeps its place (the bottom, or where the person was reading)
+ * for when it is shown again (shownAgain()).
+ */
+export function createTimeline(parts, { onUnread = () => {}, roomLink = () => location.href,
+  shown = () => true } = {}) {
   const log = parts.messages;
   const outgoing = new Map(); // localId -> article
   // Builds the cards of a message's files (ui/attachments.js, wired by main.js).
@@ -17,9 +24,10 @@ export function createTimeline(parts, { onUnread = () => {}, roomLink = () => lo
   let lastGroup = null; // {who, ts} of the last message, null after anything else
   let unread = 0;
   let alone = true;
+  let following = true; // at the bottom when last seen: new messages keep it there
 
-  const atBottom = () => log.scrollHeight - log.scrollTop - log.clientHeight < STICKY_PX;
-  const reading = () => !document.hidden && atBottom();
+  const atBottom = () => (shown() ? log.scrollHeight - log.scrollTop - log.clientHeight < STICKY_PX : following);
+  const reading = () => shown() && !document.hidden && atBottom();
 
   function setUnread(n) {
     unread = n;
@@ -33,7 +41,10 @@ export function createTimeline(parts, { onUnread = () => {}, roomLink = () => lo
     else parts.jumpNew.hidden = unread === 0 || atBottom();
   }
 
-  log.addEventListener("scroll", caughtUp, { passive: true });
+  log.addEventListener("scroll", () => {
+    if (shown()) following = atBottom();
+    caughtUp();
+  }, { passive: true });
   document.addEventListener("visibilitychange", caughtUp);
   parts.jumpNew.addEventListener("click", () => {
     log.scrollTop = log.scrollHeight;
@@ -57,7 +68,7 @@ export function createTimeline(parts, { onUnread = () => {}, roomLink = () => lo
     log.append(node);
     updateEmpty();
     if (follow) log.scrollTop = log.scrollHeight;
-    if (counts && !(follow && !document.hidden)) setUnread(unread + 1);
+    if (counts && !(follow && shown() && !document.hidden)) setUnread(unread + 1);
   }
 
   function messageArticle({ username, ts, text, mine, fingerprint, files = [], localId = null }) {
@@ -210,6 +221,13 @@ export function createTimeline(parts, { onUnread = () => {}, roomLink = () => lo
 
     get unread() {
       return unread;
+    },
+
+    /** This room is on screen again: back to the bottom if it was there, and caught up. */
+    shownAgain() {
+      if (following) log.scrollTop = log.scrollHeight;
+      updateEmpty();
+      caughtUp();
     },
   };
 }
