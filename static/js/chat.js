@@ -29,7 +29,7 @@ export const HTTP_RESUMING_TEXT = "The connection was interrupted; resuming wher
 
 // Join errors after which retrying the same join cannot help.
 const FATAL_JOIN_ERRORS = new Set(["bad_username", "username_taken", "identity_in_use", "bad_key",
-  "bad_signature", "room_full", "unsupported_version"]);
+  "bad_signature", "room_full", "unsupported_version", "too_many_rooms", "too_many_rooms_joined"]);
 
 const SEND_ERROR_TEXT = {
   replay: "The server saw this message as a replay.",
@@ -257,7 +257,7 @@ export class ChatClient {
 
   async onFrame(frame) {
     switch (frame.type) {
-      case "hello": return this.sendJoin(typeof frame.challenge === "string" ? frame.challenge : "");
+      case "hello": return this.onHello(frame);
       case "welcome": return this.onWelcome(frame);
       case "rekeyed": return this.onRekeyed(frame);
       case "recipients": return this.onRecipients(frame);
@@ -269,6 +269,20 @@ export class ChatClient {
       case "error": return this.onError(frame);
       default: return undefined; // unknown types are for newer clients
     }
+  }
+
+  /** §1: the hello names the room this connection is in; we join only the room we asked for,
+   *  answering the hello's challenge (§4). */
+  onHello(frame) {
+    if (frame.room === this.signRoom) return this.sendJoin(typeof frame.challenge === "string" ? frame.challenge : "");
+    const connection = this.connection;
+    this.connection = null;
+    connection?.stop();
+    const named = typeof frame.room === "string" ? `"${frame.room.slice(0, 40)}"` : "no room";
+    const message = `The server answered for ${named}, not #${this.signRoom}: nothing was sent. Reload the page.`;
+    this.emit("status", { state: "offline", detail: message });
+    this.emit("join-failed", { code: "wrong_room", message });
+    return undefined;
   }
 
   async onWelcome(frame) {

@@ -197,3 +197,31 @@ def test_a_bad_room_address_gets_a_page_that_says_why(people, server):
     page.get_by_role("link", name="/r/design-team").click()
     page.wait_for_selector("html[data-ready=true]")
     expect(page.get_by_role("heading", name="Join #design-team")).to_be_visible()
+
+
+@pytest.mark.parametrize("width, height", [(1280, 800), (390, 844), (390, 480)])
+def test_the_rooms_list_fits_every_screen(people, server, width, height, tmp_path):
+    """Screenshots of the rooms list (kept in tmp_path: look at them when the layout changes)."""
+    touch = width < 700
+    context = people.context(viewport={"width": width, "height": height}, has_touch=touch, is_mobile=touch)
+    alice = people.join("alice", context)
+    name = new_room(alice)
+    bob = open_page(people.context(), f"{server.url}r/{name}")
+    join(bob, "bob")
+    open_menu(alice)
+    room_button(alice, "lobby").click()
+    send(bob, "news from the other room")
+    if touch:  # on phones the count shows on the Menu button too, which keeps its name
+        expect(alice.locator("#menu-unread")).to_have_text("1")
+        expect(alice.get_by_role("button", name="Menu", exact=True)).to_have_accessible_description(
+            "1 unread message in other rooms")
+    open_menu(alice)
+    listed = rooms_list(alice)
+    expect(room_button(alice, name)).to_have_accessible_name(f"#{name} 1 unread message")
+    for button in ("New room", "Copy invite link", "Show QR code"):
+        alice.get_by_role("button", name=button).scroll_into_view_if_needed()
+        expect(alice.get_by_role("button", name=button)).to_be_in_viewport()
+    box = listed.bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= width
+    assert alice.evaluate("() => document.documentElement.scrollWidth") <= width
+    alice.screenshot(path=str(tmp_path / f"rooms-{width}x{height}.png"))

@@ -376,3 +376,28 @@ test("a message never stays Sending: no answer in time fails it, a late ack stil
   await until(() => alice.last("outgoing")?.state === "delivered");
   assert.equal(alice.last("outgoing").reason, "only you can read it");
 });
+
+test("the client names its room, and joins only if the server's hello confirms it", async () => {
+  const server = new FakeServer("design");
+  const urls = [];
+  const Socket = server.WebSocket;
+  const events = [];
+  const make = (room) => new ChatClient({ store: memoryStore(), url: "ws://test/ws", room,
+    WebSocketImpl: class extends Socket { constructor(url) { urls.push(url); super(url); } },
+    emit: (type, detail) => events.push({ type, ...detail }) });
+  const right = make("design");
+  assert.equal(await right.join("alice"), null);
+  await until(() => events.some((e) => e.type === "welcome"), 5000, "welcome");
+  assert.equal(urls[0], "ws://test/ws?room=design");
+
+  const wrong = make("ops"); // the server answers for "design": nothing is signed for it
+  events.length = 0;
+  await wrong.join("bob");
+  await until(() => events.some((e) => e.type === "join-failed"), 5000, "join-failed");
+  const failed = events.find((e) => e.type === "join-failed");
+  assert.equal(failed.code, "wrong_room");
+  assert.match(failed.message, /answered for "design", not #ops/);
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(server.received.filter((f) => f.type === "join" && f.username === "bob").length, 0);
+  assert.equal(wrong.connection, null);
+});

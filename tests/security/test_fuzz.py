@@ -97,7 +97,8 @@ def test_documented_codes_are_read_from_the_table():
     assert PARSER_CODES <= DOCUMENTED_CODES
     expected = {"rate_limited", "server_error", "stale_recipients", "binary_unsupported", "bad_attachment"}
     assert expected <= DOCUMENTED_CODES
-    assert len(DOCUMENTED_CODES) == 22  # v1's + identity_in_use, bad_attachment, bad_challenge, unknown_message
+    # v1's + identity_in_use, bad_attachment, bad_challenge, unknown_message, too_many_rooms, too_many_rooms_joined
+    assert len(DOCUMENTED_CODES) == 24
 
 
 # ==============================================================================================

@@ -72,7 +72,7 @@ export function createUi(doc = document, { prefs, savePrefs, rooms: roomHooks = 
     attachButton: $("attach"), attachInput: $("attach-input"),
     conversation: doc.querySelector(".conversation"),
     joinTitle: $("join-title"), roomList: $("room-list"), newRoom: $("new-room"), copyInvite: $("copy-invite"), showQr: $("show-qr"),
-    menuUnread: $("menu-unread"), qrDialog: $("qr-dialog"), qrTitle: $("qr-title"), qrImage: $("qr-image"),
+    menuUnread: $("menu-unread"), menuUnreadText: $("menu-unread-text"), qrDialog: $("qr-dialog"), qrTitle: $("qr-title"), qrImage: $("qr-image"),
     qrLink: $("qr-link"),
   };
   const { layout } = createLayout(parts);

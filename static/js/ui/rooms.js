@@ -57,6 +57,9 @@ export function createRooms(parts, { onSelect, onNew, invite, qrPath }) {
         // On phones the list is behind Menu: the button says when another room has news.
         parts.menuUnread.textContent = total ? String(total > 99 ? "99+" : total) : "";
         parts.menuUnread.hidden = total === 0;
+        // The button keeps its name ("Menu"); the count is its description.
+        parts.menuUnreadText.textContent = total
+          ? `${total} unread message${total === 1 ? "" : "s"} in other rooms` : "";
       },
     },
   };
