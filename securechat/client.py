@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
@@ -112,8 +112,11 @@ class ChatClient:
     async def connect(self, *, origin: str | None = None, ssl_options=None, timeout: float = 10) -> dict:
         """Open the connection, read the server's hello, join, and return the welcome frame."""
         self.ssl_options = ssl_options
+        # The room the url names (?room=, §1); the hello must confirm it before we sign it.
+        asked = parse_qs(urlsplit(self.url).query).get("room", [None])[-1]
         if self.transport == "http":
-            self.ws = await HttpStreamConnection(self.url, origin=origin, ssl_options=ssl_options).open(timeout)
+            self.ws = await HttpStreamConnection(self.url, origin=origin, ssl_options=ssl_options,
+                                                 room=asked).open(timeout)
         elif self.transport == "websocket":
             headers = {"Origin": origin} if origin else {}
             request = HTTPRequest(self.url, headers=headers, ssl_options=ssl_options)
@@ -122,6 +125,9 @@ class ChatClient:
             raise ValueError(f"transport must be 'websocket' or 'http', not {self.transport!r}")
         hello = await self.expect("hello", timeout=timeout)
         self.room, self.challenge = hello["room"], hello["challenge"]
+        if asked is not None and self.room != asked:
+            self.close()
+            raise ClientError(f"the server answered for room {self.room!r}, not {asked!r}")
         return await self.join(timeout=timeout)
 
     async def join(self, *, timeout: float = 10) -> dict:

@@ -46,8 +46,9 @@ def base_url(url: str) -> str:
 
 
 class HttpStreamConnection:
-    def __init__(self, url: str, *, origin: str | None = None, ssl_options=None):
+    def __init__(self, url: str, *, origin: str | None = None, ssl_options=None, room: str | None = None):
         self.base = base_url(url)
+        self.room = room  # named by the request that opens the session (§1); None: the default room
         self.origin = origin or self.base
         self.ssl_options = ssl_options
         self.http = AsyncHTTPClient(force_instance=True)
@@ -110,6 +111,8 @@ class HttpStreamConnection:
         url = f"{self.base}/stream"
         if resume is not None:
             url += f"?session={quote(resume)}&last={self.last}"
+        elif self.room is not None:
+            url += f"?room={quote(self.room)}"
         parser = sse.Parser()
 
         def on_chunk(chunk: bytes) -> None:

@@ -294,3 +294,43 @@ async def test_the_default_room_name_must_follow_the_rule(tmp_path):
     with pytest.raises(ConfigError) as info:
         Config(data_dir=tmp_path, room="Main Hall")
     assert str(info.value).startswith("server.room (SECURECHAT_ROOM): the room name has \"M\"")
+
+
+async def test_the_http_fallback_names_the_room_too(http_port, enter, hub):
+    """An iPhone on the HTTP transport (§1.2) and a laptop on the WebSocket share a named room."""
+    laptop = await enter("laptop", "design")
+    phone = ChatClient(f"http://127.0.0.1:{http_port}/?room=design", "phone", transport="http")
+    lobby = await enter("carol")
+    try:
+        welcome = await phone.connect()
+        assert welcome["room"] == "design" and phone.room == "design"
+        await settle(laptop, members=2)
+        await laptop.send("over both transports")
+        assert (await phone.next_message()).text == "over both transports"
+        assert sorted(p.username for p in hub.rooms.find("design").members.values()) == ["laptop", "phone"]
+        assert [p.username for p in hub.rooms.find("lobby").members.values()] == ["carol"]
+        assert not [f for f in await quiet(lobby) if f.get("type") in ("msg", "joined")]
+    finally:
+        phone.close()
+
+
+async def test_the_http_fallback_refuses_a_bad_room_name(http_client, base_url):
+    response = await http_client.fetch(f"{base_url}/stream?room=Design", raise_error=False,
+                                       headers={"Accept": "text/event-stream"})
+    assert response.code == 400
+    body = json.loads(response.body)
+    assert body["error"] == "bad_room" and "lowercase letters a-z" in body["message"]
+
+
+async def test_a_client_refuses_a_hello_for_another_room(ws_url, hub):
+    """The server (or a proxy) answers for the lobby although the client asked for design."""
+    client = ChatClient(ws_url + "?room=design", "alice")
+    hub.room_of = lambda connection: "lobby"  # a server that lies about the room
+    try:
+        with pytest.raises(ClientError) as info:
+            await client.connect()
+        assert str(info.value) == "the server answered for room 'lobby', not 'design'"
+        assert hub.rooms.find("lobby") is None  # nothing was joined
+    finally:
+        del hub.room_of
+        client.close()
