@@ -119,10 +119,12 @@ export function createUi(doc = document, { prefs, savePrefs, rooms: roomHooks = 
     get unread() {
       return views.active?.timeline.unread ?? 0;
     },
-    showWithheld(names) {
-      parts.withheld.hidden = names.length === 0;
-      parts.withheld.textContent = names.length
-        ? `Not sent to: ${names.join(", ")} (key not accepted or not verifiable).` : "";
+    /** Who messages in the room on screen are not sent to now: [{username, why}] (or plain
+     *  names, reason unknown). */
+    showWithheld(entries) {
+      const said = entries.map((w) => (typeof w === "string" ? w : `${w.username} (${w.why})`));
+      parts.withheld.hidden = said.length === 0;
+      parts.withheld.textContent = said.length ? `Not sent to: ${said.join(", ")}.` : "";
     },
     ...createDialog(parts),
     ...createComposer(parts, layout),

@@ -115,13 +115,6 @@ export function createTimeline(parts, { onUnread = () => {}, roomLink = () => lo
       updateEmpty();
     },
 
-    /** Who messages are not sent to now: [{username, why}] (or plain names, reason unknown). */
-    showWithheld(entries) {
-      const said = entries.map((w) => (typeof w === "string" ? w : `${w.username} (${w.why})`));
-      parts.withheld.hidden = said.length === 0;
-      parts.withheld.textContent = said.length ? `Not sent to: ${said.join(", ")}.` : "";
-    },
-
     /** fn({files, mine, localId}) -> the node showing a message's files. */
     setFileRenderer(fn) {
       renderFiles = fn;
