@@ -24,7 +24,9 @@ const STATUS_TEXT = {
 
 /** The timeline calls that go to the conversation of the room on screen. */
 const TIMELINE_CALLS = ["setAlone", "addMessage", "applyTrust", "addWarning", "addNotice", "addPresence",
-  "addKeyChange", "upsertOutgoing", "removeOutgoing", "reveal"];
+  "addKeyChange", "upsertOutgoing", "removeOutgoing"];
+// ... and those that go to the page's own room, whose frame holds "Earlier on this device".
+const HOME_CALLS = ["reveal", "startAfter"];
 
 /**
  * `prefs`/`savePrefs`: the notification settings, kept by main.js in the store.
@@ -87,7 +89,10 @@ export function createUi(doc = document, { prefs, savePrefs, rooms: roomHooks = 
     roomLink: (name) => roomHooks?.invite(name) ?? new URL("/", location.href).href,
     renderFiles: (args) => renderFiles?.(args) ?? null,
   });
-  const timelineCalls = Object.fromEntries(TIMELINE_CALLS.map((call) => [call, (...args) => views.active?.timeline[call](...args)]));
+  const timelineCalls = Object.fromEntries([
+    ...TIMELINE_CALLS.map((call) => [call, (...args) => views.active?.timeline[call](...args)]),
+    ...HOME_CALLS.map((call) => [call, (...args) => views.all()[0]?.timeline[call](...args)]),
+  ]);
   const roomList = roomHooks ? createRooms(parts, {
     onSelect: (name) => {
       layout.closePanels();
