@@ -87,8 +87,30 @@ async function main() {
       : device.history.sent(name, record, { username, fingerprint: keeper.identity?.fingerprint ?? "" })),
   };
 
+  /** A room other than the page's shows what this device kept of it too (the page's own
+   *  room has device-history.js's "Earlier on this device"). */
+  async function showKept(room) {
+    const { history } = device;
+    if (room.name === pageRoom || room.keptShown || history.locked || !history.keeping) return;
+    room.keptShown = true;
+    const earlier = ui.earlierIn(room.name, {
+      onRetry: ({ seq, record }) => {
+        const problem = room.client.send(record.text);
+        if (problem) {
+          ui.composer.showError(problem);
+          return;
+        }
+        history.forget(seq);
+        earlier.remove(seq);
+      },
+    });
+    const last = earlier.show(await history.load(room.name, { thisPage: false }));
+    if (last !== null) room.view.timeline.startAfter(last);
+  }
+
   function makeRoom(name) {
     const room = { name, view: ui.roomViews.view(name), roster: [], status: { state: "connecting" } };
+    showKept(room);
     // The default room's connection names no room (/ws, /stream): what every older page sent.
     room.client = new ChatClient({ store, room: name, socketRoom: name === defaultRoom ? null : name,
       emit: (type, detail) => onEvent(room, type, detail) });

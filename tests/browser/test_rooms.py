@@ -116,12 +116,18 @@ def test_one_person_in_two_rooms_with_unread_counts_and_a_reload_that_rejoins_bo
     expect(room_button(alice, "lobby")).to_be_visible()
     expect(room_button(alice, name)).to_be_visible()
     expect(alice.locator("#room-name")).to_have_text(name)
+    # What this device kept of each room is back in that room's own conversation.
+    kept = messages(alice).get_by_role("region", name="Earlier on this device")
+    expect(kept.get_by_text("two", exact=True)).to_be_visible()
     send(bob, "after the reload")
     expect(messages(alice).get_by_text("after the reload")).to_be_visible()
     send(carol, "lobby after the reload")
     open_menu(alice)
     room_button(alice, "lobby").click()
     expect(messages(alice).get_by_text("lobby after the reload")).to_be_visible()
+    expect(messages(alice).get_by_role("region", name="Earlier on this device")
+           .get_by_text("meanwhile in the lobby")).to_be_visible()
+    expect(messages(alice).get_by_text("two", exact=True)).to_have_count(0)  # the other room's stay there
     rosters = {room.name: sorted(p.username for p in room.members.values()) for room in server.server.hub.rooms}
     assert rosters == {"lobby": ["alice", "carol"], name: ["alice", "bob"]}
 

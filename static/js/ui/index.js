@@ -117,6 +117,14 @@ export function createUi(doc = document, { prefs, savePrefs, rooms: roomHooks = 
     setFileRenderer(fn) {
       renderFiles = fn;
     },
+    /** "Earlier on this device" in room `name`'s own conversation (the page's room has ui.earlier). */
+    earlierIn(name, { onRetry }) {
+      const view = views.view(name);
+      view.earlier ??= createEarlier(view.parts, { onRetry,
+        renderFiles: (args) => renderFiles?.({ ...args, room: name }) ?? null }).earlier;
+      return view.earlier;
+    },
+
     /** Empty every room's conversation on screen (history cleared). */
     clear() {
       for (const view of views.all()) view.timeline.clear();
