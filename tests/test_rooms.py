@@ -67,7 +67,7 @@ async def quiet(client: ChatClient, seconds: float = 0.3) -> list[dict]:
 
 async def leave(client: ChatClient) -> None:
     """Send leave and read until the server has closed the socket."""
-    await client.send_frame({"v": 1, "type": "leave"})
+    await client.send_frame({"v": 2, "type": "leave"})
     while await client.recv() is not None:
         pass
 
@@ -95,17 +95,17 @@ async def test_two_rooms_never_see_each_others_frames_or_rosters(enter, config, 
     await carol.expect("ack")
     dave = await enter("dave", "design")  # joins are announced only in their own room
     await settle(alice, bob, members=3)
-    await dave.send_frame({"v": 1, "type": "leave"})
+    await dave.send_frame({"v": 2, "type": "leave"})
     await alice.expect("left")
 
-    await carol.send_frame({"v": 1, "type": "roster"})
+    await carol.send_frame({"v": 2, "type": "roster"})
     roster = await carol.expect("roster")
     assert roster["room"] == "lobby" and [p["username"] for p in roster["participants"]] == ["carol"]
     leaked = [f for f in await quiet(carol) if f.get("type") in ("msg", "joined", "left")
-              and f.get("from", {}).get("username") != "carol"]  # her own message's echo is hers
+              and f.get("from") != carol.sid]  # her own message's echo is hers
     assert not leaked, leaked
     for client in (alice, bob):
-        assert not [f for f in await quiet(client) if f.get("type") == "msg" and f["from"]["username"] == "carol"]
+        assert not [f for f in await quiet(client) if f.get("type") == "msg" and f["from"] == carol.sid]
 
     ciphertext_log.flush()
     records = [r.record for r in read_log(config.log_dir) if isinstance(r, LogRecord)]
@@ -119,9 +119,11 @@ async def test_a_join_signed_for_another_room_is_refused(ws_url):
     """The room is in the signed statement: a join made for the lobby cannot enter design."""
     mallory = ChatClient(ws_url + "?room=design", "mallory")
     mallory.ws = await websocket_connect(mallory.url)
-    assert (await mallory.expect("hello"))["room"] == "design"
+    hello = await mallory.expect("hello")
+    assert hello["room"] == "design"
     from securechat import crypto
 
+    mallory.challenge = hello["challenge"]
     mallory.session = crypto.SessionKey.generate()
     await mallory.send_frame(mallory.join_frame("lobby"))
     error = await mallory.expect("error")
@@ -148,7 +150,7 @@ async def test_a_room_disappears_when_its_last_member_leaves(enter, hub, http_cl
     alice.close()
     await bob.expect("left")
     assert hub.rooms.find("design").roster()[0]["username"] == "bob"
-    await bob.send_frame({"v": 1, "type": "leave"})
+    await bob.send_frame({"v": 2, "type": "leave"})
     for _ in range(100):
         if hub.rooms.find("design") is None:
             break
