@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 
 from .harness import join, messages, open_menu, open_page, participant, send
+from .test_attachments import attach, pixels_of, png
 
 ROOM_BUTTON = re.compile(r"^#")
 
@@ -130,6 +132,68 @@ def test_one_person_in_two_rooms_with_unread_counts_and_a_reload_that_rejoins_bo
     expect(messages(alice).get_by_text("two", exact=True)).to_have_count(0)  # the other room's stay there
     rosters = {room.name: sorted(p.username for p in room.members.values()) for room in server.server.hub.rooms}
     assert rosters == {"lobby": ["alice", "carol"], name: ["alice", "bob"]}
+
+
+def kept_count(page, at_least: int) -> None:
+    """Wait until this device's history holds `at_least` records (written after the screen)."""
+    page.wait_for_function("""async (n) => {
+        const open = indexedDB.open("securechat-history");
+        const db = await new Promise((ok) => { open.onsuccess = () => ok(open.result); });
+        const count = db.transaction("messages").objectStore("messages").count();
+        return await new Promise((ok) => { count.onsuccess = () => ok(count.result >= n); });
+    }""", arg=at_least)
+
+
+def test_files_travel_through_the_room_they_are_sent_in(people, clipboard, server, tmp_path):
+    """Each room's session has its own attachment capability: a file goes up through the room it
+    is sent in and comes down through the room it arrived in, also from Earlier on this device."""
+    data, pixels = png(40, 30)
+    picture = tmp_path / "room-picture.png"
+    picture.write_bytes(data)
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"only for the room " * 200)
+    alice = people.join("alice", clipboard)
+    name = new_room(alice)
+    bob = open_page(people.context(), f"{server.url}r/{name}")
+    join(bob, "bob")
+
+    # alice looks at the lobby while bob sends a picture in the other room: it waits there.
+    open_menu(alice)
+    room_button(alice, "lobby").click()
+    expect(alice.locator("#room-name")).to_have_text("lobby")
+    attach(bob, picture)
+    open_menu(alice)
+    expect(room_button(alice, name)).to_have_accessible_name(f"#{name} 1 unread message")
+    room_button(alice, name).click()
+    image = messages(alice).locator("article img.preview")
+    expect(image).to_have_attribute("alt", picture.name)
+    image.evaluate("(img) => img.decode()")
+    assert pixels_of(alice, image) == pixels
+
+    # alice's file, chosen in the room, goes up through the room's session to bob.
+    attach(alice, notes)
+    card = messages(bob).locator(".file-card").filter(has_text="notes.txt")
+    with bob.expect_download() as saved:
+        card.get_by_role("button", name="Download").click()
+    assert Path(saved.value.path()).read_bytes() == notes.read_bytes()
+    assert sorted(blob.rooms for blob in server.on_loop(lambda: server.server.hub.blobs.blobs())) == [(name,), (name,)]
+
+    # A reload on the lobby's page re-joins the room too; its kept picture opens again there,
+    # fetched with the room's new session.
+    kept_count(alice, 2)
+    open_menu(alice)
+    room_button(alice, "lobby").click()
+    expect(alice).to_have_url(server.url)
+    alice.reload()
+    alice.wait_for_selector("html[data-ready=true]")
+    open_menu(alice)
+    room_button(alice, name).click()
+    earlier = messages(alice).get_by_role("region", name="Earlier on this device")
+    kept = earlier.locator("img.preview")
+    expect(kept).to_have_attribute("alt", picture.name)
+    kept.evaluate("(img) => img.decode()")
+    assert pixels_of(alice, kept) == pixels
+    expect(earlier.locator(".file-name")).to_have_text([picture.name, notes.name])
 
 
 def test_leaving_one_room_keeps_the_others(people, clipboard, server):
