@@ -159,6 +159,29 @@ async def test_a_room_disappears_when_its_last_member_leaves(enter, hub, http_cl
     assert (await admin(http_client, base_url, "/api/admin/rooms"))[1]["rooms"] == []
 
 
+async def test_each_room_answers_with_its_own_roster_and_a_room_made_again_starts_fresh(enter, hub):
+    """The Hub encodes a roster once per change (roster_frame); per room, and never from a room
+    of the same name that emptied before: its revisions start again."""
+    alice, bob = await enter("alice", "design"), await enter("bob", "garden")
+    design, garden = hub.rooms.find("design"), hub.rooms.find("garden")
+    assert hub.roster_frame(design) is hub.roster_frame(design)  # encoded once
+    assert '"alice"' in hub.roster_frame(design) and '"bob"' not in hub.roster_frame(design)
+    assert '"bob"' in hub.roster_frame(garden) and '"alice"' not in hub.roster_frame(garden)
+    await bob.send_frame({"v": 2, "type": "roster"})
+    assert [p["username"] for p in (await bob.expect("roster"))["participants"]] == ["bob"]
+
+    await leave(alice)
+    for _ in range(100):
+        if hub.rooms.find("design") is None:
+            break
+        await asyncio.sleep(0.02)
+    assert hub.rooms.find("design") is None and "design" not in hub._roster_frames
+    carol = await enter("carol", "design")  # a new room called design, at the same revision
+    await carol.send_frame({"v": 2, "type": "roster"})
+    roster = await carol.expect("roster")
+    assert roster["room"] == "design" and [p["username"] for p in roster["participants"]] == ["carol"]
+
+
 async def test_the_server_opens_at_most_max_rooms_besides_the_default_room(tmp_path):
     config = Config(data_dir=tmp_path / "capped", port=0, log_fsync="never", max_rooms=1)
     async with serving(config) as port:
