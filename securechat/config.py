@@ -56,6 +56,8 @@ class Config:
     # Also listen on this unix socket, for a reverse proxy on the same machine: its peers are
     # the proxy (file permissions say who may connect), so their X-Forwarded-* headers count.
     unix_socket: Path | None = _setting("server", None)
+    # Processes sharing the listening socket (`serve --workers N`); above 1 needs cluster.redis_url.
+    workers: int = _setting("server", 1, minimum=1, maximum=64)
     # [tls]
     tls: bool = _setting("tls", False, env="SECURECHAT_TLS", key="enabled")
     cert: Path | None = _setting("tls", None, env="SECURECHAT_TLS_CERT")
@@ -105,11 +107,17 @@ class Config:
     # [proxy]
     # Reverse proxies whose X-Forwarded-* headers are believed; empty believes nobody.
     proxy_trusted: tuple[str, ...] = _setting("proxy", ())
+    # [cluster]
+    # Redis (redis://, rediss:// or unix://) joining processes on one or several machines into
+    # one server; None is today's single process. Secret: the URL may carry a password.
+    cluster_redis_url: str | None = _setting("cluster", None, secret=True)
     # [admin]
     admin_token: str | None = _setting("admin", None, env="SECURECHAT_TOKEN", secret=True, min_length=16)
     # Not a setting: the names of the settings the file, the environment or a flag gave, so a
     # command can tell "the default data dir" from "this data dir, on purpose".
     given: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+    # Not a setting: which of `serve --workers N` this process is (0..N-1), None when alone.
+    worker: int | None = field(default=None, compare=False)
 
     def __post_init__(self):
         if self.ping_timeout > self.ping_interval:
@@ -135,6 +143,10 @@ class Config:
             object.__setattr__(self, "canonical_host", _host_only(self.canonical_host))
         object.__setattr__(self, "allowed_hosts", tuple(
             _host_only(host, "server.allowed_hosts (SECURECHAT_ALLOWED_HOSTS)") for host in self.allowed_hosts))
+        if self.cluster_redis_url is not None and not self.cluster_redis_url.startswith(
+                ("redis://", "rediss://", "unix://")):
+            raise ConfigError("cluster.redis_url (SECURECHAT_CLUSTER_REDIS_URL) must start with redis://, "
+                              "rediss:// or unix://")
         try:
             parse_networks(self.proxy_trusted)
         except ValueError as exc:
@@ -158,6 +170,9 @@ class Config:
 
     @property
     def log_dir(self) -> Path:
+        # One log per worker process: each has its own writer lock, and `logs dump` merges them.
+        if self.worker is not None:
+            return Path(self.data_dir) / "workers" / str(self.worker)
         return Path(self.data_dir)
 
     @property
