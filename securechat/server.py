@@ -100,15 +100,19 @@ class RunningServer:
         self.hub.shutdown(GOING_AWAY, "the server is shutting down")
         await asyncio.sleep(0.2)  # let the close frames leave before the loop ends
         await self.http.close_all_connections()
+        if self.hub.cluster is not None:
+            await self.hub.cluster.stop()
         if self.hub.blobs is not None:
             self.hub.blobs.close()
         self.hub.log.close()
         self.stopped.set()
 
 
-async def start(config: Config, ssl_context: ssl.SSLContext | None = None, **app_options) -> RunningServer:
+async def start(config: Config, ssl_context: ssl.SSLContext | None = None, *, sockets=None,
+                **app_options) -> RunningServer:
     """Open the log, build the app and listen; the returned port is the real one (port 0 works).
 
+    `sockets`: listening sockets bound already (a worker of `serve --workers N` inherits them).
     app_options go to make_app (the canonical host, the local CA for /setup)."""
     if config.admin_token is None:
         # A fresh token per start: it only ever lives in memory and the owner-only runtime file.
@@ -122,7 +126,8 @@ async def start(config: Config, ssl_context: ssl.SSLContext | None = None, **app
         app = make_app(config, ciphertext_log, blobs, **app_options)
         http = http_server(app, config, ssl_context)
         # listen_host None binds every interface of both families (0.0.0.0 and ::).
-        sockets = tornado.netutil.bind_sockets(config.port, address=config.listen_host)
+        if sockets is None:
+            sockets = tornado.netutil.bind_sockets(config.port, address=config.listen_host)
     except BaseException:
         if blobs is not None:
             blobs.close()
@@ -140,6 +145,10 @@ async def start(config: Config, ssl_context: ssl.SSLContext | None = None, **app
             ciphertext_log.close()
             raise
     http.add_sockets(sockets)
+    if config.cluster_redis_url is not None:
+        # Only now, and only when configured: without a Redis URL nothing of it is imported.
+        from .cluster.bridge import Cluster
+        Cluster(app.settings["hub"], config, port=port).start()
     quiet_closed_writes(asyncio.get_running_loop())
     housekeeping = None
     if blobs is not None:

@@ -113,6 +113,9 @@ class Hub:
         self._tidied = time.monotonic()
         self.closing = False  # set by shutdown(): frames that still arrive are dropped
         self.started = now_ms()
+        # The link to the cluster's other processes (securechat.cluster.bridge.Cluster sets it
+        # when [cluster] redis_url is configured); None is a single process.
+        self.cluster = None
 
     # -- admission -------------------------------------------------------------------------
     # Every transport calls refusal() before it accepts a session, connected() once it is open,
@@ -252,6 +255,8 @@ class Hub:
             for other in room.others(participant):
                 other.connection.send(joined)
             log_membership("joined", participant)
+            if self.cluster is not None:
+                self.cluster.joined(participant, replaced)
         return participant
 
     def rekey(self, participant: Participant, rekey: Rekey) -> None:
@@ -273,6 +278,8 @@ class Hub:
             announce = protocol.frame("rekeyed", old=old, participant=participant.public())
             for other in room.others(participant):  # a list: a snapshot of the members
                 other.connection.send(announce)
+            if self.cluster is not None:
+                self.cluster.rekeyed(old, participant)
 
     def room_of(self, connection: Connection) -> str:
         """The room a connection belongs to: the one its opening request named, else the default."""
@@ -310,6 +317,8 @@ class Hub:
         with self._fanning_out():
             self.revoke(participant)
             room = self.rooms.remove(participant)
+            if self.cluster is not None:
+                self.cluster.left(participant, room is not None)
             if room is None:
                 return  # already gone, or replaced (its leave was recorded with the join)
             if self.rooms.find(room.name) is not room:
@@ -330,7 +339,8 @@ class Hub:
         """
         self.closing = True
         for participant in self.rooms.participants():
-            self.leave(participant)
+            if self.cluster is None or self.cluster.holds(participant):  # not those of other processes
+                self.leave(participant)
         for connection in list(self.connections):
             self.disconnected(connection)
             connection.close(code, reason)
@@ -437,6 +447,8 @@ class Hub:
         received = now_ms()
         attachments = self._attachment_refs(room.name, msg)
         relay = room.prepare(sender, msg, received, attachments)
+        if self.cluster is not None:
+            self.cluster.check_relay(relay)
         try:
             self.log.append_line(relay.log_line)
         except OSError as exc:
@@ -449,6 +461,9 @@ class Hub:
         if attachments:
             self.blobs.mark_referenced(msg.attachments)
         with self._fanning_out():
+            if self.cluster is not None:
+                self.cluster.relay(relay)  # our members now; the others' once Redis has it, then the ack
+                return
             for recipient, text in relay.deliveries():
                 recipient.connection.send(text)
             sender.connection.send(protocol.frame("ack", id=msg.id, recipients=len(relay.targets)))

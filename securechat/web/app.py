@@ -62,7 +62,16 @@ class HealthHandler(SecureHeadersMixin, tornado.web.RequestHandler):
 
     def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
-        self.write({"status": "ok", "version": __version__, "connections": len(self.hub.connections)})
+        health = {"status": "ok", "version": __version__, "connections": len(self.hub.connections)}
+        cluster = self.hub.cluster
+        if cluster is not None:
+            # Redis down: this process still serves its own members, but nobody on another
+            # process hears them; a monitor should see that as unhealthy, hence the 503.
+            health["cluster"] = cluster.status()
+            if not cluster.up:
+                health["status"] = "degraded"
+                self.set_status(503)
+        self.write(health)
 
 
 # Refusals worth an admin's attention, but never a line per request: 1,000 malformed or

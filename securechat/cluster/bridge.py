@@ -1,0 +1,535 @@
+"""One process's link to the rest of the cluster: its Hub's events out to Redis, the others' in.
+
+Every room lives in every process: members held by another process sit in the local Room like
+anyone else (so rosters, name checks and wrapped-key checks see the whole room), but with a
+RemoteConnection, which sends nothing: frames reach them through the process that holds them,
+which hears each event once per room on the shared channel and writes to its own members with
+the Hub's ordinary per-recipient routing.
+
+Membership also lives in Redis: each process keeps its members in a hash and its heartbeat in a
+sorted set. A process that stops heartbeating for DEAD_AFTER seconds (kill -9, a lost machine)
+is dropped by the others, its members announced as left; the one process that wins the ZREM
+logs their leave records, so nothing is logged twice. When Redis goes away, processes keep
+serving their own members, refuse messages that would have to cross, reconnect with back-off,
+and on reconnecting rewrite their members and say hello, so the others resynchronise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import socket
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from ..relay import protocol
+from ..relay.protocol import Msg, ProtocolError
+from ..relay.room import Participant, Relay, Room
+from . import events
+
+log = logging.getLogger("securechat")
+
+HEARTBEAT = 2.0  # seconds between heartbeats (and checks for dead processes)
+DEAD_AFTER = 10.0  # a process silent this long is gone: with HEARTBEAT, gone everywhere within 12 s
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0  # reconnect delays, doubling, with jitter
+BATCH = 256  # queued Redis commands sent in one pipeline
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class RemoteConnection:
+    """The connection of a member another process holds.
+
+    It writes nothing, by design: that process hears every event of the room once on the
+    channel and delivers to its own members; sending here would publish once per recipient.
+    """
+
+    remote = ""
+
+    def __init__(self, worker: str):
+        self.worker = worker
+
+    def send(self, text: str) -> None:
+        pass
+
+    def close(self, code: int, reason: str) -> None:
+        pass
+
+
+def is_remote(participant: Participant) -> bool:
+    return isinstance(participant.connection, RemoteConnection)
+
+
+class Cluster:
+    """Attach with Cluster(hub, config).start(); the Hub calls joined/left/rekeyed/relay."""
+
+    def __init__(self, hub, config, *, port: int = 0):
+        self.hub = hub
+        self.config = config
+        self.url = config.cluster_redis_url
+        self.id = events.worker_id(socket.gethostname(), os.getpid(), os.urandom(3).hex())
+        self.info = {"host": socket.gethostname(), "pid": os.getpid(), "port": port,
+                     "worker": -1 if config.worker is None else config.worker, "started": now_ms()}
+        self.local: dict[str, Participant] = {}  # sid -> our members (what our Redis hash holds)
+        self.remote: dict[str, dict[str, Participant]] = {}  # worker -> sid -> its members here
+        self.state = "connecting"  # "up" once registered, "down" while Redis is unreachable
+        self.down_since: int | None = None
+        self.problem = ""
+        self.connected_at = 0.0
+        self.relayed = 0
+        self.peers: dict[str, float] = {}  # worker -> last heartbeat (ms), as of our last check
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self._client = None
+        hub.cluster = self
+
+    # -- life ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Say goodbye (others drop our members at once instead of after DEAD_AFTER), then stop."""
+        if self._task is None:
+            return
+        if self.state == "up" and self._client is not None:
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    pipe.publish(events.CHANNEL, events.event(self.id, "bye"))
+                    pipe.zrem(events.WORKERS, self.id)
+                    pipe.delete(events.members_key(self.id), events.info_key(self.id))
+                    await asyncio.wait_for(pipe.execute(), 2.0)
+            except (RedisError, OSError, asyncio.TimeoutError):
+                pass
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
+
+    @property
+    def up(self) -> bool:
+        return self.state == "up"
+
+    def status(self) -> dict[str, Any]:
+        """For /healthz, the status page and `securechat status`."""
+        return {"redis": self.state, "worker": self.id, "workers": 1 + len(self.peers),
+                "down_since": self.down_since, "problem": self.problem or None}
+
+    async def _run(self) -> None:
+        delay = BACKOFF_FIRST
+        while True:
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, asyncio.TimeoutError, ConnectionError) as exc:
+                self._went_down(exc)
+            except Exception:
+                log.exception("cluster: unexpected failure; reconnecting to Redis")
+                self._went_down(RuntimeError("unexpected failure"))
+            else:
+                delay = BACKOFF_FIRST
+            if self.connected_at and time.monotonic() - self.connected_at > DEAD_AFTER:
+                delay = BACKOFF_FIRST  # it was up a while: start the back-off again
+            await asyncio.sleep(delay * random.uniform(0.75, 1.25))
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    def _went_down(self, exc: BaseException) -> None:
+        self.problem = str(exc) or type(exc).__name__
+        if self.state != "down":
+            self.down_since = now_ms()
+            log.warning("cluster: Redis is unreachable (%s): serving this process's members only; "
+                        "reconnecting", self.problem)
+        self.state = "down"
+        self._fail_queued(exc)
+
+    def _fail_queued(self, exc: BaseException) -> None:
+        while self._queue is not None and not self._queue.empty():
+            _, future = self._queue.get_nowait()
+            if future is not None and not future.done():
+                future.set_exception(ConnectionError(str(exc)))
+
+    async def _session(self) -> None:
+        """One connection's life: subscribe, register, then listen, publish and heartbeat until
+        any of them fails."""
+        client = aioredis.from_url(self.url, socket_connect_timeout=3, socket_timeout=5)
+        listener = aioredis.from_url(self.url, socket_connect_timeout=3, socket_timeout=None)
+        pubsub = listener.pubsub(ignore_subscribe_messages=True)
+        tasks: list[asyncio.Task] = []
+        try:
+            await pubsub.subscribe(events.CHANNEL)
+            # Subscribed first, then registered and read: an event sent meanwhile is not lost
+            # (applying one twice is harmless).
+            await self._register(client)
+            self._client = client
+            self.connected_at = time.monotonic()
+            if self.state == "down":
+                log.warning("cluster: Redis is back; members re-announced")
+            self.state, self.down_since, self.problem = "up", None, ""
+            loop = asyncio.get_running_loop()
+            tasks = [loop.create_task(self._listen(pubsub)), loop.create_task(self._publish(client)),
+                     loop.create_task(self._heartbeat(client))]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            self._client = None
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                try:
+                    await task
+                except BaseException:
+                    pass
+            for closing in (pubsub.aclose(), listener.aclose(), client.aclose()):
+                try:
+                    await asyncio.wait_for(closing, 1.0)
+                except BaseException:
+                    pass
+
+    async def _register(self, client) -> None:
+        now = now_ms()
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.zadd(events.WORKERS, {self.id: now})
+            pipe.delete(events.members_key(self.id))
+            if self.local:
+                pipe.hset(events.members_key(self.id),
+                          mapping={sid: json.dumps(events.member(p)) for sid, p in self.local.items()})
+            pipe.hset(events.info_key(self.id), mapping=self._info())
+            pipe.zrange(events.WORKERS, 0, -1, withscores=True)
+            results = await pipe.execute()
+        self.peers = {w.decode(): score for w, score in results[-1] if w.decode() != self.id}
+        for worker, score in self.peers.items():
+            if now - score <= DEAD_AFTER * 1000:
+                self._sync_worker(worker, await client.hgetall(events.members_key(worker)))
+        await client.publish(events.CHANNEL, events.event(self.id, "hello"))
+
+    def _info(self) -> dict[str, Any]:
+        figures = {"connections": len(self.hub.connections), "members": len(self.local), "relayed": self.relayed,
+                   "heartbeat": now_ms()}
+        return {key: json.dumps(value) for key, value in {**self.info, **figures}.items()}
+
+    # -- out: the Hub's events ------------------------------------------------------------------
+
+    def _send(self, command, future: asyncio.Future | None = None) -> None:
+        """Queue one Redis command (a function of a pipeline) for the publisher, in order."""
+        if self.state != "up" or self._queue is None:
+            if future is not None:
+                future.set_exception(ConnectionError("Redis is unreachable"))
+            return  # membership is rewritten whole when we reconnect
+        self._queue.put_nowait((command, future))
+
+    def holds(self, participant: Participant) -> bool:
+        """A member of this process (not one another process holds)."""
+        return not is_remote(participant)
+
+    def joined(self, participant: Participant, replaced: Participant | None) -> None:
+        if replaced is not None and self.local.get(replaced.sid) is replaced:
+            del self.local[replaced.sid]
+            if replaced.sid != participant.sid:
+                self._send(lambda pipe, sid=replaced.sid: pipe.hdel(events.members_key(self.id), sid))
+        self.local[participant.sid] = participant
+        data = events.member(participant)
+        self._send(lambda pipe: pipe.hset(events.members_key(self.id), participant.sid, json.dumps(data)))
+        self._send(lambda pipe: pipe.publish(events.CHANNEL, events.event(
+            self.id, "joined", room=data["room"], m=data)))
+
+    def left(self, participant: Participant, removed: bool) -> None:
+        """A member of ours left; `removed` is False when a newer session had replaced it already."""
+        if self.local.get(participant.sid) is not participant:
+            return
+        del self.local[participant.sid]
+        self._send(lambda pipe, sid=participant.sid: pipe.hdel(events.members_key(self.id), sid))
+        if removed:
+            room = getattr(participant, "room", "")
+            self._send(lambda pipe, sid=participant.sid: pipe.publish(events.CHANNEL, events.event(
+                self.id, "left", room=room, sid=sid)))
+
+    def rekeyed(self, old: str, participant: Participant) -> None:
+        if self.local.get(old) is participant:
+            del self.local[old]
+        self.local[participant.sid] = participant
+        data = events.member(participant)
+        self._send(lambda pipe: pipe.hdel(events.members_key(self.id), old))
+        self._send(lambda pipe: pipe.hset(events.members_key(self.id), participant.sid, json.dumps(data)))
+        self._send(lambda pipe: pipe.publish(events.CHANNEL, events.event(
+            self.id, "rekeyed", room=data["room"], old=old, m=data)))
+
+    def check_relay(self, relay: Relay) -> None:
+        """Before anything is logged: a message that must cross processes needs Redis."""
+        if self.state != "up" and any(is_remote(recipient) for recipient, _ in relay.targets):
+            raise ProtocolError(
+                "server_error", "the link to the server's other processes (Redis) is down, and some "
+                "recipients are on them; nothing was sent — try again in a moment", msg_id=relay.msg.id)
+
+    def relay(self, relay: Relay) -> None:
+        """Deliver to our own members, publish once for the room, and ack once Redis has it."""
+        self.relayed += 1
+        for recipient, text in relay.deliveries():
+            if not is_remote(recipient):
+                recipient.connection.send(text)
+        sender = relay.sender
+        ack = protocol.frame("ack", id=relay.msg.id, recipients=len(relay.targets))
+        if self.state != "up":
+            # check_relay passed: every recipient is ours, so it has been delivered in full.
+            sender.connection.send(ack)
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._send(lambda pipe: pipe.publish(events.CHANNEL, events.msg_event(self.id, relay.log_line)), future)
+
+        def acknowledge(done: asyncio.Future) -> None:
+            if done.cancelled() or done.exception() is not None:
+                sender.connection.send(protocol.error_frame(ProtocolError(
+                    "server_error", "the message reached only the recipients on this server process: the "
+                    "link to the others (Redis) failed; it was not acknowledged", msg_id=relay.msg.id)))
+            else:
+                sender.connection.send(ack)
+
+        future.add_done_callback(acknowledge)
+
+    async def _publish(self, client) -> None:
+        queue = self._queue
+        while True:
+            batch = [await queue.get()]
+            while not queue.empty() and len(batch) < BATCH:
+                batch.append(queue.get_nowait())
+            try:
+                async with client.pipeline(transaction=False) as pipe:
+                    for command, _ in batch:
+                        command(pipe)
+                    await pipe.execute()
+            except BaseException as exc:
+                for _, future in batch:
+                    if future is not None and not future.done():
+                        future.set_exception(ConnectionError(str(exc) or type(exc).__name__))
+                raise
+            for _, future in batch:
+                if future is not None and not future.done():
+                    future.set_result(None)
+
+    # -- in: the others' events -----------------------------------------------------------------
+
+    async def _listen(self, pubsub) -> None:
+        async for message in pubsub.listen():
+            if message.get("type") != "message":
+                continue
+            event = events.decode(message["data"])
+            if event is None or event["w"] == self.id:
+                continue
+            try:
+                self._apply(event)
+            except Exception:
+                log.exception("cluster: could not apply a %r event from %s", event.get("e"), event["w"])
+
+    def _apply(self, event: dict) -> None:
+        worker, kind = event["w"], event["e"]
+        if kind == "msg":
+            self._remote_msg(event["line"])
+        elif kind == "joined":
+            self._add_remote(worker, event["m"])
+        elif kind == "left":
+            self._remove_remote(worker, event["sid"])
+        elif kind == "rekeyed":
+            self._rekey_remote(worker, event["old"], event["m"])
+        elif kind == "hello":
+            asyncio.get_running_loop().create_task(self._reload(worker))
+        elif kind == "bye":
+            self.peers.pop(worker, None)
+            self._drop_worker(worker)
+
+    async def _reload(self, worker: str) -> None:
+        client = self._client
+        if client is None:
+            return
+        try:
+            members = await client.hgetall(events.members_key(worker))
+        except (RedisError, OSError, asyncio.TimeoutError):
+            return  # the session notices too; the next register reads everything again
+        self.peers.setdefault(worker, now_ms())
+        self._sync_worker(worker, members)
+
+    def _room(self, name: str) -> Room:
+        return self.hub.rooms.get(name or None)
+
+    def _locals(self, room: Room, but: Participant | None = None):
+        return [p for p in room.members.values() if p is not but and not is_remote(p)]
+
+    def _sync_worker(self, worker: str, members: dict) -> None:
+        """Make our view of `worker`'s members what its Redis hash says."""
+        wanted = {}
+        for raw in members.values():
+            try:
+                data = json.loads(raw)
+                wanted[data["p"]["sid"]] = data
+            except (ValueError, KeyError, TypeError):
+                continue
+        for sid in list(self.remote.get(worker, {})):
+            if sid not in wanted:
+                self._remove_remote(worker, sid)
+        for sid, data in wanted.items():
+            if sid not in self.remote.get(worker, {}):
+                self._add_remote(worker, data)
+
+    def _add_remote(self, worker: str, data: dict) -> None:
+        known = self.remote.setdefault(worker, {})
+        sid = data["p"]["sid"]
+        if sid in known:
+            return
+        participant = events.participant_from(data, RemoteConnection(worker))
+        room = self._room(data.get("room", ""))
+        try:
+            holder = room.add(participant)
+        except ProtocolError as exc:
+            # Two processes admitted look-alike names at the same moment: keep ours listed.
+            log.warning("cluster: %s's member %r is not listed here: %s", worker, participant.username, exc.message)
+            return
+        if holder is not None:
+            self._replaced(room, holder)
+        known[sid] = participant
+        joined = protocol.frame("joined", participant=participant.public())
+        for other in self._locals(room, participant):
+            other.connection.send(joined)
+
+    def _replaced(self, room: Room, holder: Participant) -> None:
+        """The same identity joined elsewhere: its older session here is gone (the joining
+        process logged that leave)."""
+        if is_remote(holder):
+            self.remote.get(holder.connection.worker, {}).pop(holder.sid, None)
+        else:
+            if self.local.get(holder.sid) is holder:
+                del self.local[holder.sid]
+                self._send(lambda pipe, sid=holder.sid: pipe.hdel(events.members_key(self.id), sid))
+            self.hub.revoke(holder)
+            holder.connection.close(4001, "replaced by a newer session")
+        left = protocol.frame("left", **holder.as_sender())
+        for other in self._locals(room):
+            other.connection.send(left)
+
+    def _remove_remote(self, worker: str, sid: str) -> Participant | None:
+        participant = self.remote.get(worker, {}).pop(sid, None)
+        if participant is None:
+            return None
+        room = self._room(getattr(participant, "room", ""))
+        if room.remove(participant):
+            left = protocol.frame("left", **participant.as_sender())
+            for other in self._locals(room):
+                other.connection.send(left)
+        return participant
+
+    def _drop_worker(self, worker: str) -> list[Participant]:
+        gone = [p for sid in list(self.remote.get(worker, {})) if (p := self._remove_remote(worker, sid))]
+        self.remote.pop(worker, None)
+        return gone
+
+    def _rekey_remote(self, worker: str, old: str, data: dict) -> None:
+        participant = self.remote.get(worker, {}).pop(old, None)
+        if participant is None:
+            self._add_remote(worker, data)
+            return
+        public = data["p"]
+        room = self._room(data.get("room", ""))
+        room.rekey(participant, sid=public["sid"], session_key=public["session_key"],
+                   session_sig=public["session_sig"], wrapped_key_length=int(data["wkl"]),
+                   issued=public["issued"], challenge=public["challenge"])
+        self.remote[worker][participant.sid] = participant
+        announce = protocol.frame("rekeyed", old=old, participant=participant.public())
+        for other in self._locals(room, participant):
+            other.connection.send(announce)
+
+    def _remote_msg(self, record: dict) -> None:
+        """Another process validated and logged this message: deliver it to our members of the
+        room and remember it, so replay checks and `recipients` answers hold here too."""
+        room = self._room(record["room"])
+        sent_by = record["from"]
+        sender = room.members.get(sent_by["sid"]) or Participant(
+            sid=sent_by["sid"], username=sent_by["username"], fingerprint=sent_by["fingerprint"],
+            identity_key="", session_key="", session_sig="", wrapped_key_length=0, joined=0)
+        keys = record["keys"]
+        msg = Msg(id=record["id"], ts=record["ts"], iv=record["iv"], ct=record["ct"], to=record["to"],
+                  sig=record["sig"], keys=keys)
+        members = room.members
+        targets = [(members[sid], wrapped) for sid, wrapped in keys.items()
+                   if sid in members and not is_remote(members[sid])]
+        relay = Relay(sender=sender, msg=msg, log_line="", head=room.delivery_head(sender, msg), targets=targets,
+                      recipients_json=protocol.encode(record["recipients"]))
+        room.commit(relay, now_ms())
+        for recipient, text in relay.deliveries():
+            recipient.connection.send(text)
+
+    # -- heartbeats and the dead ----------------------------------------------------------------
+
+    async def _heartbeat(self, client) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            await self._beat(client)
+
+    async def _beat(self, client) -> None:
+        now = now_ms()
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.zadd(events.WORKERS, {self.id: now})
+            pipe.hset(events.info_key(self.id), mapping=self._info())
+            pipe.zrange(events.WORKERS, 0, -1, withscores=True)
+            added, _, workers = await pipe.execute()
+        if added:
+            # Someone took us for dead (Redis restarted, or we were cut off): register again.
+            log.warning("cluster: this process had been dropped from Redis; re-announcing its members")
+            await self._register(client)
+            return
+        self.peers = {w.decode(): score for w, score in workers if w.decode() != self.id}
+        limit = now - DEAD_AFTER * 1000
+        for worker, score in list(self.peers.items()):
+            if score < limit:
+                await self._reap(client, worker)
+        for worker in list(self.remote):
+            last = self.peers.get(worker)
+            if last is None:
+                # Not in Redis at all: it may not have re-registered yet after Redis came back.
+                last = now - (time.monotonic() - self.connected_at) * 1000
+            if last < limit:
+                self._drop_worker(worker)
+
+    async def _reap(self, client, worker: str) -> None:
+        """A process stopped heartbeating: whoever removes it from Redis logs its members' leaves."""
+        members = await client.hgetall(events.members_key(worker))
+        if not await client.zrem(events.WORKERS, worker):
+            return  # another process got there first
+        await client.delete(events.members_key(worker), events.info_key(worker))
+        self.peers.pop(worker, None)
+        now = now_ms()
+        log.warning("cluster: process %s stopped heartbeating; its %d member(s) left", worker, len(members))
+        for raw in members.values():
+            try:
+                data = json.loads(raw)
+                gone = events.participant_from(data, None)
+            except (ValueError, KeyError, TypeError):
+                continue
+            self.hub.log.append(self._room(data.get("room", "")).membership_record("leave", gone, now))
+        self._drop_worker(worker)
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """Every live process with its figures (for the admin API)."""
+        client = self._client
+        if client is None:
+            raise ConnectionError("Redis is unreachable")
+        found = []
+        for worker, score in await client.zrange(events.WORKERS, 0, -1, withscores=True):
+            info = await client.hgetall(events.info_key(worker.decode()))
+            entry = {"id": worker.decode(), "heartbeat": int(score)}
+            for key, value in info.items():
+                try:
+                    entry[key.decode()] = json.loads(value)
+                except ValueError:
+                    continue
+            found.append(entry)
+        return found

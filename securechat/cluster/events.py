@@ -1,0 +1,79 @@
+"""What the processes of a cluster say to each other through Redis, and the Redis keys they use.
+
+Pure: encoding and decoding only. Every event is one JSON object on one channel, naming the
+worker that sent it (`w`) and its kind (`e`):
+
+  joined   {room, m: member}         a member joined that worker
+  left     {room, sid}               a member of that worker left
+  rekeyed  {room, old, m: member}    a member of that worker rotated its session key
+  msg      {line: <log record>}      a message that worker validated and logged (§8 record)
+  hello    {}                        that worker (re)wrote its members: read them again
+  bye      {}                        that worker stops: its remaining members are gone
+
+A member is {"p": Participant.public(), "wkl": wrapped key length, "remote": address}: what
+another process needs to list it in rosters and to check wrapped keys sent to it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from ..relay.protocol import encode
+from ..relay.room import Participant
+
+PREFIX = "securechat"
+CHANNEL = f"{PREFIX}:events"
+WORKERS = f"{PREFIX}:workers"  # sorted set: worker id -> last heartbeat (ms)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9.-]")
+
+
+def worker_id(hostname: str, pid: int, nonce: str) -> str:
+    """host:pid:nonce, in characters that need no escaping in JSON or in a Redis key."""
+    return f"{_UNSAFE.sub('-', hostname)[:64] or 'host'}:{pid}:{nonce}"
+
+
+def members_key(worker: str) -> str:
+    return f"{PREFIX}:members:{worker}"
+
+
+def info_key(worker: str) -> str:
+    return f"{PREFIX}:worker:{worker}"
+
+
+def member(participant: Participant) -> dict[str, Any]:
+    return {"room": participant.room if hasattr(participant, "room") else "", "p": participant.public(),
+            "wkl": participant.wrapped_key_length, "remote": participant.remote}
+
+
+def participant_from(data: dict[str, Any], connection: Any) -> Participant:
+    public = data["p"]
+    fields = {key: public[key] for key in ("sid", "username", "fingerprint", "identity_key", "session_key",
+                                           "session_sig", "joined", "issued", "challenge", "stream")}
+    participant = Participant(**fields, wrapped_key_length=int(data["wkl"]), remote=str(data.get("remote", "")),
+                              connection=connection)
+    if data.get("room") and hasattr(participant, "room"):
+        participant.room = data["room"]
+    return participant
+
+
+def event(worker: str, kind: str, **fields) -> str:
+    return encode({"w": worker, "e": kind, **fields})
+
+
+def msg_event(worker: str, log_line: str) -> str:
+    """The message event carries the log record as it was written, not re-encoded."""
+    return f'{{"w":"{worker}","e":"msg","line":{log_line}}}'
+
+
+def decode(data: bytes | str) -> dict[str, Any] | None:
+    """An event, or None for anything that is not one (another program on the channel)."""
+    try:
+        decoded = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(decoded, dict) or not isinstance(decoded.get("w"), str) or not isinstance(decoded.get("e"), str):
+        return None
+    return decoded

@@ -1,0 +1,272 @@
+"""Several server processes as one chat through a real Redis: rosters, joins, leaves and
+messages cross processes; a process that dies vanishes; Redis going away and coming back.
+
+Servers here are real `securechat.server.start()` servers, each with its own Hub, log and
+Redis connections, in this test's event loop (the worker processes of `serve --workers` are
+tested in test_workers.py); Redis is a real redis-server on a unix socket (redis_server.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import settle
+from redis_server import redis_server  # noqa: F401  (fixture)
+
+from helpers import ROOT, clean_env, free_port, wait_for_http
+from securechat.client import ChatClient, Message
+from securechat.config import Config
+from securechat.server import start
+from securechat.storage.ciphertext_log import LogRecord, read_log
+
+pytestmark = pytest.mark.gen_test(timeout=60)
+
+
+@contextlib.asynccontextmanager
+async def cluster(tmp_path, redis_url: str, count: int):
+    """`count` servers sharing Redis, each with its own data dir; yields their ws URLs."""
+    servers = []
+    try:
+        for index in range(count):
+            config = Config(data_dir=tmp_path / f"node{index}", port=0, log_fsync="never",
+                            cluster_redis_url=redis_url, attachments_max_bytes=0)
+            servers.append(await start(config))
+        for server in servers:
+            await until(lambda s=server: s.hub.cluster.up, what="connected to Redis")
+        yield servers
+    finally:
+        for server in servers:
+            await server.shutdown()
+
+
+def ws(server) -> str:
+    return f"ws://127.0.0.1:{server.port}/ws"
+
+
+async def until(check, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting: {what}")
+        await asyncio.sleep(0.02)
+
+
+async def joined(url: str, name: str, opened: list) -> ChatClient:
+    client = ChatClient(url, name)
+    opened.append(client)
+    await client.connect()
+    return client
+
+
+def records(server) -> list[dict]:
+    server.hub.log.flush()
+    return [r.record for r in read_log(server.config.log_dir) if isinstance(r, LogRecord)]
+
+
+@pytest.fixture
+def opened():
+    """Every client a test opens, closed at the end whatever happened."""
+    clients: list[ChatClient] = []
+    yield clients
+    for client in clients:
+        client.close()
+
+
+async def test_three_people_on_three_servers_chat(tmp_path, redis_server, opened):
+    async with cluster(tmp_path, redis_server.url, 3) as servers:
+        alice, bob, carol = [await joined(ws(s), name, opened) for s, name in zip(servers, ("alice", "bob", "carol"))]
+        await settle(alice, bob, carol, members=3)
+        for sender in (alice, bob, carol):
+            msg_id = await sender.send(f"hello from {sender.username}")
+            for client in (alice, bob, carol):
+                received = await client.next_message()
+                assert isinstance(received, Message)
+                assert (received.id, received.sender, received.text) == (msg_id, sender.username,
+                                                                         f"hello from {sender.username}")
+            assert (await sender.expect("ack"))["recipients"] == 3
+        # Validated and logged once, by the process holding the sender; the others log nothing.
+        for server, sender in zip(servers, (alice, bob, carol)):
+            logged = [r for r in records(server) if r["event"] == "msg"]
+            assert [r["from"]["username"] for r in logged] == [sender.username]
+            joins = [r["username"] for r in records(server) if r["event"] == "join"]
+            assert joins == [sender.username]
+
+
+async def test_a_late_joiner_on_another_server_cannot_read_earlier_messages(tmp_path, redis_server, opened):
+    async with cluster(tmp_path, redis_server.url, 2) as (one, two):
+        alice = await joined(ws(one), "alice", opened)
+        bob = await joined(ws(two), "bob", opened)
+        await settle(alice, bob, members=2)
+        await alice.send("before carol")
+        assert (await bob.next_message()).text == "before carol"
+        carol = await joined(ws(two), "carol", opened)
+        await settle(alice, bob, carol, members=3)
+        earlier = next(r for r in records(one) if r["event"] == "msg")
+        assert carol.sid not in earlier["keys"]
+        for wrapped in earlier["keys"].values():
+            with pytest.raises(Exception):
+                carol.session.unwrap(wrapped)
+        await alice.send("after carol")
+        assert (await carol.next_message()).text == "after carol"
+        assert (await bob.next_message()).text == "after carol"
+
+
+async def test_leaves_rekeys_replays_and_recipient_lists_cross_servers(tmp_path, redis_server, opened):
+    async with cluster(tmp_path, redis_server.url, 2) as (one, two):
+        alice = await joined(ws(one), "alice", opened)
+        bob = await joined(ws(two), "bob", opened)
+        carol = await joined(ws(two), "carol", opened)
+        await settle(alice, bob, carol, members=3)
+        # A rotated session key reaches the other server: messages to the new sid go through.
+        old = alice.sid
+        await alice.rotate()
+        for _ in range(100):
+            if alice.sid in bob.members and old not in bob.members:
+                break
+            with contextlib.suppress(asyncio.TimeoutError):
+                await bob.recv(timeout=0.05)
+        assert alice.sid in bob.members and old not in bob.members
+        frame = bob.seal("to the rotated alice")
+        await bob.send_frame(frame)
+        assert (await alice.next_message()).text == "to the rotated alice"
+        # The same frame again, to the same server: a replay; the other server remembers it too.
+        await bob.expect("ack")
+        await bob.send_frame(frame)
+        error = await bob.expect("error")
+        assert error["code"] == "replay"
+        room = one.hub.rooms.get()
+        assert room.recipient_list(frame["id"]) is not None  # alice's server can answer `recipients`
+        assert await alice.unknown_recipients(frame["id"], frame["to"]) == []
+        # A leave on one server is announced on the other, and logged once.
+        carol.close()
+        await settle(alice, bob, members=2)
+        leaves = [r["username"] for s in (one, two) for r in records(s) if r["event"] == "leave"]
+        assert leaves == ["carol"]
+
+
+async def test_the_same_identity_joining_elsewhere_replaces_its_older_session(tmp_path, redis_server, opened):
+    async with cluster(tmp_path, redis_server.url, 2) as (one, two):
+        alice = await joined(ws(one), "alice", opened)
+        bob = await joined(ws(two), "bob", opened)
+        await settle(alice, bob, members=2)
+        again = ChatClient(ws(two), "alice", identity=alice.identity)
+        opened.append(again)
+        await again.connect()
+        # alice's old session on server one is closed and gone from every roster.
+        for _ in range(100):
+            if alice.ws.close_code is not None:
+                break
+            with contextlib.suppress(asyncio.TimeoutError, Exception):
+                await alice.recv(timeout=0.05)
+        assert alice.ws.close_code == 4001
+        await settle(bob, again, members=2)
+        await until(lambda: len(one.hub.rooms.get().members) == 2, "server one lists two members")
+        await again.send("it is me, on the other server")
+        assert (await bob.next_message()).text == "it is me, on the other server"
+
+
+async def test_a_server_killed_with_sigkill_disappears_from_every_roster(tmp_path, redis_server, opened):
+    """A real `securechat serve` process killed with -9: no goodbye, only its heartbeats stop."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "serve", "--port", str(port), "--data-dir", str(tmp_path / "victim")],
+        cwd=ROOT, env=clean_env(XDG_RUNTIME_DIR=str(tmp_path / "run"), XDG_DATA_HOME=str(tmp_path / "home"),
+                                SECURECHAT_CLUSTER_REDIS_URL=redis_server.url),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (tmp_path / "run").mkdir(mode=0o700, exist_ok=True)
+    try:
+        await asyncio.get_running_loop().run_in_executor(
+            None, wait_for_http, f"http://127.0.0.1:{port}/healthz", process)
+        async with cluster(tmp_path, redis_server.url, 1) as (survivor,):
+            alice = await joined(ws(survivor), "alice", opened)
+            bob = await joined(f"ws://127.0.0.1:{port}/ws", "bob", opened)
+            dave = await joined(f"ws://127.0.0.1:{port}/ws", "dave", opened)
+            await settle(alice, bob, dave, members=3)
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+            killed = time.monotonic()
+            gone = set()
+            while len(gone) < 2:
+                frame = await alice.expect("left", timeout=15)
+                gone.add(frame["username"])
+            assert gone == {"bob", "dave"}
+            assert time.monotonic() - killed < 15
+            assert len(alice.members) == 1
+            # The survivor logged their leaves (the dead process could not): once each.
+            leaves = sorted(r["username"] for r in records(survivor) if r["event"] == "leave")
+            assert leaves == ["bob", "dave"]
+            carol = await joined(ws(survivor), "carol", opened)
+            await settle(alice, carol, members=2)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+async def test_redis_stopped_and_restarted_mid_conversation(tmp_path, redis_server, opened):
+    async with cluster(tmp_path, redis_server.url, 2) as (one, two):
+        alice = await joined(ws(one), "alice", opened)
+        erin = await joined(ws(one), "erin", opened)
+        bob = await joined(ws(two), "bob", opened)
+        await settle(alice, erin, bob, members=3)
+        await alice.send("before the outage")
+        assert (await bob.next_message()).text == "before the outage"
+        assert (await erin.next_message()).text == "before the outage"
+        await alice.expect("ack")
+
+        redis_server.stop()
+        await until(lambda: not one.hub.cluster.up and not two.hub.cluster.up, "both servers see Redis down")
+        # /healthz says so.
+        from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+        with pytest.raises(HTTPClientError) as refused:
+            await AsyncHTTPClient().fetch(f"http://127.0.0.1:{one.port}/healthz")
+        assert refused.value.code == 503
+        health = json.loads(refused.value.response.body)
+        assert health["status"] == "degraded" and health["cluster"]["redis"] == "down"
+        # A message that must cross is refused before anything is logged: no ack, nothing sent.
+        logged_before = len(records(one))
+        failed = await alice.send("during the outage")
+        error = await alice.expect("error")
+        assert error["id"] == failed and error["code"] == "server_error" and "Redis" in error["message"]
+        assert len(records(one)) == logged_before
+        # One that stays on this server still goes through (erin only).
+        members = [m for m in alice.members.values() if m.username in ("alice", "erin")]
+        frame = alice.seal("just us", members)
+        await alice.send_frame(frame)
+        assert (await erin.next_message()).text == "just us"
+        assert (await alice.expect("ack"))["id"] == frame["id"]
+
+        redis_server.start()  # empty: no persistence
+        await until(lambda: one.hub.cluster.up and two.hub.cluster.up, "both servers reconnected", 20)
+        response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{one.port}/healthz")
+        assert json.loads(response.body)["cluster"]["redis"] == "up"
+        # Members re-announced: a newcomer on server two sees everyone, and messages cross again.
+        frank = await joined(ws(two), "frank", opened)
+        await settle(frank, members=4)
+        await settle(alice, erin, bob, members=4)
+        msg_id = await alice.send("after the outage")
+        for client in (bob, frank, erin):
+            received = await client.next_message()
+            assert (received.id, received.text) == (msg_id, "after the outage")
+        await alice.expect("ack")
+        # Nothing logged twice: every message id once across both logs.
+        ids = [r["id"] for s in (one, two) for r in records(s) if r["event"] == "msg"]
+        assert len(ids) == len(set(ids)) == 3
+
+
+def test_a_single_server_without_redis_url_imports_nothing_of_the_cluster(tmp_path):
+    code = ("import sys, asyncio; from securechat.config import Config; from securechat.server import start\n"
+            "async def main():\n"
+            f"    s = await start(Config(data_dir={str(tmp_path)!r}, port=0, log_fsync='never'))\n"
+            "    assert s.hub.cluster is None\n"
+            "    await s.shutdown()\n"
+            "asyncio.run(main())\n"
+            "assert not [m for m in sys.modules if m.startswith(('securechat.cluster', 'redis'))], 'imported'\n")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
