@@ -143,9 +143,13 @@ class TimeParam(click.ParamType):
 @click.option("--canonical-host", metavar="HOST",
               help="The LAN address or name people open; other names of this machine redirect to it.  "
                    "[default: the first LAN address the certificate covers]")
+@click.option("--workers", type=click.IntRange(1, 64), metavar="N",
+              help="Run N processes sharing the port, one per core; above 1 needs [cluster] redis_url.  "
+                   "[default: 1]")
 @config_options
 @click.option("-v", "--verbose", is_flag=True, help="Log debugging detail.")
-def serve(host, port, tls, self_signed, cert, key, canonical_host, data_dir, config_file, verbose) -> None:
+def serve(host, port, tls, self_signed, cert, key, canonical_host, workers, data_dir, config_file,
+          verbose) -> None:
     """Start the chat server.
 
     Without --tls it serves http://127.0.0.1:5000, this machine only. With --tls it serves
@@ -160,17 +164,27 @@ def serve(host, port, tls, self_signed, cert, key, canonical_host, data_dir, con
       securechat serve --tls --self-signed
       securechat serve --tls --cert chat.pem --key chat-key.pem --port 8443
       securechat serve --port 8000 --data-dir /var/lib/securechat
+      SECURECHAT_CLUSTER_REDIS_URL=redis://127.0.0.1:6379/0 securechat serve --workers 4
     """
     if (cert is None) != (key is None):
         raise click.UsageError("--cert and --key go together: give both or neither")
     if self_signed and cert is not None:
         raise click.UsageError("--self-signed and --cert/--key exclude each other")
     config = build_config(config_file, host=host, port=port, tls=tls, self_signed=self_signed or None,
-                          cert=cert, key=key, canonical_host=canonical_host, data_dir=data_dir)
+                          cert=cert, key=key, canonical_host=canonical_host, workers=workers,
+                          data_dir=data_dir)
+    if config.workers > 1 and config.cluster_redis_url is None:
+        raise UserError(f"--workers {config.workers} needs Redis to share rooms between the processes: set "
+                        "[cluster] redis_url (or SECURECHAT_CLUSTER_REDIS_URL), e.g. redis://127.0.0.1:6379/0")
     setup_logging(verbose)
     from securechat.console import run_server
 
     try:
+        if config.workers > 1:
+            from securechat.cluster import workers as cluster_workers
+
+            cluster_workers.serve(config)
+            return
         asyncio.run(run_server(config))
     except click.ClickException as exc:
         raise UserError(exc.format_message()) from None

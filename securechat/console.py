@@ -316,6 +316,11 @@ def _write_runtime_file(server: RunningServer, scheme: str, urls: list[str], cer
         scheme=scheme, port=server.port, urls=urls, admin_url=admin_url(config.listen_host, server.port, scheme),
         token=config.admin_token, cert_fingerprint=cert.fingerprint if cert else None,
     )
+    return register(info)
+
+
+def register(info: runtime.ServerInfo) -> Path:
+    """Write the runtime file the admin commands find this server by; one line if it cannot be."""
     problems: list[str] = []
     directory = runtime.runtime_dir(problems=problems)
     for problem in problems:  # e.g. a shared XDG_RUNTIME_DIR: say why we registered elsewhere

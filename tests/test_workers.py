@@ -1,0 +1,157 @@
+"""`securechat serve --workers N`: real worker processes sharing one port, joined by a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+
+import pytest
+import redis
+from conftest import settle
+from redis_server import redis_server  # noqa: F401  (fixture)
+
+from helpers import cli
+from securechat.client import ChatClient, Message
+
+pytestmark = pytest.mark.gen_test(timeout=90)
+
+
+def holders(redis_url: str) -> dict[str, dict]:
+    """sid -> the worker's info (pid, worker number) holding that member, read from Redis."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        found = {}
+        for worker in client.zrange("securechat:workers", 0, -1):
+            info = {k.decode(): json.loads(v) for k, v in client.hgetall(b"securechat:worker:" + worker).items()}
+            for sid in client.hkeys(b"securechat:members:" + worker):
+                found[sid.decode()] = info
+        return found
+    finally:
+        client.close()
+
+
+async def on_distinct_workers(url: str, redis_url: str, names: list[str], opened: list) -> list[ChatClient]:
+    """Connect until each name is held by a different worker (the kernel picks who accepts)."""
+    chosen: dict[int, ChatClient] = {}
+    for attempt in range(60):
+        name = names[len(chosen)]
+        client = ChatClient(url, name)
+        opened.append(client)
+        await client.connect()
+        pid = None
+        for _ in range(100):
+            pid = holders(redis_url).get(client.sid, {}).get("pid")
+            if pid is not None:
+                break
+            await asyncio.sleep(0.02)
+        if pid not in chosen:
+            chosen[pid] = client
+            if len(chosen) == len(names):
+                people = list(chosen.values())
+                await same_roster(people)
+                return people
+        else:
+            client.close()
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"could not place {names} on distinct workers in 60 connections")
+
+
+async def same_roster(people: list[ChatClient]) -> None:
+    """Until everyone lists exactly these people (the extra connections' leaves have arrived)."""
+    wanted = {person.sid for person in people}
+    for person in people:
+        for _ in range(300):
+            if set(person.members) == wanted:
+                break
+            with contextlib.suppress(asyncio.TimeoutError):
+                await person.recv(timeout=0.05)
+        assert set(person.members) == wanted, f"{person.username} lists {sorted(person.members)}"
+
+
+@pytest.fixture
+def opened():
+    clients: list[ChatClient] = []
+    yield clients
+    for client in clients:
+        client.close()
+
+
+def test_workers_above_one_without_redis_say_what_is_missing_in_one_line(tmp_path):
+    result = cli("serve", "--workers", "3", "--port", "0", "--data-dir", str(tmp_path / "data"),
+                 runtime=tmp_path / "run")
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1
+    assert "--workers 3" in lines[0] and "[cluster] redis_url" in lines[0]
+    assert "Traceback" not in result.output
+
+
+async def test_three_workers_share_the_port_and_a_killed_worker_leaves_everywhere(
+        tmp_path, server, redis_server, opened):
+    served = server("--workers", "3", SECURECHAT_CLUSTER_REDIS_URL=redis_server.url)
+    for _ in range(200):  # every worker registered
+        if len(redis.Redis.from_url(redis_server.url).zrange("securechat:workers", 0, -1)) == 3:
+            break
+        await asyncio.sleep(0.05)
+    alice, bob, carol = await on_distinct_workers(served.ws, redis_server.url, ["alice", "bob", "carol"], opened)
+    await settle(alice, bob, carol, members=3)
+    for sender in (alice, bob, carol):
+        msg_id = await sender.send(f"from {sender.username}'s worker")
+        for client in (alice, bob, carol):
+            received = await client.next_message()
+            assert isinstance(received, Message) and received.id == msg_id
+        await sender.expect("ack")
+
+    # One runtime file, the parent's: the admin commands see one server.
+    files = list((served.runtime / "securechat").glob("server-*.json"))
+    assert [f.name for f in files] == [f"server-{served.process.pid}.json"]
+    # Each worker writes its own log; every message id is in exactly one of them.
+    logs = sorted((served.data / "workers").iterdir())
+    assert [d.name for d in logs] == ["0", "1", "2"]
+
+    # kill -9 carol's worker: alice and bob hear that she left, within 15 s.
+    victim = holders(redis_server.url)[carol.sid]["pid"]
+    assert victim != served.process.pid
+    os.kill(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    for client in (alice, bob):
+        frame = await client.expect("left", timeout=15)
+        assert frame["username"] == "carol"
+    assert time.monotonic() - killed < 15
+    assert len(alice.members) == len(bob.members) == 2
+    # The parent started a new worker in its place: three again.
+    for _ in range(300):
+        pids = {info["pid"] for info in holders(redis_server.url).values()}
+        workers = redis.Redis.from_url(redis_server.url).zrange("securechat:workers", 0, -1)
+        if len(workers) == 3 and victim not in pids:
+            break
+        await asyncio.sleep(0.05)
+    assert len(workers) == 3
+    dave = ChatClient(served.ws, "dave")
+    opened.append(dave)
+    await dave.connect()
+    await settle(alice, bob, dave, members=3)
+    await dave.send("hi all")
+    assert (await alice.next_message()).text == "hi all"
+    assert (await bob.next_message()).text == "hi all"
+
+    # SIGHUP to the parent rotates every worker's log.
+    served.process.send_signal(signal.SIGHUP)
+    for _ in range(200):
+        rotated = [d for d in logs if list(d.glob("ciphertext-*.jsonl*"))]
+        if len(rotated) >= 2:  # the restarted worker's log may be empty: nothing to rotate
+            break
+        await asyncio.sleep(0.05)
+    assert len(rotated) >= 2
+    for client in opened:
+        client.close()
+    await asyncio.sleep(0.2)
+    out, err = served.stop()
+    assert served.process.returncode == 0, err
+    assert not served.runtime_file().exists()
+    with contextlib.suppress(FileNotFoundError):
+        assert list((served.runtime / "securechat").glob("server-*.json")) == []
