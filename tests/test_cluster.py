@@ -71,7 +71,7 @@ def records(server) -> list[dict]:
 
 
 @pytest.fixture
-def opened():
+def opened(io_loop):
     """Every client a test opens, closed at the end whatever happened."""
     clients: list[ChatClient] = []
     yield clients

@@ -73,7 +73,7 @@ async def same_roster(people: list[ChatClient]) -> None:
 
 
 @pytest.fixture
-def opened():
+def opened(io_loop):
     clients: list[ChatClient] = []
     yield clients
     for client in clients:

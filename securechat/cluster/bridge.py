@@ -123,8 +123,8 @@ class Cluster:
 
     def status(self) -> dict[str, Any]:
         """For /healthz, the status page and `securechat status`."""
-        return {"redis": self.state, "worker": self.id, "workers": 1 + len(self.peers),
-                "down_since": self.down_since, "problem": self.problem or None}
+        # Unauthenticated readers see this: the state, never the URL, paths or error text.
+        return {"redis": self.state, "workers": 1 + len(self.peers), "down_since": self.down_since}
 
     async def _run(self) -> None:
         delay = BACKOFF_FIRST
