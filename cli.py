@@ -345,6 +345,8 @@ def status(as_json) -> None:
         try:
             live = AdminClient(info.admin_url, info.token, info.cert_fingerprint, timeout=3).status()
             entry["status"] = {k: live.get(k) for k in ("participants", "connections", "room", "rooms", "in_default", "uptime")}
+            if "cluster" in live:
+                entry["status"]["cluster"] = live["cluster"]
         except AdminError as exc:
             entry["status"] = None
             entry["problem"] = str(exc)
@@ -476,12 +478,14 @@ def dump(as_json, since, until, room, follow, follow_for, port, url, token, fing
     log_dir = local_log_dir(config, port=port, fingerprint=fingerprint, cacert=cacert)
     if not log_dir.is_dir():
         raise UserError(f"no ciphertext log in {log_dir}; check --data-dir")
+    # With `serve --workers N` every worker writes its own log: they are read as one, in time order.
+    log_dirs = dump_module.log_dirs(log_dir)
     if follow or follow_for is not None:
         deadline = time.monotonic() + follow_for if follow_for is not None else None
-        items = dump_module.follow(log_dir, since=since, until=until,
+        items = dump_module.follow(log_dirs, since=since, until=until,
                                    keep_going=lambda: deadline is None or time.monotonic() < deadline)
     else:
-        items = with_progress(read_log(log_dir, since=since, until=until))
+        items = with_progress(dump_module.merged([read_log(d, since=since, until=until) for d in log_dirs]))
     if room is not None:
         items = (item for item in items
                  if not isinstance(item, LogRecord) or dump_module.in_room(item.record, room))

@@ -7,6 +7,7 @@ neither drops nor repeats a record.
 
 from __future__ import annotations
 
+import heapq
 import os
 import re
 import time
@@ -220,18 +221,57 @@ class Follower:
         self._handle = None
 
 
-def follow(directory: Path, *, since: float | None = None, until: float | None = None,
+WORKERS_DIR = "workers"
+
+
+def log_dirs(data_dir: Path) -> list[Path]:
+    """Every ciphertext log under a data dir: its own, and each worker's of `serve --workers N`
+    (<data_dir>/workers/<n>/), which each process writes alone."""
+    data_dir = Path(data_dir)
+    workers = data_dir / WORKERS_DIR
+    found = [data_dir]
+    if workers.is_dir():
+        found += sorted((d for d in workers.iterdir() if d.is_dir() and d.name.isdigit()),
+                        key=lambda d: int(d.name))
+    return found
+
+
+def _timed(items: Iterator[Item]) -> Iterator[tuple[float, Item]]:
+    """(time, item): a record's t; a problem takes the time of the record before it."""
+    last = float("-inf")
+    for item in items:
+        if isinstance(item, LogRecord) and isinstance(item.record.get("t"), (int, float)):
+            last = item.record["t"]
+        yield last, item
+
+
+def merged(streams: list[Iterator[Item]]) -> Iterator[Item]:
+    """Several logs' items as one, in time order (each log is in time order already)."""
+    if len(streams) == 1:
+        yield from streams[0]
+        return
+    timed = [((t, index, item) for t, item in _timed(stream)) for index, stream in enumerate(streams)]
+    for _, _, item in heapq.merge(*timed, key=lambda entry: entry[:2]):
+        yield item
+
+
+def follow(directory: Path | list[Path], *, since: float | None = None, until: float | None = None,
            interval: float = 0.25, keep_going: Callable[[], bool] = lambda: True,
            sleep: Callable[[float], None] = time.sleep) -> Iterator[Item]:
-    """The whole log, then new items as they arrive, until keep_going() says stop."""
-    follower = Follower(Path(directory))
+    """The whole log, then new items as they arrive, until keep_going() says stop.
+
+    Several directories (the workers' logs) are followed together, each poll's new items
+    merged in time order."""
+    directories = directory if isinstance(directory, list) else [directory]
+    followers = [Follower(Path(d)) for d in directories]
     try:
         while True:
-            for item in follower.poll():
+            for item in merged([iter(list(f.poll())) for f in followers]):
                 if isinstance(item, LogProblem) or in_window(item.record, since, until):
                     yield item
             if not keep_going():
                 return
             sleep(interval)
     finally:
-        follower.close()
+        for follower in followers:
+            follower.close()
