@@ -155,3 +155,49 @@ async def test_three_workers_share_the_port_and_a_killed_worker_leaves_everywher
     assert not served.runtime_file().exists()
     with contextlib.suppress(FileNotFoundError):
         assert list((served.runtime / "securechat").glob("server-*.json")) == []
+
+
+async def test_rotation_across_workers_loses_and_duplicates_nothing(tmp_path, server, redis_server, opened):
+    served = server("--workers", "2", SECURECHAT_CLUSTER_REDIS_URL=redis_server.url)
+    alice, bob = await on_distinct_workers(served.ws, redis_server.url, ["alice", "bob"], opened)
+    sent = []
+    for round_ in range(4):
+        for sender in (alice, bob):
+            for _ in range(3):
+                sent.append(await sender.send(f"message {len(sent)}"))
+        # `securechat logs rotate`: the worker that answers tells the other to rotate too.
+        result = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: cli("logs", "rotate", runtime=served.runtime))
+        assert result.exit_code == 0, result.output
+    for sender in (alice, bob):
+        for _ in range(12):
+            await sender.expect("ack")
+    await asyncio.sleep(0.3)
+    for worker in ("0", "1"):
+        assert len(list((served.data / "workers" / worker).glob("ciphertext-*.jsonl*"))) >= 2
+
+    # `securechat logs dump` reads every worker's log as one, in time order.
+    result = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: cli("logs", "dump", "--json", runtime=served.runtime))
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    ids = [r["id"] for r in records if r["event"] == "msg"]
+    assert sorted(ids) == sorted(sent) and len(ids) == len(set(ids))
+    times = [r["t"] for r in records]
+    assert times == sorted(times)
+    # (on_distinct_workers may have joined and closed extra connections: those are logged too)
+    assert {r["username"] for r in records if r["event"] == "join"} == {"alice", "bob"}
+
+    # `securechat status`: Redis up, and both workers with their own figures (another
+    # worker's are as of its last heartbeat, at most 2 s old).
+    for _ in range(30):
+        result = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: cli("status", runtime=served.runtime))
+        assert result.exit_code == 0, result.output
+        assert "redis     up" in result.output
+        workers = [line for line in result.output.splitlines() if line.strip().startswith("worker ")]
+        if len(workers) == 2 and all("1 joined  1 connections  12 messages relayed" in line for line in workers):
+            break
+        await asyncio.sleep(0.25)
+    assert len(workers) == 2 and all("1 joined  1 connections  12 messages relayed" in line
+                                     for line in workers), result.output

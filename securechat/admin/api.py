@@ -87,9 +87,9 @@ class AdminHandler(SecureHeadersMixin, tornado.web.RequestHandler):
 
 
 class StatusHandler(AdminHandler):
-    def get(self) -> None:
+    async def get(self) -> None:
         log_path = self.hub.log.path
-        self.write({
+        answer = {
             "version": __version__,
             "started": self.hub.started,
             "uptime": round(time.time() - self.hub.started / 1000, 3),
@@ -101,7 +101,17 @@ class StatusHandler(AdminHandler):
             "tls": self.hub.config.uses_tls,
             "log_file": str(log_path),
             "log_bytes": log_path.stat().st_size if log_path.exists() else 0,
-        })
+        }
+        cluster = self.hub.cluster
+        if cluster is not None:
+            # The whole cluster: Redis's state and every process with its own figures.
+            answer["cluster"] = cluster.status()
+            try:
+                answer["cluster"]["processes"] = await cluster.workers()
+            except (ConnectionError, OSError) as exc:
+                answer["cluster"]["processes"] = None
+                answer["cluster"]["problem"] = f"Redis is unreachable: {type(exc).__name__}"
+        self.write(answer)
 
 
 def ordered_rooms(hub: Hub) -> list:
@@ -145,8 +155,17 @@ class RotateHandler(AdminHandler):
         rotated = self.hub.log.rotate(keep=keep)
         # Gzip and retention run in the log's worker; answer once the named file exists.
         await IOLoop.current().run_in_executor(None, self.hub.log.wait_for_background)
-        self.write({"rotated": rotated.name if rotated else None,
-                    "keep": keep if keep is not None else self.hub.config.log_keep})
+        answer = {"rotated": rotated.name if rotated else None,
+                  "keep": keep if keep is not None else self.hub.config.log_keep}
+        if self.hub.cluster is not None:
+            # Every process writes its own log: all of them rotate, not just the one answering.
+            try:
+                answer["others_rotated"] = await self.hub.cluster.rotate_everywhere(keep)
+            except ConnectionError:
+                raise tornado.web.HTTPError(
+                    503, reason="rotated this process's log only: Redis is unreachable, so the other "
+                    "processes could not be told") from None
+        self.write(answer)
 
     def _keep(self) -> int | None:
         raw = self.get_query_argument("keep", None)

@@ -142,6 +142,26 @@ def status_lines(servers: list[dict], runtime_dir) -> list[str]:
             f"    open      {'  '.join(server['urls'])}",
             f"    now       {strip_controls(state)}",
         ]
+        if live and live.get("cluster"):
+            lines += cluster_lines(live["cluster"])
+    return lines
+
+
+def cluster_lines(cluster: dict) -> list[str]:
+    """The Redis link and one line per process of the cluster, with its own figures."""
+    redis = cluster.get("redis")
+    if redis != "up":
+        since = f" since {local_time(cluster['down_since'])}" if cluster.get("down_since") else ""
+        lines = [f"    redis     DOWN{since}: people on other processes cannot be reached"]
+    else:
+        lines = ["    redis     up"]
+    for process in cluster.get("processes") or []:
+        worker = process.get("worker")
+        name = f"worker {worker}" if isinstance(worker, int) and worker >= 0 else "process"
+        lines.append(strip_controls(
+            f"    {name:<9} pid {process.get('pid')} on {process.get('host')}:{process.get('port')}  "
+            f"{process.get('members')} joined  {process.get('connections')} connections  "
+            f"{process.get('relayed')} messages relayed"))
     return lines
 
 

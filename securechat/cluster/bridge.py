@@ -298,6 +298,13 @@ class Cluster:
 
         future.add_done_callback(acknowledge)
 
+    async def rotate_everywhere(self, keep: int | None) -> int:
+        """Ask every other process to rotate its log now (`logs rotate`); how many heard it."""
+        future = asyncio.get_running_loop().create_future()
+        self._send(lambda pipe: pipe.publish(events.CHANNEL, events.event(self.id, "rotate", keep=keep)), future)
+        heard = await future
+        return max(0, int(heard) - 1)  # PUBLISH counts our own subscription too
+
     async def _publish(self, client) -> None:
         queue = self._queue
         while True:
@@ -307,16 +314,16 @@ class Cluster:
             try:
                 async with client.pipeline(transaction=False) as pipe:
                     for command, _ in batch:
-                        command(pipe)
-                    await pipe.execute()
+                        command(pipe)  # exactly one Redis command each: results line up
+                    results = await pipe.execute()
             except BaseException as exc:
                 for _, future in batch:
                     if future is not None and not future.done():
                         future.set_exception(ConnectionError(str(exc) or type(exc).__name__))
                 raise
-            for _, future in batch:
+            for (_, future), result in zip(batch, results):
                 if future is not None and not future.done():
-                    future.set_result(None)
+                    future.set_result(result)
 
     # -- in: the others' events -----------------------------------------------------------------
 
@@ -344,9 +351,22 @@ class Cluster:
             self._rekey_remote(worker, event["old"], event["m"])
         elif kind == "hello":
             asyncio.get_running_loop().create_task(self._reload(worker))
+        elif kind == "rotate":
+            self._rotate(event.get("keep"))
         elif kind == "bye":
             self.peers.pop(worker, None)
             self._drop_worker(worker)
+
+    def _rotate(self, keep) -> None:
+        from ..storage.ciphertext_log import LogError
+
+        keep = keep if isinstance(keep, int) and not isinstance(keep, bool) and keep >= 1 else None
+        try:
+            rotated = self.hub.log.rotate(keep=keep)
+        except (LogError, OSError) as exc:
+            log.error("cluster: could not rotate the ciphertext log as asked: %s", exc)
+            return
+        log.info("cluster: rotated the ciphertext log as asked (%s)", rotated.name if rotated else "it was empty")
 
     async def _reload(self, worker: str) -> None:
         client = self._client
@@ -361,6 +381,23 @@ class Cluster:
 
     def _room(self, name: str) -> Room:
         return self.hub.rooms.get(name or None)
+
+    def _admit(self, participant: Participant, name: str) -> tuple[Room, Participant | None]:
+        """Into its room, through the room registry when it has one (a room then exists while
+        anyone, here or elsewhere, is in it)."""
+        rooms = self.hub.rooms
+        if hasattr(rooms, "admit"):
+            return rooms.admit(participant, now_ms())
+        room = self._room(name)
+        return room, room.add(participant)
+
+    def _take_out(self, participant: Participant) -> Room | None:
+        """Out of its room; the room it left, or None if it was no longer there."""
+        rooms = self.hub.rooms
+        if hasattr(rooms, "admit"):
+            return rooms.remove(participant)
+        room = self._room(getattr(participant, "room", ""))
+        return room if room.remove(participant) else None
 
     def _locals(self, room: Room, but: Participant | None = None):
         return [p for p in room.members.values() if p is not but and not is_remote(p)]
@@ -387,9 +424,8 @@ class Cluster:
         if sid in known:
             return
         participant = events.participant_from(data, RemoteConnection(worker))
-        room = self._room(data.get("room", ""))
         try:
-            holder = room.add(participant)
+            room, holder = self._admit(participant, data.get("room", ""))
         except ProtocolError as exc:
             # Two processes admitted look-alike names at the same moment: keep ours listed.
             log.warning("cluster: %s's member %r is not listed here: %s", worker, participant.username, exc.message)
@@ -420,8 +456,8 @@ class Cluster:
         participant = self.remote.get(worker, {}).pop(sid, None)
         if participant is None:
             return None
-        room = self._room(getattr(participant, "room", ""))
-        if room.remove(participant):
+        room = self._take_out(participant)
+        if room is not None:
             left = protocol.frame("left", **participant.as_sender())
             for other in self._locals(room):
                 other.connection.send(left)
@@ -531,5 +567,7 @@ class Cluster:
                     entry[key.decode()] = json.loads(value)
                 except ValueError:
                     continue
+            if entry["id"] == self.id:  # ours as of now, not as of the last heartbeat
+                entry.update({key: json.loads(value) for key, value in self._info().items()})
             found.append(entry)
         return found

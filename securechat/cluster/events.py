@@ -8,6 +8,7 @@ worker that sent it (`w`) and its kind (`e`):
   rekeyed  {room, old, m: member}    a member of that worker rotated its session key
   msg      {line: <log record>}      a message that worker validated and logged (§8 record)
   hello    {}                        that worker (re)wrote its members: read them again
+  rotate   {keep}                    rotate your ciphertext log now (`securechat logs rotate`)
   bye      {}                        that worker stops: its remaining members are gone
 
 A member is {"p": Participant.public(), "wkl": wrapped key length, "remote": address}: what
