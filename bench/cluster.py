@@ -1,0 +1,195 @@
+"""python -m bench.cluster: securechat as 2 workers joined by Redis against one process.
+
+On a 2-core machine throughput cannot show scaling, so this reports what predicts it: the CPU
+one fanned-out message costs, summed over every process that handles it (all workers plus
+redis-server), against one `securechat serve` in the same run, plus the latency the cluster
+adds per message at a fixed offered rate. Both servers are pinned to the same core (taskset),
+the generator to the other, and measured in alternation (A B A B), medians over repeats.
+
+  python -m bench.cluster                 # N = 50 and 250, 2 workers
+  python -m bench.cluster --quick         # N = 10 and 50, short phases (a smoke run)
+  python -m bench.cluster --sizes 50 --workers 3 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from . import keys as bench_keys
+from .runner import (BENCH_ENV, CLK_TCK, HOST, NOFILE, PAGE, REPO, Relay, Room, Settings, _median_run, closed_loop,
+                     cpus, free_port, log, open_loop, pin_generator, raise_nofile, start_relay)
+
+
+class ClusterRelay(Relay):
+    """`securechat serve --workers N` with its own redis-server, as one relay: CPU and RSS are
+    summed over the workers (the parent only waits) and redis-server."""
+
+    def __init__(self, proc, port, data_dir, pinned, redis):
+        super().__init__("cluster", proc, port, data_dir, pinned)
+        self.redis = redis
+
+    def members(self) -> list[int]:
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        return [int(pid) for pid in children] + [self.redis.pid]
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for pid in self.members():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+        return total
+
+    def rss_bytes(self) -> int:
+        return sum(int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE for pid in self.members())
+
+    def stop(self) -> None:
+        super().stop()
+        if self.redis.poll() is None:
+            self.redis.terminate()
+            self.redis.wait(10)
+
+
+def start_cluster(workdir: Path, workers: int) -> ClusterRelay:
+    redis_dir = Path(tempfile.mkdtemp(prefix="redis-", dir=workdir))
+    sock = redis_dir / "redis.sock"
+    taskset = ["taskset", "-c", str(cpus()[0])] if shutil.which("taskset") and len(cpus()) >= 2 else []
+    redis = subprocess.Popen([*taskset, "redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "",
+                              "--appendonly", "no", "--dir", str(redis_dir)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    port = free_port()
+    env = dict(os.environ, **BENCH_ENV, SECURECHAT_CLUSTER_REDIS_URL=f"unix://{sock}")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    data_dir = Path(tempfile.mkdtemp(prefix="data-", dir=workdir))
+    argv = [*taskset, sys.executable, "-m", "cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
+            "--workers", str(workers)]
+    proc = subprocess.Popen(argv, cwd=str(REPO), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: raise_nofile(NOFILE))
+    relay = ClusterRelay(proc, port, data_dir, "core 0" if taskset else "unpinned", redis)
+    deadline = time.monotonic() + 30
+    healthy = 0
+    while time.monotonic() < deadline and healthy < 3 * workers:
+        if proc.poll() is not None:
+            raise RuntimeError(f"cluster exited at start-up: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{port}/healthz", timeout=1) as reply:
+                healthy += json.loads(reply.read()).get("cluster", {}).get("workers") == workers
+        except OSError:
+            pass
+        time.sleep(0.05)
+    if healthy < 3 * workers:
+        relay.stop()
+        raise RuntimeError("the cluster did not come up with every worker connected to Redis")
+    return relay
+
+
+async def run_size(n: int, s: Settings, workers: int, workdir: Path) -> dict:
+    members = bench_keys.members(n)
+    senders = min(s.senders, n)
+    relays = {"single": start_relay("securechat", workdir), "cluster": start_cluster(workdir, workers)}
+    rooms = {}
+    try:
+        for kind, relay in relays.items():
+            rooms[kind] = Room(relay, members, senders, s.text_bytes)
+            await rooms[kind].join_all()
+        opens = {kind: [] for kind in relays}
+        closeds = {kind: [] for kind in relays}
+        expect = int(s.expected_msg_rate / n * (s.closed_seconds + s.warmup + 1) / senders) + s.window
+        for _ in range(s.repeats):
+            for kind in relays:
+                opens[kind].append(await open_loop(rooms[kind], s.rate, s.open_seconds, s.warmup))
+        for _ in range(s.repeats):
+            for kind in relays:
+                for factory in rooms[kind].factories:
+                    factory.pool.clear()
+                    factory.prebuild(min(expect, 4000))
+                closeds[kind].append(await closed_loop(rooms[kind], s.closed_seconds, s.warmup, s.window))
+                for factory in rooms[kind].factories:
+                    factory.pool.clear()
+        out = {"n": n, "workers": workers, "senders": senders}
+        for kind in relays:
+            out[kind] = {"open": _median_run(opens[kind]), "closed": _median_run(closeds[kind]),
+                         "errors": dict(rooms[kind].errors)}
+        single, cluster = out["single"], out["cluster"]
+        out["cpu_ratio"] = cluster["closed"]["server_cpu_ms_per_msg"] / single["closed"]["server_cpu_ms_per_msg"]
+        out["cpu_ratios"] = [c["server_cpu_ms_per_msg"] / o["server_cpu_ms_per_msg"]
+                             for c, o in zip(closeds["cluster"], closeds["single"])]
+        out["added_p50_ms"] = cluster["open"]["p50_ms"] - single["open"]["p50_ms"]
+        out["added_p99_ms"] = cluster["open"]["p99_ms"] - single["open"]["p99_ms"]
+        return out
+    finally:
+        for room in rooms.values():
+            room.close()
+        await asyncio.sleep(0.1)
+        for relay in relays.values():
+            relay.stop()
+
+
+def report(result: dict) -> str:
+    lines = ["| N | workers | CPU ms/msg, one process | CPU ms/msg, workers + Redis | ratio (repeats) | "
+             "p50 / p99 ms, one process | p50 / p99 ms, cluster | added p50 / p99 ms |",
+             "|---|---|---|---|---|---|---|---|"]
+    for run in result["runs"]:
+        single, cluster = run["single"], run["cluster"]
+        ratios = ", ".join(f"{r:.2f}" for r in run["cpu_ratios"])
+        lines.append(
+            f"| {run['n']} | {run['workers']} | {single['closed']['server_cpu_ms_per_msg']:.3f} | "
+            f"{cluster['closed']['server_cpu_ms_per_msg']:.3f} | **{run['cpu_ratio']:.2f}** ({ratios}) | "
+            f"{single['open']['p50_ms']:.2f} / {single['open']['p99_ms']:.2f} | "
+            f"{cluster['open']['p50_ms']:.2f} / {cluster['open']['p99_ms']:.2f} | "
+            f"{run['added_p50_ms']:+.2f} / {run['added_p99_ms']:+.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="N = 10,50, short phases, one repeat")
+    parser.add_argument("--sizes", help="room sizes, e.g. 50,250")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int)
+    parser.add_argument("--json", metavar="FILE")
+    args = parser.parse_args(argv)
+    s = Settings(sizes=(50, 250))
+    if args.quick:
+        s = Settings(sizes=(10, 50), open_seconds=1.5, closed_seconds=1.5, warmup=0.5, repeats=1,
+                     expected_msg_rate=20000)
+    if args.sizes:
+        s.sizes = tuple(int(x) for x in args.sizes.split(","))
+    if args.repeats:
+        s.repeats = args.repeats
+    if shutil.which("redis-server") is None:
+        print("bench.cluster needs redis-server (Debian: apt-get install redis-server)", file=sys.stderr)
+        return 2
+    raise_nofile(NOFILE)
+    bench_keys.members(max(s.sizes))
+    started = time.monotonic()
+    result = {"generator": pin_generator(), "runs": []}
+    with tempfile.TemporaryDirectory(prefix="securechat-bench-cluster-") as tmp:
+        for n in s.sizes:
+            log(f"N = {n}: one process vs {args.workers} workers + Redis ...")
+            result["runs"].append(asyncio.run(run_size(n, s, args.workers, Path(tmp))))
+    result["wall_seconds"] = time.monotonic() - started
+    result["load_average"] = os.getloadavg()
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=1)
+    print(report(result))
+    print(f"\n{time.monotonic() - started:.0f} s; load average {os.getloadavg()[0]:.2f}; "
+          f"ratios: " + ", ".join(f"N={r['n']} {r['cpu_ratio']:.2f}" for r in result["runs"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
