@@ -23,6 +23,7 @@ from redis_server import redis_server  # noqa: F401  (fixture)
 from helpers import ROOT, clean_env, free_port, wait_for_http
 from securechat.client import ChatClient, Message
 from securechat.config import Config
+from securechat.relay.room import Rooms
 from securechat.server import start
 from securechat.storage.ciphertext_log import LogRecord, read_log
 
@@ -270,3 +271,29 @@ def test_a_single_server_without_redis_url_imports_nothing_of_the_cluster(tmp_pa
             "asyncio.run(main())\n"
             "assert not [m for m in sys.modules if m.startswith(('securechat.cluster', 'redis'))], 'imported'\n")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+@pytest.mark.skipif(not hasattr(Rooms, "admits"), reason="named rooms (issue 16) are not on this branch yet")
+async def test_named_rooms_are_shared_across_servers_and_stay_apart(tmp_path, redis_server, opened):
+    async with cluster(tmp_path, redis_server.url, 2) as (one, two):
+        alice = await joined(ws(one) + "?room=design", "alice", opened)
+        bob = await joined(ws(two) + "?room=design", "bob", opened)
+        lobby = await joined(ws(two), "carol", opened)
+        await settle(alice, bob, members=2)
+        await settle(lobby, members=1)
+        # Every room exists on both servers, whoever holds its members.
+        await until(lambda: all({r.name: len(r.members) for r in s.hub.rooms} == {"design": 2, "lobby": 1}
+                                for s in (one, two)), "both servers list both rooms")
+        msg_id = await alice.send("design only")
+        received = await bob.next_message()
+        assert (received.id, received.text) == (msg_id, "design only")
+        with pytest.raises(asyncio.TimeoutError):
+            await lobby.expect("msg", timeout=0.5)
+        record = next(r for r in records(one) if r["event"] == "msg")
+        assert record["room"] == "design"
+        # The last member leaving a room removes it everywhere.
+        alice.close()
+        await settle(bob, members=1)
+        bob.close()
+        await until(lambda: all({r.name for r in s.hub.rooms} == {"lobby"} for s in (one, two)),
+                    "design gone on both servers")

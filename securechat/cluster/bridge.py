@@ -383,19 +383,24 @@ class Cluster:
         return self.hub.rooms.get(name or None)
 
     def _admit(self, participant: Participant, name: str) -> tuple[Room, Participant | None]:
-        """Into its room, through the room registry when it has one (a room then exists while
-        anyone, here or elsewhere, is in it)."""
+        """Into its room, through the room registry when it has one (rooms, issue 16: a room
+        exists while anyone, here or in another process, is in it; its caps apply)."""
         rooms = self.hub.rooms
-        if hasattr(rooms, "admit"):
-            return rooms.admit(participant, now_ms())
+        if hasattr(rooms, "admits"):
+            room, _ = rooms.admits(participant, now_ms())
+            return room, rooms.add(room, participant)
         room = self._room(name)
         return room, room.add(participant)
 
     def _take_out(self, participant: Participant) -> Room | None:
         """Out of its room; the room it left, or None if it was no longer there."""
         rooms = self.hub.rooms
-        if hasattr(rooms, "admit"):
-            return rooms.remove(participant)
+        if hasattr(rooms, "admits"):
+            room = rooms.remove(participant)
+            frames = getattr(self.hub, "_roster_frames", None)
+            if room is not None and rooms.find(room.name) is not room and frames is not None:
+                frames.pop(room.name, None)  # the room went with its last member (as Hub.leave does)
+            return room
         room = self._room(getattr(participant, "room", ""))
         return room if room.remove(participant) else None
 

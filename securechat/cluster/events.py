@@ -55,8 +55,8 @@ def participant_from(data: dict[str, Any], connection: Any) -> Participant:
                                            "session_sig", "joined", "issued", "challenge", "stream")}
     participant = Participant(**fields, wrapped_key_length=int(data["wkl"]), remote=str(data.get("remote", "")),
                               connection=connection)
-    if data.get("room") and hasattr(participant, "room"):
-        participant.room = data["room"]
+    if data.get("room"):
+        participant.room = data["room"]  # a field once rooms (issue 16) are in
     return participant
 
 
