@@ -37,6 +37,10 @@ def serve(config) -> None:
     from ..admin import runtime
     from ..server import fit_to_descriptor_limit
 
+    if config.unix_socket is not None:
+        # Each worker would bind (and take over) the one socket path in turn.
+        raise click.ClickException("--workers does not work with [server] unix_socket yet; let the proxy "
+                                   "connect over TCP to 127.0.0.1 ([proxy] trusted)")
     if config.admin_token is None:
         # One token for every worker: any of them may answer an admin command.
         config = config.replace(admin_token=secrets.token_urlsafe(32))
