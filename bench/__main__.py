@@ -39,6 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transports", action="store_true",
                         help="compare securechat's HTTP fallback transport with its WebSocket instead "
                         "(server CPU per delivered frame, both in this invocation)")
+    parser.add_argument("--scenario", metavar="NAMES",
+                        help="run only these scenarios (comma-separated: rotation, storm), not the fan-out "
+                        "comparison, the slow consumer or the idle test")
+    parser.add_argument("--no-scenarios", action="store_true", help="skip the rotation and storm scenarios")
+    parser.add_argument("--rotation-sizes", type=_ints, help="room sizes of the rotation scenario (default 10,100)")
+    parser.add_argument("--rotation-seconds", type=float, help="length of each rotation phase (default 10)")
+    parser.add_argument("--storm-size", type=int, help="participants in the reconnect storm (default 1000)")
     parser.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
     args = parser.parse_args(argv)
 
@@ -47,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         # A smoke run (< 30 s on 2 quiet cores): every phase runs, briefly; the full run measures.
         s = Settings(sizes=(10, 50), open_seconds=0.75, closed_seconds=0.75, warmup=0.2, idle=(200,),
                      slow_size=20, slow_seconds=0.75, slow_rate=50.0, expected_msg_rate=20000, repeats=1,
-                     settle=0.2)
+                     settle=0.2, rotation_sizes=(10,), rotation_seconds=1.0,
+                     rotation_log_bytes=256 * 1024, storm_size=100, storm_settle=0.5)
     if args.sizes:
         s.sizes = args.sizes
     if args.senders:
@@ -74,6 +82,20 @@ def main(argv: list[str] | None = None) -> int:
         s.relays = (args.only,)
     if args.transports:
         s.transports = True
+    if args.rotation_sizes:
+        s.rotation_sizes = args.rotation_sizes
+    if args.rotation_seconds:
+        s.rotation_seconds = args.rotation_seconds
+    if args.storm_size is not None:
+        s.storm_size = args.storm_size
+    if args.no_scenarios:
+        s.scenarios = ()
+    if args.scenario:
+        s.scenarios = tuple(x.strip() for x in args.scenario.split(",") if x.strip())
+        unknown = set(s.scenarios) - {"rotation", "storm"}
+        if unknown:
+            parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+        s.sizes, s.slow_size, s.idle = (), 0, ()
     started = time.monotonic()
     results = asyncio.run(run_all(s))
     results["wall_seconds"] = time.monotonic() - started

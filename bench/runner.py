@@ -99,6 +99,13 @@ class Relay:
     port: int
     data_dir: Path | None
     pinned: str
+    probe: Path | None = None  # bench/probe.py's lag samples, when it runs under the probe
+
+    def lag(self, since: float, until: float) -> dict:
+        """The event loop's lag between two time.monotonic() instants (probe runs only)."""
+        from .probe import read_samples, summary
+
+        return summary(read_samples(self.probe, since, until)) if self.probe else {}
 
     @property
     def pid(self) -> int:
@@ -124,13 +131,14 @@ class Relay:
 
 
 def start_relay(kind: str, workdir: Path, log_fsync: str | None = None,
-                reference_gc: tuple[int, ...] | None = None) -> Relay:
-    return wait_until_ready(launch_relay(kind, workdir, log_fsync, reference_gc))
+                reference_gc: tuple[int, ...] | None = None, **options) -> Relay:
+    return wait_until_ready(launch_relay(kind, workdir, log_fsync, reference_gc, **options))
 
 
-def start_relays(kinds: tuple[str, ...], workdir: Path, reference_gc: tuple[int, ...] | None = None) -> dict:
+def start_relays(kinds: tuple[str, ...], workdir: Path, reference_gc: tuple[int, ...] | None = None,
+                 **options) -> dict:
     """Several relays started at once: their ~1 s of imports overlap instead of adding up."""
-    launched = [launch_relay(kind, workdir, reference_gc=reference_gc) for kind in kinds]
+    launched = [launch_relay(kind, workdir, reference_gc=reference_gc, **options) for kind in kinds]
     try:
         return {relay.kind: wait_until_ready(relay) for relay in launched}
     except BaseException:
@@ -140,7 +148,10 @@ def start_relays(kinds: tuple[str, ...], workdir: Path, reference_gc: tuple[int,
 
 
 def launch_relay(kind: str, workdir: Path, log_fsync: str | None = None,
-                 reference_gc: tuple[int, ...] | None = None) -> Relay:
+                 reference_gc: tuple[int, ...] | None = None, probe: bool = False,
+                 env_extra: dict[str, str] | None = None) -> Relay:
+    """probe: run the relay under bench/probe.py (event-loop lag samples); env_extra: more
+    SECURECHAT_* settings for securechat (the rotation scenario's log size in --quick)."""
     port = free_port()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -150,12 +161,19 @@ def launch_relay(kind: str, workdir: Path, log_fsync: str | None = None,
         env.update(BENCH_ENV)
         if log_fsync:
             env["SECURECHAT_LOG_FSYNC"] = log_fsync
+        env.update(env_extra or {})
         # The real `securechat serve` (cli.py's Click command), from this checkout.
-        argv = [sys.executable, "-m", "cli", "serve", "--port", str(port), "--data-dir", str(data_dir)]
+        argv = ["cli", "serve", "--port", str(port), "--data-dir", str(data_dir)]
     else:
-        argv = [sys.executable, "-m", "bench.reference_relay", "--port", str(port)]
+        argv = ["bench.reference_relay", "--port", str(port)]
         if reference_gc:
             argv += ["--gc-thresholds", ",".join(map(str, reference_gc))]
+    probe_path = None
+    if probe:
+        probe_path = Path(tempfile.mkstemp(prefix=f"lag-{kind}-", suffix=".bin", dir=workdir)[1])
+        argv = [sys.executable, "-m", "bench.probe", str(probe_path), *argv]
+    else:
+        argv = [sys.executable, "-m", *argv]
     core = cpus()[0]
     pinned = "unpinned"
     if shutil.which("taskset") and len(cpus()) >= 2:
@@ -166,7 +184,7 @@ def launch_relay(kind: str, workdir: Path, log_fsync: str | None = None,
         preexec_fn=lambda: raise_nofile(NOFILE),
         # taskset execs the command, so the child pid is the relay's pid
     )
-    return Relay(kind, proc, port, data_dir, pinned)
+    return Relay(kind, proc, port, data_dir, pinned, probe_path)
 
 
 def wait_until_ready(relay: Relay) -> Relay:
@@ -223,6 +241,14 @@ class FrameFactory:
     def prebuild(self, count: int) -> None:
         for _ in range(count):
             self.pool.append(self.build())
+
+    async def prebuild_async(self, count: int) -> None:
+        """prebuild, returning to the loop now and then: tens of thousands of frames take longer
+        than the relay's ping timeout, and the clients must keep answering pings meanwhile."""
+        for i in range(count):
+            self.pool.append(self.build())
+            if i % 16 == 15:
+                await asyncio.sleep(0)
 
     def next(self) -> tuple[str, bytes]:
         if self.pool:
@@ -397,29 +423,40 @@ async def closed_loop(room: Room, duration: float, warmup: float, window: int, s
     running = True
 
     def on_ack(msg_id: str) -> None:
+        # room.sent keeps the send time: other members may read this message after the ack.
         sender = room.sender_of.pop(msg_id, None)
-        room.sent.pop(msg_id, None)
         if running and sender is not None:
             room.send(sender)
 
     room.on_ack = on_ack
     room.record = False
+    room.latencies = []
+    room.exclude = set()
     for sender in range(senders):
         for _ in range(window):
             room.send(sender)
     await asyncio.sleep(warmup)
+    room.record = True  # saturated latency: every delivery of the measured window
     a0, d0, b0, c0, t0 = room.acks, room.deliveries, room.received_bytes(), relay.cpu_seconds(), time.perf_counter()
-    g0 = time.process_time()
+    g0, m0 = time.process_time(), time.monotonic()
     await asyncio.sleep(duration)
     a1, d1, b1, c1, t1 = room.acks, room.deliveries, room.received_bytes(), relay.cpu_seconds(), time.perf_counter()
-    g1 = time.process_time()
+    g1, m1 = time.process_time(), time.monotonic()
+    room.record = False
     rss = relay.rss_bytes()
     running = False
-    await asyncio.sleep(settle)  # the messages still in flight arrive before the next phase
+    await asyncio.sleep(max(settle, 0.2))  # the messages in flight arrive before the next phase
     room.on_ack = None
+    room.sent.clear()
+    lat, room.latencies = room.latencies, []
     elapsed = t1 - t0
     messages = max(1, a1 - a0)
     return {
+        "window_monotonic": (m0, m1),
+        "p50_ms": percentile(lat, 50) / 1e6,
+        "p99_ms": percentile(lat, 99) / 1e6,
+        "max_ms": (max(lat) / 1e6) if lat else float("nan"),
+        "lag": relay.lag(m0, m1),  # read after the settle pause: the probe appends every 0.1 s
         "seconds": elapsed,
         "messages_per_s": (a1 - a0) / elapsed,
         "deliveries_per_s": (d1 - d0) / elapsed,
@@ -458,6 +495,16 @@ class Settings:
     pin: bool = True  # move this process to the second core (off for the test suite)
     # Instead of securechat vs the reference relay: securechat's HTTP fallback vs its WebSocket.
     transports: bool = False
+    # Scenarios (bench/scenarios.py): "rotation" and "storm"; () runs the fan-out comparison only.
+    scenarios: tuple[str, ...] = ("rotation", "storm")
+    rotation_sizes: tuple[int, ...] = (10, 100)
+    rotation_window: int = 16  # in flight per sender: the relay, not the generator, is the limit
+    rotation_seconds: float = 10.0
+    rotation_log_bytes: int | None = None  # None: the shipped default (log.max_bytes, 10 MiB)
+    storm_size: int = 1000
+    storm_concurrency: int = 200  # TCP handshakes outstanding at once
+    storm_timeout: float = 90.0
+    storm_settle: float = 2.0  # seconds after completion before RSS is read again
     settle: float = 0.5  # pause for in-flight messages after a closed loop, and for idle sockets to open
     expected_msg_rate: float = 40000.0  # deliveries/s guess used to size the prebuilt pools
 
@@ -575,10 +622,13 @@ def log(message: str) -> None:
 
 async def run_all(s: Settings) -> dict:
     raise_nofile(NOFILE)
-    log(f"generating keys for {max(s.sizes + (s.slow_size,))} members ...")
-    bench_keys.members(max(s.sizes + (s.slow_size,)))
+    most = max(s.sizes + (s.slow_size,) + (s.rotation_sizes if "rotation" in s.scenarios else ())
+               + ((s.storm_size,) if "storm" in s.scenarios else ()))
+    log(f"generating keys for {most} members ...")
+    bench_keys.members(most)
     pinned = pin_generator() if s.pin else "unpinned"
-    results: dict = {"settings": s.__dict__.copy(), "generator": pinned, "runs": [], "idle": [], "slow": []}
+    results: dict = {"settings": s.__dict__.copy(), "generator": pinned, "runs": [], "idle": [], "slow": [],
+                     "rotation": [], "storm": []}
     with tempfile.TemporaryDirectory(prefix="securechat-bench-") as tmp:
         workdir = Path(tmp)
         if s.transports:
@@ -611,4 +661,12 @@ async def run_all(s: Settings) -> dict:
             finally:
                 for relay in relays.values():
                     relay.stop()
+        from . import scenarios
+
+        if "rotation" in s.scenarios:
+            for n in s.rotation_sizes:
+                log(f"rotation: N={n} saturated ({s.rotation_window} in flight), {s.repeats} repeats ...")
+                results["rotation"].extend(await scenarios.run_rotation_size(n, s, workdir))
+        if "storm" in s.scenarios and s.storm_size:
+            results["storm"].extend(await scenarios.run_storm(s, workdir))
     return results

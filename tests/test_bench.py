@@ -14,11 +14,15 @@ from bench.runner import Settings, run_all
 # Transports the generator closes are finalised by the event loop after asyncio.run returns.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
-def test_tiny_benchmark_run_produces_sane_figures():
+def test_tiny_benchmark_run_produces_sane_figures(monkeypatch):
+    monkeypatch.setenv("BENCH_KEY_CACHE", "off")  # no key file in the home directory from a test
     settings = Settings(
         sizes=(3,), senders=2, rate=20.0, open_seconds=0.5, closed_seconds=0.5, warmup=0.2,
         window=1, idle=(10,), slow_size=3, slow_rate=20.0, slow_seconds=0.5, repeats=1,
         expected_msg_rate=2000.0, pin=False, reference_gc=(10_000, 10, 10),
+        # the scenarios in miniature: a log that rotates every 16 KiB, a storm of 12 joins
+        rotation_sizes=(3,), rotation_seconds=0.5, rotation_window=4, rotation_log_bytes=16 * 1024,
+        storm_size=12, storm_settle=0.2,
     )
     results = asyncio.run(run_all(settings))
 
@@ -41,10 +45,32 @@ def test_tiny_benchmark_run_produces_sane_figures():
     for idle in results["idle"]:
         assert idle["open"] == 10 and not math.isnan(idle["kib_per_connection"])
 
+    for run in results["runs"]:
+        assert 0 < run["closed"]["p50_ms"] <= run["closed"]["p99_ms"]  # saturated latency too
+
+    # rotation: the closed loop made securechat's log rotate, and the probe saw both loops
+    rotation = {r["relay"]: r for r in results["rotation"]}
+    assert set(rotation) == {"securechat", "reference"}
+    assert rotation["securechat"]["rotations"] >= 1
+    for r in rotation.values():
+        assert r["messages_per_s"] > 0 and r["lag_samples"] > 0
+        assert 0 <= r["lag_p99_ms"] <= r["lag_max_ms"] and r["p50_ms"] <= r["p99_ms"]
+
+    # storm: a paced join and a storm on each relay; securechat's clients all end up with the
+    # whole room in their roster, nobody was dropped as a stalled reader
+    storm = {(r["relay"], r["mode"]): r for r in results["storm"]}
+    assert set(storm) == {(k, m) for k in ("securechat", "reference") for m in ("paced", "storm")}
+    for r in storm.values():
+        assert r["participants"] == 12 and r["complete_clients"] == 12 and r["complete_s"] > 0
+        assert r["dropped_4002"] == 0 and r["errors"] == {} and r["lag"]["samples"] > 0
+    # securechat's welcomes carry the roster and joined frames follow; the reference sends neither
+    assert storm[("securechat", "storm")]["roster_mb"] > 10 * storm[("reference", "storm")]["roster_mb"]
+
     text = report.markdown(results)
     assert "| securechat | 3 |" in text and "| reference | 3 |" in text
     assert "securechat ÷ reference relay" in text
     assert "securechat's gc thresholds (10000, 10, 10)" in text
+    assert "### Rotation during saturation" in text and "### Reconnect storm" in text
 
 
 def test_cpu_ratio_shows_the_spread_of_back_to_back_pairs():
@@ -67,6 +93,7 @@ def test_the_transport_mode_measures_both_transports_in_one_run():
     settings = Settings(
         sizes=(3,), senders=2, rate=20.0, open_seconds=0.5, closed_seconds=0.5, warmup=0.2,
         window=1, idle=(), slow_size=0, repeats=1, expected_msg_rate=2000.0, pin=False, transports=True,
+        scenarios=(),
     )
     results = asyncio.run(run_all(settings))
 

@@ -1,0 +1,292 @@
+"""The benchmark's scenarios beyond steady fan-out (docs/PERFORMANCE.md):
+
+- rotation: the closed loop saturating the relay (W messages in flight per sender) long enough
+  for the ciphertext log to rotate several times at its default size, with bench/probe.py inside
+  both relays: saturated p50/p99 delivery latency, CPU per message, and the event loop's lag
+  (how late a 2 ms periodic callback fired: p99, max, callbacks more than 10 ms late).
+- storm: a reconnect storm. M participants join one room all at once (every client connects
+  and sends its join as soon as the hello arrives, as browsers do after a restart) against a
+  paced join of the same M (one at a time, each waiting for its welcome), each on a fresh
+  relay: time until every client knows the whole room, RSS after each, clients the server
+  closed as stalled readers (4002), and the loop's lag during the storm.
+
+Both use the same real frames, keys and relays as bench/runner.py; everything talks to
+127.0.0.1 and every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from pathlib import Path
+
+from . import keys as bench_keys
+from .runner import HOST, Relay, Room, closed_loop, log, start_relays
+from .wsclient import WSClient, connect
+
+_HELLO = b'{"v":2,"type":"hello"'
+_WELCOME = b'{"v":2,"type":"welcome"'
+_JOINED = b'{"v":2,"type":"joined"'
+_LEFT = b'{"v":2,"type":"left"'
+_ERROR = b'{"v":2,"type":"error"'
+_SID = b'"sid":'
+TOO_SLOW = 4002
+
+
+# -- rotation during saturation ----------------------------------------------------------------
+
+
+def rotated_stamps(relay: Relay) -> set[str]:
+    if relay.data_dir is None:
+        return set()
+    # The log lives in the data directory; rotated files are ciphertext-<stamp>.jsonl[.gz].
+    return {p.name.split(".")[0] for p in relay.data_dir.glob("ciphertext-*.jsonl*")}
+
+
+async def _watch_rotations(relay: Relay, seen: set[str], stop: asyncio.Event) -> None:
+    """Every rotated file that appears (retention may delete old ones before the phase ends)."""
+    while not stop.is_set():
+        seen |= rotated_stamps(relay)
+        try:
+            await asyncio.wait_for(stop.wait(), 0.1)
+        except asyncio.TimeoutError:
+            pass
+
+
+async def run_rotation_size(n: int, s, workdir: Path) -> list[dict]:
+    """Both relays under the probe at room size N, alternating repeats, saturated closed loop."""
+    members = bench_keys.members(n)
+    senders = min(s.senders, n)
+    env = {"SECURECHAT_LOG_MAX_BYTES": str(s.rotation_log_bytes)} if s.rotation_log_bytes else {}
+    relays = start_relays(s.relays, workdir, reference_gc=s.reference_gc, probe=True, env_extra=env)
+    rooms: dict[str, Room] = {}
+    runs: dict[str, list[dict]] = {kind: [] for kind in s.relays}
+    try:
+        for kind in s.relays:
+            rooms[kind] = Room(relays[kind], members, senders, s.text_bytes)
+            await rooms[kind].join_all()
+        # A guess of the messages a phase takes (too few only means frames built during the run).
+        rate = min(s.expected_msg_rate / n, 1500)
+        expect = int(rate * (s.rotation_seconds + s.warmup + 1) / senders) + s.rotation_window
+        for _ in range(s.repeats):
+            for kind in s.relays:
+                room = rooms[kind]
+                for factory in room.factories:
+                    factory.pool.clear()
+                    await factory.prebuild_async(min(expect, 6000))
+                before = rotated_stamps(room.relay)
+                seen: set[str] = set(before)
+                stop = asyncio.Event()
+                watcher = asyncio.create_task(_watch_rotations(room.relay, seen, stop))
+                result = await closed_loop(room, s.rotation_seconds, s.warmup, s.rotation_window, s.settle)
+                stop.set()
+                await watcher
+                result["rotations"] = len(seen - before)
+                runs[kind].append(result)
+                for factory in room.factories:
+                    factory.pool.clear()
+        out = []
+        for kind in s.relays:
+            repeats = runs[kind]
+            out.append({
+                "relay": kind, "n": n, "window": s.rotation_window, "seconds": s.rotation_seconds,
+                "messages_per_s": statistics.median(r["messages_per_s"] for r in repeats),
+                "server_cpu_ms_per_msg": statistics.median(r["server_cpu_ms_per_msg"] for r in repeats),
+                "p50_ms": statistics.median(r["p50_ms"] for r in repeats),
+                "p99_ms": statistics.median(r["p99_ms"] for r in repeats),
+                "p99_ms_range": (min(r["p99_ms"] for r in repeats), max(r["p99_ms"] for r in repeats)),
+                "lag_p99_ms": statistics.median(r["lag"]["p99_ms"] for r in repeats),
+                "lag_max_ms": max(r["lag"]["max_ms"] for r in repeats),
+                "lag_over_10ms": sum(r["lag"]["over_10ms"] for r in repeats),
+                "lag_samples": sum(r["lag"]["samples"] for r in repeats),
+                "rotations": sum(r["rotations"] for r in repeats),
+                "clients_closed": max(r["clients_closed"] for r in repeats),
+                "errors": dict(rooms[kind].errors),
+                "repeats": repeats,
+            })
+        return out
+    finally:
+        for room in rooms.values():
+            room.close()
+        await asyncio.sleep(0.1)
+        for relay in relays.values():
+            relay.stop()
+
+
+# -- reconnect storm -----------------------------------------------------------------------------
+
+
+class StormRoom:
+    """M clients of one relay that each count the members they know of.
+
+    A client knows the members its welcome lists, plus every participant a later `joined`
+    carries, minus each `left`: counted as `"sid":` occurrences, without parsing the frames
+    (a complete storm of 1,000 is ~10^6 roster entries; json.loads on all of them would make
+    the generator, not the relay, the bottleneck). `you` in the welcome is not counted.
+    """
+
+    def __init__(self, relay: Relay, members: list[bench_keys.BenchMember], roster_frames: bool):
+        self.relay = relay
+        self.members = members
+        self.roster_frames = roster_frames  # the reference relay sends no roster at all
+        self.clients: list[WSClient] = []
+        self.index: dict[WSClient, int] = {}
+        self.known = [0] * len(members)
+        self.welcomed = [False] * len(members)
+        self.done_at: list[float | None] = [None] * len(members)
+        self.errors: dict[str, int] = {}
+        self.frames = 0
+        self.roster_bytes = 0
+        self.all_done = asyncio.get_running_loop().create_future()
+        self.welcome_futures: dict[int, asyncio.Future] = {}
+        self.remaining = len(members)
+
+    def _on_open(self, client: WSClient) -> None:
+        self.index[client] = len(self.clients)
+        self.clients.append(client)
+
+    def _on_text(self, client: WSClient, payload: bytes, now: int) -> None:
+        i = self.index[client]
+        self.frames += 1
+        if payload.startswith(_HELLO):
+            challenge = json.loads(payload)["challenge"]
+            client.send_text(json.dumps(self.members[i].join_frame(challenge=challenge)))
+            return
+        if payload.startswith(_WELCOME):
+            self.welcomed[i] = True
+            self.roster_bytes += len(payload)
+            self.known[i] += payload.count(_SID) - 1
+            future = self.welcome_futures.get(i)
+            if future is not None and not future.done():
+                future.set_result(True)
+        elif payload.startswith(_JOINED):
+            self.roster_bytes += len(payload)
+            self.known[i] += payload.count(_SID)
+        elif payload.startswith(_LEFT):
+            self.known[i] -= 1
+        elif payload.startswith(_ERROR):
+            code = json.loads(payload).get("code", "?")
+            self.errors[code] = self.errors.get(code, 0) + 1
+            future = self.welcome_futures.get(i)
+            if future is not None and not future.done():
+                future.set_exception(RuntimeError(f"join refused: {payload[:200]!r}"))
+        else:
+            return
+        self._check(i)
+
+    def _check(self, i: int) -> None:
+        if self.done_at[i] is not None or not self.welcomed[i]:
+            return
+        if self.roster_frames and self.known[i] < len(self.members):
+            return
+        self.done_at[i] = time.monotonic()
+        self.remaining -= 1
+        if self.remaining == 0 and not self.all_done.done():
+            self.all_done.set_result(self.done_at[i])
+
+    async def open_one(self) -> WSClient:
+        return await connect(HOST, self.relay.port, on_text=self._on_text, on_open=self._on_open, timeout=30)
+
+    async def paced(self, timeout: float) -> None:
+        """One at a time: the next client connects once the previous one's welcome arrived."""
+        deadline = time.monotonic() + timeout
+        loop = asyncio.get_running_loop()
+        for i in range(len(self.members)):
+            self.welcome_futures[i] = loop.create_future()
+            await self.open_one()
+            await asyncio.wait_for(self.welcome_futures[i], max(0.1, deadline - time.monotonic()))
+
+    async def storm(self, concurrency: int) -> None:
+        """Everyone at once; at most `concurrency` TCP handshakes outstanding (the generator's
+        accept queue, not a pacing: with 1,000 they all start within a fraction of a second)."""
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one():
+            async with gate:
+                await self.open_one()
+
+        await asyncio.gather(*(one() for _ in self.members))
+
+    def dropped_slow(self) -> int:
+        return sum(1 for c in self.clients if c.close_code == TOO_SLOW)
+
+    def closed(self) -> int:
+        return sum(1 for c in self.clients if c.closed.done())
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+
+async def _rss_peak(relay: Relay, peak: list[int], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        peak[0] = max(peak[0], relay.rss_bytes())
+        try:
+            await asyncio.wait_for(stop.wait(), 0.05)
+        except asyncio.TimeoutError:
+            pass
+
+
+async def storm_once(relay: Relay, members, mode: str, s) -> dict:
+    room = StormRoom(relay, members, roster_frames=relay.kind == "securechat")
+    await asyncio.sleep(0.3)
+    rss0 = relay.rss_bytes()
+    peak = [rss0]
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(_rss_peak(relay, peak, stop))
+    c0 = relay.cpu_seconds()
+    t0 = time.monotonic()
+    complete = None
+    try:
+        if mode == "paced":
+            await room.paced(timeout=s.storm_timeout)
+        else:
+            await room.storm(concurrency=s.storm_concurrency)
+        connected_in = time.monotonic() - t0
+        try:
+            done = await asyncio.wait_for(asyncio.shield(room.all_done), max(0.1, t0 + s.storm_timeout - time.monotonic()))
+            complete = done - t0
+        except asyncio.TimeoutError:
+            pass
+        t1 = time.monotonic()
+        cpu = relay.cpu_seconds() - c0
+        await asyncio.sleep(max(s.storm_settle, 0.2))  # the probe appends its samples every 0.1 s
+        stop.set()
+        await watcher
+        rss1 = relay.rss_bytes()
+        m = len(members)
+        return {
+            "relay": relay.kind, "mode": mode, "participants": m,
+            "connected_s": connected_in,
+            "complete_s": complete,  # None: not every client knew the whole room by the deadline
+            "complete_clients": m - room.remaining,
+            "server_cpu_s": cpu,
+            "rss_before_mb": rss0 / 2**20, "rss_peak_mb": peak[0] / 2**20, "rss_after_mb": rss1 / 2**20,
+            "kib_per_participant": (rss1 - rss0) / 1024 / m,
+            "dropped_4002": room.dropped_slow(), "closed": room.closed(),
+            "errors": dict(room.errors), "roster_mb": room.roster_bytes / 2**20,
+            "frames": room.frames,
+            "lag": relay.lag(t0, t1),
+        }
+    finally:
+        stop.set()
+        room.close()
+        await asyncio.sleep(0.2)
+
+
+async def run_storm(s, workdir: Path) -> list[dict]:
+    """For each relay: a paced join of M on one fresh relay, then a storm of M on another."""
+    members = bench_keys.members(s.storm_size)
+    out = []
+    for mode in ("paced", "storm"):
+        relays = start_relays(s.relays, workdir, reference_gc=s.reference_gc, probe=True)
+        try:
+            for kind in s.relays:
+                log(f"{kind}: {mode} join of {s.storm_size} ...")
+                out.append(await storm_once(relays[kind], members, mode, s))
+        finally:
+            for relay in relays.values():
+                relay.stop()
+    return out
