@@ -182,6 +182,8 @@ def storm_markdown(results: dict) -> str:
     for r in sorted(rows, key=lambda r: (r["relay"] != "securechat", r["mode"] != "paced")):
         complete = _f(r["complete_s"], 2) if r["complete_s"] is not None else \
             f"not by the deadline ({r['complete_clients']:,} of {r['participants']:,})"
+        if r.get("connect_failed"):
+            complete += f"; {r['connect_failed']:,} never got the WebSocket upgrade within 30 s"
         lag = r.get("lag") or {}
         out.append(f"| {r['relay']} | {r['mode']} {r['participants']:,} | {_f(r['connected_s'], 2)} | {complete} "
                    f"| {_f(r['server_cpu_s'], 2)} | {_f(r['rss_before_mb'])} / {_f(r['rss_peak_mb'])} / "

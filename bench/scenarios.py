@@ -142,6 +142,7 @@ class StormRoom:
         self.all_done = asyncio.get_running_loop().create_future()
         self.welcome_futures: dict[int, asyncio.Future] = {}
         self.remaining = len(members)
+        self.connect_failed = 0
 
     def _on_open(self, client: WSClient) -> None:
         self.index[client] = len(self.clients)
@@ -205,7 +206,10 @@ class StormRoom:
 
         async def one():
             async with gate:
-                await self.open_one()
+                try:
+                    await self.open_one()
+                except (OSError, asyncio.TimeoutError):
+                    self.connect_failed += 1  # the relay did not complete the upgrade in 30 s
 
         await asyncio.gather(*(one() for _ in self.members))
 
@@ -267,6 +271,7 @@ async def storm_once(relay: Relay, members, mode: str, s) -> dict:
             "kib_per_participant": (rss1 - rss0) / 1024 / m,
             "dropped_4002": room.dropped_slow(), "closed": room.closed(),
             "errors": dict(room.errors), "roster_mb": room.roster_bytes / 2**20,
+            "connect_failed": room.connect_failed,
             "frames": room.frames,
             "lag": relay.lag(t0, t1),
         }

@@ -73,7 +73,7 @@ class WSClient(asyncio.Protocol):
                 return
             status = bytes(buf[: buf.find(b"\r\n")])
             if b" 101 " not in status:
-                if not self.opened.done():
+                if not self.opened.done():  # (done: the caller gave up waiting)
                     self.opened.set_exception(ConnectionError(status.decode(errors="replace")))
                 self.transport.close()
                 return
@@ -81,7 +81,8 @@ class WSClient(asyncio.Protocol):
             self._handshake = False
             if self.on_open is not None:
                 self.on_open(self)
-            self.opened.set_result(self)
+            if not self.opened.done():  # the caller may have given up waiting (a timeout)
+                self.opened.set_result(self)
         self.bytes_received += len(data)
         pos, size = 0, len(buf)
         while size - pos >= 2:
