@@ -7,6 +7,9 @@ pipeline every transport shares (budget, parse, dispatch) is relay/session.py.
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from tornado.iostream import StreamBufferFullError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
@@ -15,12 +18,22 @@ from . import roomname
 from .hub import Hub
 from .session import TOO_SLOW, Session
 
+# Tornado hands a handler every frame already in its socket's buffer without returning to the
+# event loop in between. A member who keeps its socket full (a fast sender, the bench's closed
+# loop) then held the loop for as long as it kept sending: 400-500 ms at a time under load, with
+# every other member's frames and every timer (pings, join deadlines) waiting behind it. After
+# this much time spent on one socket's frames in a row, on_message yields one loop turn.
+TURN_BUDGET = 0.002
+# A gap this long between two frames means the loop ran something else in between.
+_NEW_TURN_GAP = 0.0005
+
 
 class ChatSocket(SecureHeadersMixin, WebSocketHandler):
     def initialize(self, hub: Hub) -> None:
         self.hub = hub
         self.session: Session | None = None
         self.room = ""  # the default room, unless ?room=<name> names another
+        self._turn_started = self._last_frame = 0.0
 
     @property
     def remote(self) -> str:
@@ -56,8 +69,19 @@ class ChatSocket(SecureHeadersMixin, WebSocketHandler):
         self.session = Session(self.hub, self)
         self.session.open()
 
-    def on_message(self, message: str | bytes) -> None:
+    def on_message(self, message: str | bytes):
+        start = time.monotonic()
+        if start - self._last_frame > _NEW_TURN_GAP:
+            self._turn_started = start
         self.session.receive(message)
+        self._last_frame = end = time.monotonic()
+        if end - self._turn_started >= TURN_BUDGET:
+            return self._yield_turn()  # Tornado awaits it before it reads this socket's next frame
+        return None
+
+    async def _yield_turn(self) -> None:
+        await asyncio.sleep(0)
+        self._turn_started = self._last_frame = time.monotonic()
 
     def send(self, text: str) -> None:
         try:
