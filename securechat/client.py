@@ -237,6 +237,9 @@ class ChatClient:
         kind = frame.get("type")
         if kind == "joined":
             self._add_member(frame["participant"])
+        elif kind == "joins":  # several joins of one moment (§6.2), in join order
+            for entry in frame["participants"]:
+                self._add_member(entry)
         elif kind == "rekeyed":
             self.members.pop(frame["old"], None)
             self._add_member(frame["participant"])

@@ -21,6 +21,7 @@ from ..storage.ciphertext_log import CiphertextLog
 from ..refusals import Throttled
 from . import protocol
 from .admission import Pool, address_keys
+from .announce import JoinAnnouncer
 from .limits import SlidingWindow, TokenBucket
 from .protocol import Join, Msg, ProtocolError, Rekey
 from .room import Participant, Room, Rooms
@@ -112,6 +113,8 @@ class Hub:
         self._log_failed = Throttled(log)
         self._tidied = time.monotonic()
         self.closing = False  # set by shutdown(): frames that still arrive are dropped
+        # `joined` frames, coalesced; flushed before any other frame reaches a room (announce.py).
+        self.announcer = JoinAnnouncer(guard=self._fanning_out)
         self.started = now_ms()
         # The link to the cluster's other processes (securechat.cluster.bridge.Cluster sets it
         # when [cluster] redis_url is configured); None is a single process.
@@ -245,15 +248,17 @@ class Hub:
             self._left_pre_join_pool(connection)
             # welcome first: the joiner's first frame answers its join, and its roster already
             # lacks the session it replaced, so only the others hear that one left.
-            connection.send(protocol.frame(
-                "welcome", room=room.name, you=participant.public(), participants=room.roster(),
+            welcome = protocol.frame(
+                "welcome", room=room.name, you=participant.public(),
                 server_time=now_ms(), limits=self.limits(), challenge=self._challenge(connection), **extra,
-            ))
+            )
+            connection.send(f'{welcome[:-1]},"participants":{room.roster_json()}}}')
+            self.announcer.welcomed(participant)
             if replaced is not None:
+                self.announcer.flush()
+                self.announcer.forget(replaced)
                 self._tell_left(room, replaced, skip=participant)
-            joined = protocol.frame("joined", participant=participant.public())
-            for other in room.others(participant):
-                other.connection.send(joined)
+            self.announcer.joined(room, participant)  # to the others, with this moment's other joins
             log_membership("joined", participant)
             if self.cluster is not None:
                 self.cluster.joined(participant, replaced)
@@ -269,6 +274,7 @@ class Hub:
             session_key=rekey.session_key, issued=rekey.issued, challenge=rekey.challenge,
             stream=participant.stream, session_sig=rekey.session_sig,
         )
+        self.announcer.flush()
         old = room.rekey(participant, sid=verified.sid, session_key=rekey.session_key,
                          session_sig=rekey.session_sig, wrapped_key_length=verified.wrapped_key_length,
                          issued=rekey.issued, challenge=rekey.challenge)
@@ -316,6 +322,8 @@ class Hub:
         self.tidy()
         with self._fanning_out():
             self.revoke(participant)
+            self.announcer.flush()  # the others hear of its join before they hear it left
+            self.announcer.forget(participant)
             room = self.rooms.remove(participant)
             if self.cluster is not None:
                 self.cluster.left(participant, room is not None)
@@ -410,6 +418,7 @@ class Hub:
         if budget.pending is not None:
             return  # an answer is already scheduled; it will carry the roster of its moment
         if budget.bucket.take(now):
+            self.announcer.flush()
             with self._fanning_out():
                 participant.connection.send(self.roster_frame(self.rooms.get(participant.room)))
             return
@@ -422,6 +431,7 @@ class Hub:
             return  # left meanwhile
         budget.pending = None
         budget.bucket.take(time.monotonic())
+        self.announcer.flush()
         with self._fanning_out():
             participant.connection.send(self.roster_frame(self.rooms.get(participant.room)))
 
@@ -460,6 +470,7 @@ class Hub:
         room.commit(relay, received)
         if attachments:
             self.blobs.mark_referenced(msg.attachments)
+        self.announcer.flush()  # nobody reads a message from a member it has not heard join
         with self._fanning_out():
             if self.cluster is not None:
                 self.cluster.relay(relay)  # our members now; the others' once Redis has it, then the ack

@@ -34,6 +34,14 @@ class Participant:
     remote: str = ""
     connection: Any = None
     room: str = ""  # the room it joined; "" is the default room
+    # public() as JSON, encoded once: a welcome lists every member, so a burst of M joins would
+    # otherwise encode M²/2 entries (~900 bytes each). Room.rekey clears it.
+    _public_json: str | None = field(default=None, repr=False)
+
+    def public_json(self) -> str:
+        if self._public_json is None:
+            self._public_json = encode(self.public())
+        return self._public_json
 
     def public(self) -> dict:
         return {
@@ -229,10 +237,15 @@ class Room:
         participant.sid, participant.session_key, participant.session_sig = sid, session_key, session_sig
         participant.wrapped_key_length, participant.issued, participant.challenge = wrapped_key_length, issued, challenge
         self.revision += 1  # the roster now carries the new sid and key
+        participant._public_json = None
         return old
 
     def roster(self) -> list[dict]:
         return [p.public() for p in self.members.values()]
+
+    def roster_json(self) -> str:
+        """roster() as a JSON array, from each member's cached encoding."""
+        return "[" + ",".join(p.public_json() for p in self.members.values()) + "]"
 
     def others(self, participant: Participant) -> list[Participant]:
         return [p for p in self.members.values() if p is not participant]

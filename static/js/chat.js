@@ -262,6 +262,7 @@ export class ChatClient {
       case "rekeyed": return this.onRekeyed(frame);
       case "recipients": return this.onRecipients(frame);
       case "joined": return this.onJoined(frame.participant);
+      case "joins": return this.onJoins(frame.participants);
       case "left": return this.onLeft(frame);
       case "roster": return this.onRoster(frame);
       case "msg": return this.onMsg(frame);
@@ -408,7 +409,16 @@ export class ChatClient {
       previous: entry.previous, looksLike: entry.looksLike ?? null });
   }
 
-  async onJoined(participant) {
+  /** Several joins of one moment in one frame (§6.2): exactly that many `joined` frames, in
+   *  order, each entry checked on its own; the roster is redrawn once, at the end. */
+  async onJoins(participants) {
+    if (!Array.isArray(participants)) return;
+    for (const participant of participants) await this.onJoined(participant, { batch: true });
+    this.emitRoster();
+    if (this.expectBack.size) await this.flushWhenComplete();
+  }
+
+  async onJoined(participant, { batch = false } = {}) {
     const entry = await this.checkParticipant(participant);
     if (!entry) return;
     this.knownSids.add(entry.sid);
@@ -422,9 +432,9 @@ export class ChatClient {
       }
     }
     this.roster.set(entry.sid, entry);
-    this.emitRoster();
+    if (!batch) this.emitRoster();
     if (!returning) this.emit("presence", { change: "joined", username: entry.username, fingerprint: entry.fingerprint });
-    if (this.expectBack.size) await this.flushWhenComplete();
+    if (!batch && this.expectBack.size) await this.flushWhenComplete();
   }
 
   onLeft(frame) {

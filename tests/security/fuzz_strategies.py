@@ -25,7 +25,7 @@ def documented_codes() -> frozenset[str]:
 
 
 DOCUMENTED_CODES = documented_codes()
-SERVER_FRAME_TYPES = frozenset({"welcome", "joined", "left", "roster", "msg", "ack", "error", "rekeyed",
+SERVER_FRAME_TYPES = frozenset({"welcome", "joined", "joins", "left", "roster", "msg", "ack", "error", "rekeyed",
                                 "recipients"})
 
 
