@@ -27,6 +27,7 @@ from securechat.storage.ciphertext_log import (
     log_files,
     read_log,
     rotate_offline,
+    rotated_stamps,
 )
 
 ROTATED_GZ = re.compile(r"^ciphertext-\d{8}T\d{12}Z\.jsonl\.gz$")
@@ -594,3 +595,52 @@ def test_a_failed_write_leaves_no_torn_line(tmp_path):
     assert done.stdout.strip() == "refused 27", done.stderr
     items = list(read_log(tmp_path))
     assert problems(items) == [] and ids(items) == ["r1", "r3"]
+
+
+@pytest.mark.parametrize("policy", ["interval", "never"])
+def test_rotation_leaves_every_fsync_to_the_background(tmp_path, monkeypatch, policy):
+    """A rotation on the appending thread (the event loop) only renames and opens: the fsync of
+    the rotated file and of the directory run on the maintenance thread, before its gzip."""
+    import threading
+
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(threading.current_thread().name), real_fsync(fd)))
+    appender = threading.current_thread().name
+    with CiphertextLog(tmp_path, max_bytes=4096, fsync=policy, fsync_interval=3600) as log:
+        for i in range(200):
+            log.append({"event": "msg", "id": str(i), "pad": "x" * 100})
+        on_loop = [name for name in calls if name == appender]
+        log.wait_for_background()
+        assert on_loop == [], "a rotation fsynced on the appending thread"
+        assert calls and set(calls) <= {"ciphertext-gzip_0"}
+        rotated = rotated_stamps(tmp_path)
+        assert len(rotated) >= 5
+    ids = [r.record["id"] for r in read_log(tmp_path) if isinstance(r, LogRecord)]
+    assert ids == [str(i) for i in range(200)][-len(ids):] and len(ids) > 150  # keep=10 pruned the oldest
+    assert all(p.suffix == ".gz" or p.name == "ciphertext.jsonl" for p in log_files(tmp_path))
+
+
+def test_with_fsync_always_a_rotation_is_durable_before_append_returns(tmp_path, monkeypatch):
+    import threading
+
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(threading.current_thread().name), real_fsync(fd)))
+    appender = threading.current_thread().name
+    with CiphertextLog(tmp_path, max_bytes=1024, fsync="always") as log:
+        for i in range(30):
+            log.append({"event": "msg", "id": str(i), "pad": "x" * 100})
+            rotated_now = len(rotated_stamps(tmp_path))
+        # every append fsynced, and each rotation fsynced the file and its directory, on this thread
+        assert calls.count(appender) >= 30 + 2 * rotated_now
+
+
+def test_the_gzip_thread_runs_at_the_lowest_priority(tmp_path):
+    import threading
+
+    seen = {}
+    with CiphertextLog(tmp_path, max_bytes=1024, fsync="never") as log:
+        log._schedule(lambda: seen.update(nice=os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        log.wait_for_background()
+    assert seen["nice"] == 19

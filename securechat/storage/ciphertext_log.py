@@ -220,6 +220,19 @@ def _gzip_file(source: Path, target: Path, tmp: Path) -> None:
     _fsync_dir(source.parent)
 
 
+def _lower_priority() -> None:
+    """Run this (maintenance) thread at the lowest CPU priority, where the OS allows it.
+
+    Gzip of a rotated file is ~100 ms of CPU per 10 MiB. On Linux a thread's nice value is its
+    own, so at nice 19 the gzip takes the CPU only when the event loop does not want it, instead
+    of half of it while messages queue. It still runs whenever the server has a moment.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass  # not Linux, or not allowed: compress at normal priority
+
+
 def _apply_retention(directory: Path, keep: int) -> None:
     stamps = sorted(_rotated_stamps(directory))
     for stamp in stamps[: max(0, len(stamps) - keep)]:
@@ -360,9 +373,10 @@ class CiphertextLog:
         if rotated is not None:
             # The record is already written: a gzip failure must not look
             # like a failed append, or the caller might append it twice.
-            self._schedule(lambda: self._logged(lambda: self._compress_and_prune(rotated)))
+            rotated, old_fd = rotated
+            self._schedule(lambda: self._logged(lambda: self._compress_and_prune(rotated, old_fd=old_fd)))
 
-    def _rotate_after_append(self) -> Path | None:
+    def _rotate_after_append(self) -> tuple[Path, int | None] | None:
         # The records are written; a rotation that fails must not make the append look failed.
         # The file stays live and the next append tries again; one line until it works.
         try:
@@ -488,22 +502,49 @@ class CiphertextLog:
             # Nothing new, but an admin asking for a smaller keep still expects it applied.
             self._schedule(lambda: self._prune(keep))
             return None
-        self._schedule(lambda: self._compress_and_prune(rotated, keep))
+        rotated, old_fd = rotated
+        self._schedule(lambda: self._compress_and_prune(rotated, keep, old_fd=old_fd))
         return rotated.with_name(rotated.name + ".gz")
 
-    def _rotate_locked(self) -> Path | None:
+    def _rotate_locked(self) -> tuple[Path, int | None] | None:
+        """Rename the live file away and open a new one; returns (rotated path, descriptor still
+        to fsync and close in the background, or None).
+
+        Only the rename and the open happen here, on the appending thread (the server's event
+        loop). The fsync of up to max_bytes of dirty pages and the directory fsync took tens of
+        milliseconds, and every message waited for them (docs/PERFORMANCE.md): they run on the
+        background thread, before the gzip, with the descriptor that wrote the data. With
+        fsync = "always" every record was fsynced before its ack anyway; the rename is made
+        durable here as before, so that policy keeps its synchronous order.
+        """
         if self._size == 0:
             return None
-        self._fsync_locked()
-        os.close(self._fd)
-        self._fd = None
-        rotated = _plain_path(self._dir, _next_stamp(self._dir))
-        # rename is atomic: every record is either in the live file or in the
-        # rotated one, never both and never neither.
-        os.rename(self.path, rotated)
-        _fsync_dir(self._dir)
-        self._open_live()
-        return rotated
+        old_fd, self._fd = self._fd, None
+        synchronous = self._fsync_policy == "always" or not self._gzip_in_background
+        try:
+            if synchronous and old_fd is not None:
+                os.fsync(old_fd)
+            rotated = _plain_path(self._dir, _next_stamp(self._dir))
+            # rename is atomic: every record is either in the live file or in the
+            # rotated one, never both and never neither.
+            os.rename(self.path, rotated)
+        except BaseException:
+            self._fd = old_fd  # nothing moved: keep appending to the same file
+            raise
+        if synchronous:
+            if old_fd is not None:
+                os.close(old_fd)
+            old_fd = None
+            _fsync_dir(self._dir)
+        self._dirty = False
+        self._last_fsync = time.monotonic()
+        try:
+            self._open_live()
+        except BaseException:
+            if old_fd is not None:
+                os.close(old_fd)  # its records are in the rotated file; a restart gzips it (_recover)
+            raise
+        return rotated, old_fd
 
     def _open_live(self) -> None:
         fd = _open_private(self.path, os.O_WRONLY | os.O_APPEND)
@@ -522,7 +563,7 @@ class CiphertextLog:
         with self._lock:
             if self._executor is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix="ciphertext-gzip")
+                    max_workers=1, thread_name_prefix="ciphertext-gzip", initializer=_lower_priority)
             self._pending = [f for f in self._pending if not f.done()]
             self._pending.append(self._executor.submit(self._logged, job))
 
@@ -535,7 +576,14 @@ class CiphertextLog:
         except Exception:
             log.exception("ciphertext log maintenance failed")
 
-    def _compress_and_prune(self, rotated: Path, keep: int | None = None) -> None:
+    def _compress_and_prune(self, rotated: Path, keep: int | None = None, old_fd: int | None = None) -> None:
+        if old_fd is not None:
+            # The rotation's durability work, off the appending thread (see _rotate_locked).
+            try:
+                os.fsync(old_fd)
+            finally:
+                os.close(old_fd)
+            _fsync_dir(self._dir)
         with self._maint_lock:
             stamp = _ROTATED_RE.match(rotated.name).group(1)
             # Retention may already have deleted an older queued file.
