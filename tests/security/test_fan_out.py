@@ -72,10 +72,14 @@ def room_of(hub, *names):
     peers = [Peer(hub, name) for name in names]
     for peer in peers:
         peer.join(hub.rooms.default)
+    hub.announcer.flush()  # joins are announced a moment later (relay/announce.py): now
     for peer in peers:  # every client learns everyone from its welcome and the joined frames
         for frame in peer.frames:
             if frame["type"] == "joined":
                 peer.client._add_member(frame["participant"])
+            elif frame["type"] == "joins":
+                for entry in frame["participants"]:
+                    peer.client._add_member(entry)
     return peers
 
 

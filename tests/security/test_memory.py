@@ -127,7 +127,7 @@ async def member_comes_talks_and_goes(url: str, n: int, session_key: crypto.Sess
         text = await asyncio.wait_for(client.ws.read_message(), 30)
         assert text is not None, "the server closed the connection"
         frame = json.loads(text)
-        assert frame["type"] in ("ack", "msg", "joined", "left"), frame  # the others come and go
+        assert frame["type"] in ("ack", "msg", "joined", "joins", "left"), frame  # the others come and go
         answered += frame["type"] in ("ack", "msg")
     client.close()
     while await asyncio.wait_for(client.ws.read_message(), 10) is not None:
