@@ -29,6 +29,7 @@ from .wsclient import WSClient, connect
 _HELLO = b'{"v":2,"type":"hello"'
 _WELCOME = b'{"v":2,"type":"welcome"'
 _JOINED = b'{"v":2,"type":"joined"'
+_JOINS = b'{"v":2,"type":"joins"'  # several joins in one frame (PROTOCOL.md §6.2)
 _LEFT = b'{"v":2,"type":"left"'
 _ERROR = b'{"v":2,"type":"error"'
 _SID = b'"sid":'
@@ -122,8 +123,8 @@ async def run_rotation_size(n: int, s, workdir: Path) -> list[dict]:
 class StormRoom:
     """M clients of one relay that each count the members they know of.
 
-    A client knows the members its welcome lists, plus every participant a later `joined`
-    carries, minus each `left`: counted as `"sid":` occurrences, without parsing the frames
+    A client knows the members its welcome lists, plus every participant a later `joined` or
+    `joins` carries, minus each `left`: counted as `"sid":` occurrences, without parsing the frames
     (a complete storm of 1,000 is ~10^6 roster entries; json.loads on all of them would make
     the generator, not the relay, the bottleneck). `you` in the welcome is not counted.
     """
@@ -163,7 +164,7 @@ class StormRoom:
             future = self.welcome_futures.get(i)
             if future is not None and not future.done():
                 future.set_result(True)
-        elif payload.startswith(_JOINED):
+        elif payload.startswith(_JOINED) or payload.startswith(_JOINS):
             self.roster_bytes += len(payload)
             self.known[i] += payload.count(_SID)
         elif payload.startswith(_LEFT):

@@ -22,7 +22,7 @@ def test_tiny_benchmark_run_produces_sane_figures(monkeypatch):
         expected_msg_rate=2000.0, pin=False, reference_gc=(10_000, 10, 10),
         # the scenarios in miniature: a log that rotates every 16 KiB, a storm of 12 joins
         rotation_sizes=(3,), rotation_seconds=0.5, rotation_window=4, rotation_log_bytes=16 * 1024,
-        storm_size=12, storm_settle=0.2,
+        storm_size=12, storm_settle=0.2, storm_timeout=20.0,
     )
     results = asyncio.run(run_all(settings))
 
