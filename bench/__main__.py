@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-scenarios", action="store_true", help="skip the rotation and storm scenarios")
     parser.add_argument("--rotation-sizes", type=_ints, help="room sizes of the rotation scenario (default 10,100)")
     parser.add_argument("--rotation-seconds", type=float, help="length of each rotation phase (default 10)")
-    parser.add_argument("--storm-size", type=int, help="participants in the reconnect storm (default 1000)")
+    parser.add_argument("--storm-size", type=int, help="participants in the reconnect storm (default 256, a full room)")
     parser.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
     args = parser.parse_args(argv)
 

@@ -501,7 +501,9 @@ class Settings:
     rotation_window: int = 16  # in flight per sender: the relay, not the generator, is the limit
     rotation_seconds: float = 10.0
     rotation_log_bytes: int | None = None  # None: the shipped default (log.max_bytes, 10 MiB)
-    storm_size: int = 1000
+    # A room holds at most 256 (limits.max_participants, capped by protocol v2's MAX_RECIPIENTS:
+    # the Merkle path must fit in the wrapped key, PROTOCOL.md §7.3), so the storm fills one room.
+    storm_size: int = 256
     storm_concurrency: int = 200  # TCP handshakes outstanding at once
     storm_timeout: float = 90.0
     storm_settle: float = 2.0  # seconds after completion before RSS is read again
