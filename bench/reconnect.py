@@ -247,7 +247,9 @@ def one_run(browser, serve: Serve, cutter: Cutter, url: str, repeat: int) -> dic
         pages["sender"].get_by_label("Message", exact=True).wait_for()
         # Everyone sees everyone before the cut.
         for page in pages.values():
-            page.wait_for_function("document.querySelectorAll('#participants li').length >= 3")
+            # A function, not a bare expression: Playwright polls a bare expression through
+            # eval(), which the page's CSP (no 'unsafe-eval') refuses once the first check fails.
+            page.wait_for_function("() => document.querySelectorAll('#participants li').length >= 3")
 
         # -- cut every connection through the relay; the sender, not cut, sends at once ----------
         text = f"sent after cut {repeat}"
