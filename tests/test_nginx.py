@@ -48,9 +48,10 @@ def nginx_binary() -> str:
 UNIX_UPSTREAM = "proxy_pass http://unix:/run/securechat/http.sock:;"
 
 
-def documented_config(upstream: int | Path, plain: int, tls: int, cert: Path, key: Path) -> str:
+def documented_config(upstream: int | Path | str, plain: int, tls: int, cert: Path, key: Path) -> str:
     """The nginx block of docs/DEPLOY.md with this test's ports and certificate; upstream a
-    port, or the path of securechat's unix socket (the documented one-line change)."""
+    port, the path of securechat's unix socket (the documented one-line change), or the URL of
+    an `upstream` block (several machines: proxy_pass http://securechat)."""
     text = (ROOT / "docs" / "DEPLOY.md").read_text()
     (snippet,) = re.findall(r"```nginx\n(.*?)```", text, re.S)
     replacements = {
@@ -63,6 +64,8 @@ def documented_config(upstream: int | Path, plain: int, tls: int, cert: Path, ke
         assert f"`{UNIX_UPSTREAM}`" in text
         replacements["proxy_pass http://127.0.0.1:5000;"] = UNIX_UPSTREAM.replace("/run/securechat/http.sock",
                                                                                  str(upstream))
+    elif isinstance(upstream, str):
+        replacements["proxy_pass http://127.0.0.1:5000;"] = f"proxy_pass {upstream};"
     else:
         replacements["http://127.0.0.1:5000"] = f"http://127.0.0.1:{upstream}"
     for old, new in replacements.items():
@@ -105,26 +108,8 @@ def deployment(request, tmp_path):
          "--data-dir", str(tmp_path / "data")],
         cwd=ROOT, env=clean_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     cert = ensure_self_signed(tmp_path / "cert")
-    prefix = tmp_path / "nginx"
-    prefix.mkdir()
-    temp = {name: prefix / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
-    conf = prefix / "nginx.conf"
-    conf.write_text("\n".join([
-        "daemon off;",
-        "worker_processes 1;",
-        f"pid {prefix / 'nginx.pid'};",
-        f"error_log {prefix / 'error.log'} info;",
-        # As root nginx would hand its workers to `nobody`, who cannot enter tmp_path.
-        "user root;" if os.geteuid() == 0 else "",
-        "events { worker_connections 64; }",
-        "http {",
-        f"access_log {prefix / 'access.log'};",
-        *(f"{name}_temp_path {path};" for name, path in temp.items()),
-        documented_config(proxied_to, plain, tls, cert.cert_path, cert.key_path),
-        "}",
-    ]))
-    proxy = subprocess.Popen([nginx, "-e", str(prefix / "error.log"), "-p", str(prefix), "-c", str(conf)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proxy, prefix = start_nginx(nginx, tmp_path, documented_config(proxied_to, plain, tls, cert.cert_path,
+                                                                  cert.key_path))
     try:
         wait_for_http(f"http://127.0.0.1:{upstream}/healthz", server)
         wait_for_port(tls, proxy, prefix / "error.log")
@@ -140,6 +125,32 @@ def deployment(request, tmp_path):
         server.send_signal(signal.SIGINT)
         _, err = server.communicate(timeout=15)
         assert "Traceback" not in err
+
+
+def start_nginx(nginx: str, tmp_path: Path, http_block: str) -> tuple[subprocess.Popen, Path]:
+    """nginx in the foreground with its own prefix, pid, logs and temp dirs under tmp_path,
+    serving `http_block` (the documented configuration) inside its http {}."""
+    prefix = tmp_path / "nginx"
+    prefix.mkdir()
+    temp = {name: prefix / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
+    conf = prefix / "nginx.conf"
+    conf.write_text("\n".join([
+        "daemon off;",
+        "worker_processes 1;",
+        f"pid {prefix / 'nginx.pid'};",
+        f"error_log {prefix / 'error.log'} info;",
+        # As root nginx would hand its workers to `nobody`, who cannot enter tmp_path.
+        "user root;" if os.geteuid() == 0 else "",
+        "events { worker_connections 64; }",
+        "http {",
+        f"access_log {prefix / 'access.log'};",
+        *(f"{name}_temp_path {path};" for name, path in temp.items()),
+        http_block,
+        "}",
+    ]))
+    proxy = subprocess.Popen([nginx, "-e", str(prefix / "error.log"), "-p", str(prefix), "-c", str(conf)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proxy, prefix
 
 
 def insecure() -> ssl.SSLContext:
