@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import subprocess
@@ -19,7 +18,7 @@ import sys
 import pytest
 import redis
 from redis_server import redis_server  # noqa: F401  (fixture)
-from test_nginx import ROOT, close_all, documented_config, insecure, join, nginx_binary, start_nginx, wait_for_port
+from test_nginx import ROOT, close_all, documented_config, join, nginx_binary, start_nginx, wait_for_port
 
 from helpers import clean_env, cli, free_port, wait_for_http
 from securechat.admin.client import AdminClient
