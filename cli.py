@@ -381,10 +381,12 @@ def rooms(as_json, port, url, token, fingerprint, cacert, data_dir, config_file)
     if as_json:
         click.echo(json.dumps(answer, indent=2))
         return
-    from securechat.admin.views import rooms_table
+    from securechat.admin.views import cluster_warning, rooms_table
     from securechat.console import make_console
 
     make_console().print(rooms_table(answer))
+    if (warning := cluster_warning(answer)) is not None:
+        click.echo(f"securechat: warning: {warning}", err=True)
 
 
 @main.command(context_settings=CONTEXT)
@@ -413,7 +415,7 @@ def roster(room, as_json, port, url, token, fingerprint, cacert, data_dir, confi
     if as_json:
         click.echo(json.dumps(answer, indent=2))
         return
-    from securechat.admin.views import roster_tables
+    from securechat.admin.views import cluster_warning, roster_tables
     from securechat.console import make_console
 
     console = make_console()
@@ -422,6 +424,8 @@ def roster(room, as_json, port, url, token, fingerprint, cacert, data_dir, confi
         console.print("nobody is connected", markup=False)
     for table in tables:
         console.print(table)
+    if (warning := cluster_warning(answer)) is not None:
+        click.echo(f"securechat: warning: {warning}", err=True)
 
 
 @main.group(context_settings=CONTEXT)

@@ -201,3 +201,61 @@ async def test_rotation_across_workers_loses_and_duplicates_nothing(tmp_path, se
         await asyncio.sleep(0.25)
     assert len(workers) == 2 and all("1 joined  1 connections  12 messages relayed" in line
                                      for line in workers), result.output
+
+
+async def test_status_roster_and_rooms_while_redis_is_down_say_so_in_one_line(tmp_path, server, redis_server,
+                                                                              opened):
+    served = server("--workers", "2", SECURECHAT_CLUSTER_REDIS_URL=redis_server.url)
+    alice, bob = await on_distinct_workers(served.ws, redis_server.url, ["alice", "bob"], opened)
+    run = asyncio.get_running_loop().run_in_executor
+
+    async def command(*args):
+        result = await run(None, lambda: cli(*args, runtime=served.runtime))
+        assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+        return result
+
+    redis_server.stop()
+    for _ in range(100):  # both workers have noticed (whichever answers says so)
+        answers = [json.loads((await command("status", "--json")).stdout) for _ in range(4)]
+        if all(a["servers"][0]["status"]["cluster"]["redis"] == "down" for a in answers):
+            break
+        await asyncio.sleep(0.1)
+
+    status = await command("status")
+    lines = status.output.splitlines()
+    down = [line for line in lines if line.strip().startswith("redis ")]
+    assert len(down) == 1 and "DOWN since" in down[0] and "other processes cannot be reached" in down[0]
+    assert any("only this process's figures are known" in line for line in lines)
+    # The answering worker's own figures: it holds one of the two.
+    workers = [line for line in lines if line.strip().startswith("worker ")]
+    assert len(workers) == 1 and "1 joined  1 connections" in workers[0], status.output
+
+    for args in (("roster",), ("rooms",)):
+        result = await command(*args)
+        warnings = [line for line in result.stderr.splitlines() if line.startswith("securechat: warning:")]
+        assert len(warnings) == 1 and "Redis is DOWN since" in warnings[0], result.output
+        assert "people on other processes are listed as they were then" in warnings[0]
+        assert "Redis" not in result.stdout  # the table itself is unchanged
+    roster = await command("roster")
+    assert "alice" in roster.stdout and "bob" in roster.stdout  # the other one as of the outage
+    answer = json.loads((await command("roster", "--json")).stdout)
+    assert answer["cluster"]["redis"] == "down" and isinstance(answer["cluster"]["down_since"], int)
+    assert json.loads((await command("rooms", "--json")).stdout)["cluster"]["redis"] == "down"
+
+    # Redis is back: the whole cluster again, every worker with its own figures, no warning.
+    redis_server.start()
+    for _ in range(200):
+        status = await command("status")
+        workers = [line for line in status.output.splitlines() if line.strip().startswith("worker ")]
+        if "redis     up" in status.output and len(workers) == 2 and all(
+                "1 joined  1 connections" in line for line in workers):
+            break
+        await asyncio.sleep(0.1)
+    assert "redis     up" in status.output and len(workers) == 2, status.output
+    assert all("1 joined  1 connections" in line for line in workers), status.output
+    for _ in range(50):
+        roster = await command("roster")
+        if "warning" not in roster.stderr:
+            break
+        await asyncio.sleep(0.1)
+    assert roster.stderr == "" and "alice" in roster.stdout and "bob" in roster.stdout

@@ -77,6 +77,11 @@ class AdminHandler(SecureHeadersMixin, tornado.web.RequestHandler):
     def check_xsrf_cookie(self) -> None:
         """No cookies are involved: the bearer header is itself the proof a browser cannot forge."""
 
+    def _cluster(self) -> dict:
+        """{"cluster": Redis's state} when this is one process of several: while Redis is down,
+        the members of other processes are as of when it went down."""
+        return {} if self.hub.cluster is None else {"cluster": self.hub.cluster.status()}
+
     def _room(self) -> str | None:
         """The ?room=NAME filter (None: every room); a name no room can have is a 400."""
         name = self.get_query_argument("room", None)
@@ -108,9 +113,10 @@ class StatusHandler(AdminHandler):
             answer["cluster"] = cluster.status()
             try:
                 answer["cluster"]["processes"] = await cluster.workers()
-            except (ConnectionError, OSError) as exc:
-                answer["cluster"]["processes"] = None
-                answer["cluster"]["problem"] = f"Redis is unreachable: {type(exc).__name__}"
+            except (ConnectionError, OSError):
+                # Without Redis only the answering process's own figures are known.
+                answer["cluster"]["processes"] = [cluster.this_process()]
+                answer["cluster"]["problem"] = "Redis is unreachable: only this process's figures are known"
         self.write(answer)
 
 
@@ -126,6 +132,7 @@ class RoomsHandler(AdminHandler):
         now = time.time()
         rooms = self.hub.rooms
         self.write({
+            **self._cluster(),
             "default": rooms.default,
             "max_rooms": rooms.max_rooms,
             "max_rooms_per_address": rooms.max_rooms_per_address,
@@ -141,7 +148,7 @@ class RosterHandler(AdminHandler):
     def get(self) -> None:
         name = self._room()
         rooms = [self.hub.rooms.get(name)] if name is not None else ordered_rooms(self.hub)
-        self.write({"room": name, "participants": [
+        self.write({**self._cluster(), "room": name, "participants": [
             {"username": p.username, "fingerprint": p.fingerprint, "sid": p.sid,
              "joined": p.joined, "remote": p.remote, "room": room.name}
             for room in rooms for p in room.members.values()

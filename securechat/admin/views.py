@@ -155,6 +155,8 @@ def cluster_lines(cluster: dict) -> list[str]:
         lines = [f"    redis     DOWN{since}: people on other processes cannot be reached"]
     else:
         lines = ["    redis     up"]
+    if isinstance(cluster.get("problem"), str):
+        lines.append(f"    problem   {strip_controls(cluster['problem'])}")
     for process in cluster.get("processes") or []:
         worker = process.get("worker")
         name = f"worker {worker}" if isinstance(worker, int) and worker >= 0 else "process"
@@ -163,6 +165,18 @@ def cluster_lines(cluster: dict) -> list[str]:
             f"{process.get('members')} joined  {process.get('connections')} connections  "
             f"{process.get('relayed')} messages relayed"))
     return lines
+
+
+def cluster_warning(answer: dict) -> str | None:
+    """One line for `roster` and `rooms` when the answering process has lost Redis: the people
+    it lists on other processes are as they were then."""
+    cluster = answer.get("cluster")
+    if not isinstance(cluster, dict) or cluster.get("redis") == "up":
+        return None
+    down = cluster.get("down_since")
+    since = f" since {local_time(down)}" if isinstance(down, int) and not isinstance(down, bool) else ""
+    return (f"Redis is DOWN{since}: people on other processes are listed as they were then "
+            "(they may have left), and messages cannot reach them until it is back")
 
 
 def print_certificate(console: Console, cert: CertStatus, now: dt.datetime | None = None) -> None:

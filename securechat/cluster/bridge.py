@@ -573,6 +573,10 @@ class Cluster:
                 except ValueError:
                     continue
             if entry["id"] == self.id:  # ours as of now, not as of the last heartbeat
-                entry.update({key: json.loads(value) for key, value in self._info().items()})
+                entry.update(self.this_process())
             found.append(entry)
         return found
+
+    def this_process(self) -> dict[str, Any]:
+        """This process's entry of workers(), its figures as of now (known without Redis too)."""
+        return {"id": self.id, **{key: json.loads(value) for key, value in self._info().items()}}
