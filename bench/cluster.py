@@ -114,7 +114,7 @@ async def run_size(n: int, s: Settings, workers: int, workdir: Path) -> dict:
             for kind in relays:
                 for factory in rooms[kind].factories:
                     factory.pool.clear()
-                    factory.prebuild(min(expect, 4000))
+                    await factory.prebuild_async(min(expect, 4000))
                 closeds[kind].append(await closed_loop(rooms[kind], s.closed_seconds, s.warmup, s.window))
                 for factory in rooms[kind].factories:
                     factory.pool.clear()

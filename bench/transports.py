@@ -39,7 +39,7 @@ async def run_transport_size(n: int, s: Settings, workdir: Path) -> list[dict]:
             for t in TRANSPORTS:
                 for factory in rooms[t].factories:
                     factory.pool.clear()
-                    factory.prebuild(min(expect, 4000))
+                    await factory.prebuild_async(min(expect, 4000))
                 closeds[t].append(await closed_loop(rooms[t], s.closed_seconds, s.warmup, s.window))
                 for factory in rooms[t].factories:
                     factory.pool.clear()

@@ -137,3 +137,41 @@ def test_the_attachment_benchmark_runs_and_reports(capsys, tmp_path):
     (run,) = json.loads(out.read_text())["runs"]
     assert run["upload_s"] > 0 and run["upload_blob_s"] > 0
     assert run["rss_peak"] >= run["rss_before"] > 0 and run["chat_during_ms"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_building_the_frames_of_a_phase_keeps_answering_the_relays_pings(monkeypatch):
+    """A phase's frames are built before it starts, and on a loaded machine (or at N = 250, ~25 ms
+    a frame) that takes longer than the relay's ping timeout. Built without returning to the
+    loop, no client answered a ping meanwhile and the relay closed every one of them: the closed
+    loop then measured 0 msgs/s. Here a build costs 40 ms and securechat pings every second with
+    a 1 s timeout, so ~3 s of frames outlast several pings; every client must still be open and
+    the closed loop must have acks."""
+    import time as _time
+
+    from bench import runner
+
+    real_build = runner.FrameFactory.build
+
+    def slow_build(self):
+        _time.sleep(0.04)  # a frame to 250 on a busy core
+        return real_build(self)
+
+    monkeypatch.setenv("BENCH_KEY_CACHE", "off")
+    monkeypatch.setattr(runner.FrameFactory, "build", slow_build)
+    monkeypatch.setitem(runner.BENCH_ENV, "SECURECHAT_PING_INTERVAL", "1")
+    monkeypatch.setitem(runner.BENCH_ENV, "SECURECHAT_PING_TIMEOUT", "1")
+    # 2 senders x ~40 frames x 40 ms: the closed loop's pool takes ~3 s to build
+    settings = Settings(
+        sizes=(3,), senders=2, rate=20.0, open_seconds=0.5, closed_seconds=0.5, warmup=0.2, window=1,
+        idle=(), slow_size=0, repeats=1, expected_msg_rate=140.0, pin=False, relays=("securechat",),
+        scenarios=(),
+    )
+    results = asyncio.run(run_all(settings))
+
+    (run,) = results["runs"]
+    assert run["errors"] == {}
+    assert run["closed"]["clients_closed"] == 0
+    assert run["closed"]["messages_per_s"] > 0
+    assert run["open"]["missing_deliveries"] == 0
