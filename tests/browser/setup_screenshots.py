@@ -1,5 +1,5 @@
 """Screenshots of device set-up with the local CA, as a phone that has not installed it yet sees
-it: the join card's "Set up this device" link and the /setup page, at phone (390×844, and
+it: the join card's "Set up this device" link, the /setup page and the menu's link to it, at phone (390×844, and
 390×480 with the keyboard open) and desktop sizes. Run from the repository root:
 `python tests/browser/setup_screenshots.py [dir]`; tests/browser/test_local_ca.py runs the same
 capture into a temporary directory.
@@ -14,10 +14,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 try:
-    from .harness import ServerThread, launch, open_page
+    from .harness import ServerThread, launch, open_menu, open_page
 except ImportError:  # run as a script: no parent package
     sys.path[:0] = [str(ROOT), str(Path(__file__).parent)]
-    from harness import ServerThread, launch, open_page
+    from harness import ServerThread, launch, open_menu, open_page
 
 from securechat import tls
 
@@ -34,7 +34,7 @@ def serve(data: Path) -> ServerThread:
 
 
 def capture(browser, server: ServerThread, out_dir: Path) -> list[Path]:
-    """join-<size>.png, setup-<size>.png and setup-phone-full.png; the phones are iPhones, so /setup
+    """join-<size>.png, setup-<size>.png, setup-phone-full.png and menu-<size>.png (in the chat); the phones are iPhones, so /setup
     leads with iOS."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -62,6 +62,15 @@ def capture(browser, server: ServerThread, out_dir: Path) -> list[Path]:
             if size == "phone":  # the whole page: the steps and the QR code below the fold
                 written.append(out_dir / "setup-phone-full.png")
                 page.screenshot(path=str(written[-1]), full_page=True)
+            # In the chat (a reload re-joins there, past the join card), the menu keeps the way.
+            page.goto(server.url)
+            page.get_by_label("Username", exact=True).fill(f"iris-{size}")
+            page.get_by_role("button", name="Join chat").click()
+            page.get_by_label("Message", exact=True).wait_for()
+            open_menu(page)
+            page.get_by_role("link", name="Trust this server's certificate").scroll_into_view_if_needed()
+            written.append(out_dir / f"menu-{size}.png")
+            page.screenshot(path=str(written[-1]))
         finally:
             context.close()
     return written

@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 from securechat.relay.stream import StreamSession
 from securechat.relay.ws import ChatSocket
 
-from .harness import join, messages, open_page, participants, send
+from .harness import join, messages, open_menu, open_page, participants, send
 
 # WebKit with an exception-accepted certificate: the WebSocket never opens; it reports an error
 # and a 1006 close, exactly as the socket of a failed TLS handshake does. fetch and EventSource
@@ -287,3 +287,43 @@ def test_the_iphone_case_https_with_an_accepted_self_signed_certificate(browser,
         for context in contexts:
             context.close()
         server.stop()
+
+
+def test_the_iphone_case_with_the_local_ca_finds_setup_in_the_menu_after_a_reload(browser, tmp_path):
+    """The same phone against `serve --tls` with its local CA: on the fallback because it has not
+    installed the CA yet. A reload re-joins straight into the chat (no join card, so not its
+    "Set up this device" line), so the menu keeps the way to /setup."""
+    from securechat import tls
+
+    from .harness import ServerThread
+
+    data = tmp_path / "data"
+    status = tls.ensure_local_ca(data, addresses=[])
+    server = ServerThread(data, ssl_context=tls.server_ssl_context(status.cert_path, status.key_path),
+                          hostname="localhost", app_options={"local_ca": status.ca.public()}).start()
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 390, "height": 844})
+    try:
+        context.add_init_script(NO_WEBSOCKET)
+        phone = open_page(context, server.url)
+        join(phone, "iris")
+        expect(phone.get_by_role("status")).to_have_text(FALLBACK)
+        phone.reload()
+        expect(phone.get_by_role("status")).to_have_text(FALLBACK)
+        expect(phone.get_by_role("button", name="Join chat")).to_be_hidden()
+        open_menu(phone)
+        link = phone.get_by_role("link", name="Trust this server's certificate")
+        expect(link).to_be_visible()
+        link.click()
+        expect(phone.get_by_role("heading", name="Set up this device")).to_be_visible()
+        assert phone.url == f"https://localhost:{server.port}/setup"
+    finally:
+        context.close()
+        server.stop()
+
+
+def test_without_the_local_ca_the_menu_offers_no_setup_link(people, server):
+    page = phone_page(people)
+    join(page, "iris")
+    open_menu(page)
+    expect(page.get_by_role("button", name="Leave chat")).to_be_visible()
+    expect(page.get_by_role("link", name="Trust this server's certificate")).to_have_count(0)
