@@ -15,10 +15,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 try:
-    from .harness import ServerThread, join, launch, messages, open_page, send
+    from .harness import join, messages, open_page, run_screenshots, send
 except ImportError:  # run as a script: no parent package
     sys.path[:0] = [str(ROOT), str(Path(__file__).parent)]
-    from harness import ServerThread, join, launch, messages, open_page, send
+    from harness import join, messages, open_page, run_screenshots, send
 
 SIZES = {"phone": (390, 844), "keyboard": (390, 480), "desktop": (1280, 760)}
 
@@ -114,20 +114,5 @@ def capture(browser, server, out_dir: Path) -> list[Path]:
     return written
 
 
-def main() -> None:
-    from playwright.sync_api import sync_playwright
-
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp())
-    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as playwright:
-        server = ServerThread(Path(tmp) / "data").start()
-        browser = launch(playwright, config_home=Path(tmp))
-        try:
-            for path in capture(browser, server, out):
-                print(f"wrote {path}")
-        finally:
-            browser.close()
-            server.stop()
-
-
 if __name__ == "__main__":
-    main()
+    run_screenshots(capture, sys.argv[1:])

@@ -214,3 +214,22 @@ def messages(page):
 
 def own_fingerprint(page) -> str:
     return page.locator("#own-fingerprint").inner_text().strip()
+
+
+def run_screenshots(capture, argv: list[str]) -> None:
+    """The main() of a *_screenshots.py script: a plain server and a Chromium in a temp dir,
+    `capture(browser, server, out_dir)`, one line per PNG written (into argv[0], or a temp dir)."""
+    import tempfile
+
+    from playwright.sync_api import sync_playwright
+
+    out = Path(argv[0]) if argv else Path(tempfile.mkdtemp())
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as playwright:
+        server = ServerThread(Path(tmp) / "data").start()
+        browser = launch(playwright, config_home=Path(tmp))
+        try:
+            for path in capture(browser, server, out):
+                print(f"wrote {path}")
+        finally:
+            browser.close()
+            server.stop()

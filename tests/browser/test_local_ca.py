@@ -233,7 +233,8 @@ def test_the_setup_page_in_a_trusting_browser(trusting, contexts, tmp_path):
 
 def test_a_device_that_warned_finds_setup_from_the_join_card_at_every_size(trusting, tmp_path):
     """The link on the join card is on screen at 390×844, at 390×480 with the keyboard open and on
-    a desktop, and leads to /setup; in the chat the menu's link is reachable at each size (setup_screenshots.py; its PNGs are looked at by people)."""
+    a desktop, and leads to /setup; in the chat, the menu's link is reachable at each size
+    (setup_screenshots.py; its PNGs are looked at by people)."""
     from .setup_screenshots import capture
 
     server = serve(trusting.data, tls.ensure_local_ca(trusting.data, addresses=[]))
