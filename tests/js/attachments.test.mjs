@@ -5,9 +5,8 @@ import assert from "node:assert/strict";
 
 import * as a from "../../static/js/attachments.js";
 import * as f from "../../static/js/filecrypto.js";
-import { ChatClient } from "../../static/js/chat.js";
-import { memoryStore } from "../../static/js/store.js";
 import { FakeServer, until } from "./fake_server.mjs";
+import { person } from "./people.mjs";
 
 /** The blob endpoints in memory: names blobs by their hash, checks offsets and the token. */
 class FakeBlobs {
@@ -170,13 +169,6 @@ test("names: kept, cut to 255 code points with their extension, made safe to sav
   assert.equal(a.describeSize(512), "512 B");
   assert.equal(a.describeSize(25 * 1024 * 1024), "25.0 MiB");
 });
-
-function person(server) {
-  const events = [];
-  const client = new ChatClient({ store: memoryStore(), url: "ws://test/ws", WebSocketImpl: server.WebSocket,
-    emit: (type, detail) => events.push({ type, ...detail }) });
-  return { client, events, of: (type) => events.filter((e) => e.type === type) };
-}
 
 test("a message carries its files inside the ciphertext and names their blobs in the clear", async () => {
   const server = new FakeServer();

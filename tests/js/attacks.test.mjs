@@ -4,25 +4,9 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 
 import * as c from "../../static/js/crypto.js";
-import { ChatClient } from "../../static/js/chat.js";
-import { memoryStore } from "../../static/js/store.js";
 import { FakeServer, forgedParticipant, until } from "./fake_server.mjs";
+import { joined, person } from "./people.mjs";
 
-function person(server, { store = memoryStore(), now = Date.now, recipientsTimeoutMs } = {}) {
-  const events = [];
-  const client = new ChatClient({
-    store, url: "ws://test/ws", WebSocketImpl: server.WebSocket, now, recipientsTimeoutMs,
-    emit: (type, detail) => events.push({ type, ...detail }),
-  });
-  const of = (type) => events.filter((e) => e.type === type);
-  const last = (type) => of(type).at(-1);
-  return { client, events, of, last, store };
-}
-
-async function joined(p, name) {
-  assert.equal(await p.client.join(name), null);
-  await until(() => p.last("status")?.state === "connected", 20000, `${name} connected`);
-}
 
 /** The server shows `victim` a participant nobody else sees. */
 async function inject(server, victim, participant) {

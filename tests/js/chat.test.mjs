@@ -6,26 +6,8 @@ import * as c from "../../static/js/crypto.js";
 import { ChatClient, REJOIN_GRACE_MS, SEND_TIMEOUT_MS } from "../../static/js/chat.js";
 import { memoryStore } from "../../static/js/store.js";
 import { FakeServer, until } from "./fake_server.mjs";
+import { joined, person } from "./people.mjs";
 
-function person(server, { store = memoryStore(), timers = null } = {}) {
-  const events = [];
-  const client = new ChatClient({
-    store,
-    url: "ws://test/ws",
-    WebSocketImpl: server.WebSocket,
-    emit: (type, detail) => events.push({ type, ...detail }),
-    // Manual timers hold only what the test fires; the WebSocket's first-frame watchdog is off.
-    ...(timers ? { setTimer: (fn, ms) => timers.push({ fn, ms }), clearTimer: () => {}, firstFrameTimeoutMs: 0 } : {}),
-  });
-  const of = (type) => events.filter((e) => e.type === type);
-  const last = (type) => of(type).at(-1);
-  return { client, events, of, last, store };
-}
-
-async function joined(p, name) {
-  assert.equal(await p.client.join(name), null);
-  await until(() => p.last("status")?.state === "connected", 20000, `${name} connected`);
-}
 
 const texts = (p) => p.of("message").map((m) => `${m.username}: ${m.text}`);
 

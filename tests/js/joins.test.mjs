@@ -3,19 +3,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { ChatClient } from "../../static/js/chat.js";
-import { memoryStore } from "../../static/js/store.js";
 import { FakeServer, forgedParticipant, until } from "./fake_server.mjs";
+import { person } from "./people.mjs";
 
-function person(server) {
-  const events = [];
-  const client = new ChatClient({
-    store: memoryStore(), url: "ws://test/ws", WebSocketImpl: server.WebSocket,
-    emit: (type, detail) => events.push({ type, ...detail }),
-  });
-  const of = (type) => events.filter((e) => e.type === type);
-  return { client, events, of, last: (type) => of(type).at(-1) };
-}
 
 test("a joins frame adds every entry in order, checks each on its own, and redraws the roster once", async () => {
   const server = new FakeServer();
