@@ -46,6 +46,10 @@ def base_url(url: str) -> str:
 
 
 class HttpStreamConnection:
+    # Where POSTs go when not to the stream's own server: a test's way to make them land on
+    # another process of a cluster (a load balancer does it in real life). None: self.base.
+    posts_to: str | None = None
+
     def __init__(self, url: str, *, origin: str | None = None, ssl_options=None, room: str | None = None):
         self.base = base_url(url)
         self.room = room  # named by the request that opens the session (§1); None: the default room
@@ -175,12 +179,13 @@ class HttpStreamConnection:
     # -- sending ---------------------------------------------------------------------------
 
     async def _post(self, path: str, body: str, seq: int | None = None) -> None:
-        headers = {"Content-Type": "application/json", "Origin": self.origin,
+        base = self.posts_to or self.base
+        headers = {"Content-Type": "application/json", "Origin": self.posts_to or self.origin,
                    TOKEN_HEADER: self.session["token"], ACK_HEADER: str(self.last)}
         if seq is not None:
             headers[SEQ_HEADER] = str(seq)
         self.unacked_bytes = 0
-        request = HTTPRequest(f"{self.base}/stream/{path}", method="POST", headers=headers,
+        request = HTTPRequest(f"{base}/stream/{path}", method="POST", headers=headers,
                               body=body, ssl_options=self.ssl_options, request_timeout=30)
         try:
             await self.http.fetch(request)

@@ -148,7 +148,7 @@ async def start(config: Config, ssl_context: ssl.SSLContext | None = None, *, so
     if config.cluster_redis_url is not None:
         # Only now, and only when configured: without a Redis URL nothing of it is imported.
         from .cluster.bridge import Cluster
-        Cluster(app.settings["hub"], config, port=port).start()
+        Cluster(app.settings["hub"], config, port=port, streams=app.settings["stream_sessions"]).start()
     quiet_closed_writes(asyncio.get_running_loop())
     housekeeping = None
     if blobs is not None:

@@ -297,3 +297,92 @@ async def test_named_rooms_are_shared_across_servers_and_stay_apart(tmp_path, re
         bob.close()
         await until(lambda: all({r.name for r in s.hub.rooms} == {"lobby"} for s in (one, two)),
                     "design gone on both servers")
+
+
+async def test_http_fallback_posts_landing_on_another_server_reach_the_one_holding_the_session(
+        tmp_path, redis_server, opened, monkeypatch):
+    """The HTTP transport's stream is held by one process; its POSTs may land on any other (a
+    load balancer, or the shared accept queue of `serve --workers`). They are run where the
+    session lives, with that process's answer."""
+    from security.rawstream import post
+
+    from securechat.client_transport import HttpStreamConnection
+
+    async with cluster(tmp_path, redis_server.url, 2) as (one, two):
+        alice = await joined(ws(two), "alice", opened)
+        # bob's stream is on server one; every POST of his (join, messages, acks, close) goes to two.
+        monkeypatch.setattr(HttpStreamConnection, "posts_to", f"http://127.0.0.1:{two.port}")
+        bob = ChatClient(f"http://127.0.0.1:{one.port}", "bob", transport="http")
+        opened.append(bob)
+        await bob.connect()
+        await settle(alice, bob, members=2)
+        assert len(one.app.settings["stream_sessions"].by_token) == 1  # one holds bob's session
+        assert not two.app.settings["stream_sessions"].by_token  # two only passed his POSTs on
+        for text in ("from bob, posted to the other server", "and again"):
+            msg_id = await bob.send(text)
+            received = await alice.next_message()
+            assert (received.id, received.sender, received.text) == (msg_id, "bob", text)
+            assert (await bob.expect("ack"))["recipients"] == 2
+            assert (await bob.next_message()).id == msg_id  # his own copy, on his stream
+        msg_id = await alice.send("to bob's stream")
+        assert (await bob.next_message()).id == msg_id
+        await bob.ws.ack()  # an ack through two, too
+        held = next(iter(one.app.settings["stream_sessions"].by_token.values()))
+        assert held.acked == bob.ws.last
+        # bob's join and messages were validated and logged by the process holding him, once.
+        assert [r["username"] for r in records(one) if r["event"] == "join"] == ["bob"]
+        assert [r["from"]["username"] for r in records(one) if r["event"] == "msg"] == ["bob", "bob"]
+        assert [r["from"]["username"] for r in records(two) if r["event"] == "msg"] == ["alice"]
+        assert two.hub.cluster.forwarded >= 4 and one.hub.cluster.answered >= 4
+
+        # Refusals come back as the holder gave them, and count against the session there.
+        token = bob.ws.session["token"]
+        status, body = await asyncio.get_running_loop().run_in_executor(None, lambda: post(
+            "127.0.0.1", two.port, "/stream/ack", token=token, ack=bob.ws.last, content_type="text/plain"))
+        assert (status, body["error"]) == (415, "bad_content_type")
+        assert len(held.pipeline.strikes._times) == 1
+        # A token nobody holds: every process said no.
+        status, body = await asyncio.get_running_loop().run_in_executor(None, lambda: post(
+            "127.0.0.1", two.port, "/stream/ack", token="A" * 22, ack=0))
+        assert (status, body["error"]) == (404, "unknown_session")
+
+        # Closing through two ends the session on one: alice sees bob leave; later POSTs learn why.
+        bob.close()
+        await settle(alice, members=1)
+        await until(lambda: not one.app.settings["stream_sessions"].by_token, "bob's session ended")
+        status, body = await asyncio.get_running_loop().run_in_executor(None, lambda: post(
+            "127.0.0.1", two.port, "/stream/ack", token=token, ack=0))
+        assert (status, body["error"], body["code"]) == (410, "session_closed", 1000)
+
+
+async def test_a_large_post_for_another_servers_session_is_checked_there_before_its_body_is_read(
+        tmp_path, redis_server, opened):
+    """Bodies past the default limit are read only for a real session: the holder checks the
+    token and headers first. A frame larger than the default body limit gets through; one
+    larger than a frame closes the session where it lives, as on the WebSocket (1009)."""
+    from security.rawstream import RawStream, post
+
+    def in_thread(function, *args):
+        return asyncio.get_running_loop().run_in_executor(None, function, *args)
+
+    async with cluster(tmp_path, redis_server.url, 2) as (one, two):
+        stream = await in_thread(RawStream, "127.0.0.1", one.port)
+        try:
+            token = stream.session["token"]
+            assert (await in_thread(stream.next_frame))["type"] == "hello"
+            big = json.dumps({"v": 2, "type": "roster", "pad": "x" * (one.config.max_body_bytes * 2)})
+            status, _ = await in_thread(lambda: post("127.0.0.1", two.port, "/stream/send", big, token=token, seq=1))
+            assert status == 204  # handed to the session's pipeline on one, which answers on the stream
+            assert (await in_thread(stream.next_frame))["type"] == "error"
+            # An unknown token with a large body: refused before the body, as no one holds it.
+            status, body = await in_thread(lambda: post("127.0.0.1", two.port, "/stream/send", big,
+                                                        token="B" * 22, seq=1))
+            assert (status, body["error"]) == (404, "unknown_session")
+            huge = "x" * (one.config.max_frame_bytes + 1)
+            status, body = await in_thread(lambda: post("127.0.0.1", two.port, "/stream/send", huge,
+                                                        token=token, seq=2))
+            assert (status, body["error"]) == (413, "too_large")
+            event = await in_thread(stream.next_event)
+            assert event.name == "close" and json.loads(event.data)["code"] == 1009
+        finally:
+            stream.close()

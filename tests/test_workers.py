@@ -259,3 +259,69 @@ async def test_status_roster_and_rooms_while_redis_is_down_say_so_in_one_line(tm
             break
         await asyncio.sleep(0.1)
     assert roster.stderr == "" and "alice" in roster.stdout and "bob" in roster.stdout
+
+
+async def test_an_http_fallback_client_and_a_websocket_client_on_different_workers_chat(
+        tmp_path, server, redis_server, opened):
+    """Every POST of the HTTP transport is a new request the kernel gives to any worker: those
+    that land on the worker not holding the session are run by the one that does."""
+    served = server("--workers", "2", SECURECHAT_CLUSTER_REDIS_URL=redis_server.url)
+    for _ in range(200):
+        if len(redis.Redis.from_url(redis_server.url).zrange("securechat:workers", 0, -1)) == 2:
+            break
+        await asyncio.sleep(0.05)
+    alice = ChatClient(served.ws, "alice")
+    opened.append(alice)
+    await alice.connect()
+    await asyncio.sleep(0.1)
+    alice_pid = holders(redis_server.url)[alice.sid]["pid"]
+    for attempt in range(30):
+        bob = ChatClient(served.ws.replace("ws://", "http://"), "bob", transport="http")
+        opened.append(bob)
+        await bob.connect()
+        for _ in range(100):
+            bob_pid = holders(redis_server.url).get(bob.sid, {}).get("pid")
+            if bob_pid is not None:
+                break
+            await asyncio.sleep(0.02)
+        if bob_pid != alice_pid:
+            break
+        bob.close()
+        await asyncio.sleep(0.1)
+    assert bob_pid not in (None, alice_pid)
+    await same_roster([alice, bob])
+
+    def figures(pid: int) -> dict:
+        client = redis.Redis.from_url(redis_server.url)
+        try:
+            for worker in client.zrange("securechat:workers", 0, -1):
+                info = {k.decode(): json.loads(v) for k, v in client.hgetall(b"securechat:worker:" + worker).items()}
+                if info["pid"] == pid:
+                    return info
+            return {}
+        finally:
+            client.close()
+
+    for round_ in range(40):
+        await asyncio.sleep(0.15)  # within the frame budget (limits.rate_per_second, 10)
+        msg_id = await bob.send(f"bob's message {round_}")
+        while (received := await alice.next_message()).sender == "alice":
+            pass  # her own copies
+        assert (received.id, received.text) == (msg_id, f"bob's message {round_}")
+        await bob.expect("ack")
+        answer = await alice.send(f"alice's answer {round_}")
+        while (got := await bob.next_message()).sender == "bob":
+            pass  # his own copies
+        assert got.id == answer
+        if figures(bob_pid).get("answered", 0) > 0:
+            break  # some of his POSTs had reached alice's worker (figures lag a heartbeat, 2 s)
+    for _ in range(60):
+        if figures(bob_pid).get("answered", 0) > 0:
+            break
+        await asyncio.sleep(0.1)
+    assert figures(bob_pid)["answered"] > 0 and figures(alice_pid)["forwarded"] > 0
+    bob.close()  # its close POST completes before the test's loop ends
+    for _ in range(100):
+        if bob.ws._stopped:
+            break
+        await asyncio.sleep(0.02)

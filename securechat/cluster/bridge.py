@@ -39,6 +39,7 @@ HEARTBEAT = 2.0  # seconds between heartbeats (and checks for dead processes)
 DEAD_AFTER = 10.0  # a process silent this long is gone: with HEARTBEAT, gone everywhere within 12 s
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0  # reconnect delays, doubling, with jitter
 BATCH = 256  # queued Redis commands sent in one pipeline
+FORWARD_TIMEOUT = 10.0  # seconds a POST passed on to the process holding its session may take
 
 
 def now_ms() -> int:
@@ -71,8 +72,9 @@ def is_remote(participant: Participant) -> bool:
 class Cluster:
     """Attach with Cluster(hub, config).start(); the Hub calls joined/left/rekeyed/relay."""
 
-    def __init__(self, hub, config, *, port: int = 0):
+    def __init__(self, hub, config, *, port: int = 0, streams=None):
         self.hub = hub
+        self.streams = streams  # this process's HTTP-transport sessions (relay/stream.py)
         self.config = config
         self.url = config.cluster_redis_url
         self.id = events.worker_id(socket.gethostname(), os.getpid(), os.urandom(3).hex())
@@ -85,10 +87,14 @@ class Cluster:
         self.problem = ""
         self.connected_at = 0.0
         self.relayed = 0
+        self.forwarded = 0  # HTTP-transport POSTs this process passed on to the session's holder
+        self.answered = 0  # and those it ran for sessions of its own that reached another process
         self.peers: dict[str, float] = {}  # worker -> last heartbeat (ms), as of our last check
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._client = None
+        self._calls: dict[int, _Call] = {}  # POSTs passed on to the process holding their session
+        self._call_ids = 0
         hub.cluster = self
 
     # -- life ----------------------------------------------------------------------------------
@@ -155,6 +161,9 @@ class Cluster:
         self._fail_queued(exc)
 
     def _fail_queued(self, exc: BaseException) -> None:
+        for call in self._calls.values():
+            if not call.future.done():
+                call.future.set_exception(ConnectionError(str(exc)))
         while self._queue is not None and not self._queue.empty():
             _, future = self._queue.get_nowait()
             if future is not None and not future.done():
@@ -168,7 +177,7 @@ class Cluster:
         pubsub = listener.pubsub(ignore_subscribe_messages=True)
         tasks: list[asyncio.Task] = []
         try:
-            await pubsub.subscribe(events.CHANNEL)
+            await pubsub.subscribe(events.CHANNEL, events.HTTP_CHANNEL, events.inbox(self.id))
             # Subscribed first, then registered and read: an event sent meanwhile is not lost
             # (applying one twice is harmless).
             await self._register(client)
@@ -217,7 +226,7 @@ class Cluster:
 
     def _info(self) -> dict[str, Any]:
         figures = {"connections": len(self.hub.connections), "members": len(self.local), "relayed": self.relayed,
-                   "heartbeat": now_ms()}
+                   "forwarded": self.forwarded, "answered": self.answered, "heartbeat": now_ms()}
         return {key: json.dumps(value) for key, value in {**self.info, **figures}.items()}
 
     # -- out: the Hub's events ------------------------------------------------------------------
@@ -328,8 +337,12 @@ class Cluster:
     # -- in: the others' events -----------------------------------------------------------------
 
     async def _listen(self, pubsub) -> None:
+        channel = events.CHANNEL.encode()
         async for message in pubsub.listen():
             if message.get("type") != "message":
+                continue
+            if message["channel"] != channel:
+                self._http(message["data"])
                 continue
             event = events.decode(message["data"])
             if event is None or event["w"] == self.id:
@@ -508,6 +521,68 @@ class Cluster:
         for recipient, text in relay.deliveries():
             recipient.connection.send(text)
 
+    # -- the HTTP transport's POSTs, wherever they land ---------------------------------------
+
+    async def forward_post(self, kind: str, token: str, headers: dict, body: bytes | None,
+                           owner: str | None = None) -> tuple[str, dict | None]:
+        """Run a POST for an HTTP session this process does not hold, in the one that does.
+
+        Without `owner` every process hears the question and each answers (a yes with the
+        outcome, or a no), so an unknown token is known to be unknown once all have said no,
+        with no Redis key per session to keep or clean up after a crash. With `owner` (known
+        from an earlier answer for this request) it goes to that process alone. Returns
+        (owner, refusal or None); KeyError: no process holds it; ConnectionError: Redis is down.
+        """
+        if self.state != "up":
+            raise ConnectionError("Redis is unreachable")
+        loop = asyncio.get_running_loop()
+        self.forwarded += 1
+        self._call_ids += 1
+        number = self._call_ids
+        call = self._calls[number] = _Call(loop.create_future())
+        data = events.with_body(self.id, "post", body, r=number, k=kind, t=token, h=headers)
+        channel = events.HTTP_CHANNEL if owner is None else events.inbox(owner)
+        published = loop.create_future()
+        self._send(lambda pipe: pipe.publish(channel, data), published)
+        try:
+            heard = int(await published)
+            # On the shared channel our own subscription is among those that heard it.
+            call.expect(heard - 1 if owner is None else heard)
+            return await asyncio.wait_for(call.future, FORWARD_TIMEOUT)
+        finally:
+            self._calls.pop(number, None)
+
+    def _http(self, data: bytes) -> None:
+        decoded = events.decode_with_body(data)
+        if decoded is None:
+            return
+        event, body = decoded
+        if event["w"] == self.id:
+            return
+        try:
+            if event["e"] == "post":
+                self._answer_post(event, body)
+            elif event["e"] == "answer":
+                call = self._calls.get(event["r"])
+                if call is not None:
+                    call.answered(event["w"], event["mine"], event.get("refusal"))
+        except (KeyError, TypeError, ValueError):
+            log.warning("cluster: ignored a malformed %r request from %s", event.get("e"), event["w"])
+
+    def _answer_post(self, event: dict, body: bytes | None) -> None:
+        from ..relay import stream
+
+        token, kind = event["t"], event["k"]
+        mine = (self.streams is not None and isinstance(token, str) and kind in stream.POSTS
+                and self.streams.knows(token))
+        refusal = None
+        if mine:
+            self.answered += 1
+            refusal = stream.answer_post(self.streams, kind, token, dict(event["h"]), body)
+        answer = events.with_body(self.id, "answer", r=event["r"], mine=mine, refusal=refusal)
+        to = events.inbox(event["w"])
+        self._send(lambda pipe: pipe.publish(to, answer))
+
     # -- heartbeats and the dead ----------------------------------------------------------------
 
     async def _heartbeat(self, client) -> None:
@@ -580,3 +655,29 @@ class Cluster:
     def this_process(self) -> dict[str, Any]:
         """This process's entry of workers(), its figures as of now (known without Redis too)."""
         return {"id": self.id, **{key: json.loads(value) for key, value in self._info().items()}}
+
+
+class _Call:
+    """A POST passed on: done at the first yes, or a KeyError once every listener said no."""
+
+    def __init__(self, future: asyncio.Future):
+        self.future = future
+        self.noes = 0
+        self.listeners: int | None = None  # how many heard the question, once PUBLISH says
+
+    def expect(self, listeners: int) -> None:
+        self.listeners = listeners
+        self._settle()
+
+    def answered(self, worker: str, mine: bool, refusal: dict | None) -> None:
+        if self.future.done():
+            return
+        if mine:
+            self.future.set_result((worker, dict(refusal) if refusal is not None else None))
+        else:
+            self.noes += 1
+            self._settle()
+
+    def _settle(self) -> None:
+        if not self.future.done() and self.listeners is not None and self.noes >= self.listeners:
+            self.future.set_exception(KeyError("no process holds this session"))

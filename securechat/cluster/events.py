@@ -11,6 +11,13 @@ worker that sent it (`w`) and its kind (`e`):
   rotate   {keep}                    rotate your ciphertext log now (`securechat logs rotate`)
   bye      {}                        that worker stops: its remaining members are gone
 
+Requests for an HTTP-transport session (docs/PROTOCOL.md §1.2) that another process holds go
+on HTTP_CHANNEL (who holds it?) or straight to one worker's inbox(worker), and answers to the
+asking worker's inbox; each is a JSON header line, a newline, then the request's body bytes:
+
+  post     {r, k: send|ack|close, t: token, h: headers, b: has a body}   run this POST
+  answer   {r, mine, refusal}    `mine` false: not ours; refusal null: done (204)
+
 A member is {"p": Participant.public(), "wkl": wrapped key length, "remote": address}: what
 another process needs to list it in rosters and to check wrapped keys sent to it.
 """
@@ -27,6 +34,7 @@ from ..relay.room import Participant
 PREFIX = "securechat"
 CHANNEL = f"{PREFIX}:events"
 WORKERS = f"{PREFIX}:workers"  # sorted set: worker id -> last heartbeat (ms)
+HTTP_CHANNEL = f"{PREFIX}:http"  # POSTs for a session some other process holds
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9.-]")
 
@@ -42,6 +50,11 @@ def members_key(worker: str) -> str:
 
 def info_key(worker: str) -> str:
     return f"{PREFIX}:worker:{worker}"
+
+
+def inbox(worker: str) -> str:
+    """What is said to one worker alone: POSTs for its sessions, answers to its questions."""
+    return f"{PREFIX}:to:{worker}"
 
 
 def member(participant: Participant) -> dict[str, Any]:
@@ -78,3 +91,16 @@ def decode(data: bytes | str) -> dict[str, Any] | None:
     if not isinstance(decoded, dict) or not isinstance(decoded.get("w"), str) or not isinstance(decoded.get("e"), str):
         return None
     return decoded
+
+
+def with_body(worker: str, kind: str, body: bytes | None = None, **fields) -> bytes:
+    """An event followed by raw bytes (an HTTP body), on HTTP_CHANNEL and the inboxes."""
+    return encode({"w": worker, "e": kind, "b": body is not None, **fields}).encode() + b"\n" + (body or b"")
+
+
+def decode_with_body(data: bytes) -> tuple[dict[str, Any], bytes | None] | None:
+    head, newline, body = data.partition(b"\n")
+    event = decode(head)
+    if event is None or not newline:
+        return None
+    return event, (body if event.get("b") else None)

@@ -251,6 +251,13 @@ class StreamSessions:
             self.ticker.stop()
             self.ticker = None
 
+    def knows(self, key: str) -> bool:
+        """A live session of ours, or one that ended here lately (its tombstone answers)."""
+        if key in self.by_token or key in self.by_id:
+            return True
+        ended = self.tombstones.get(key)
+        return ended is not None and ended[0] > time.monotonic()
+
     def find(self, key: str, table: dict[str, StreamSession]) -> StreamSession:
         session = table.get(key)
         if session is not None:
@@ -417,86 +424,80 @@ class StreamHandler(_Base):
             stream.max_write_buffer_size = None
 
 
-@tornado.web.stream_request_body
-class _SessionPost(_Base):
-    """What every POST shares: the Origin, the token, a JSON body within its size limit."""
+class Post:
+    """What one POST does to its session, apart from the HTTP request that carried it.
 
-    max_body = SMALL_BODY_BYTES
+    The handlers below run it for their own sessions; under `serve --workers` (or several
+    servers sharing Redis) a POST may reach a process that does not hold its session, and the
+    cluster runs it in the process that does (cluster/bridge.py), from the headers and body
+    the receiving process passed on. So the checks, strikes and answers are the same wherever
+    the request landed.
+    """
 
-    def initialize(self, sessions: StreamSessions) -> None:
-        super().initialize(sessions)
+    kind = ""
+    # The request headers this needs; what a process passes on for a session it does not hold.
+    HEADERS = ("Content-Type", "Content-Length", ACK_HEADER, SEQ_HEADER)
+
+    def __init__(self, sessions: "StreamSessions", headers):
+        self.sessions = sessions
+        self.headers = headers  # anything with .get(name): HTTPHeaders, or a dict of HEADERS
         self.session: StreamSession | None = None
-        self.body = bytearray()
+        self.ack: int | None = None
 
-    def prepare(self) -> None:
-        limit = self.body_limit()
+    def limit(self) -> int:
+        return SMALL_BODY_BYTES
+
+    def open(self, token: str) -> StreamSession:
+        """The session this token names, once the headers pass (before the body is read)."""
+        self.session = self.sessions.find(token, self.sessions.by_token)
+        self.session.heard = time.monotonic()
         try:
-            self.check_request_origin(required=True)
-            token = self.request.headers.get(TOKEN_HEADER)
-            if token is None:
-                raise RequestProblem(401, "no_token", f"this request needs the {TOKEN_HEADER} header")
-            if not _SECRET.match(token):
-                raise RequestProblem(404, "unknown_session", "no such session")
-            self.session = self.sessions.find(token, self.sessions.by_token)
-            self.session.heard = time.monotonic()
-            try:
-                self.check_body(limit)
-            except RequestProblem:
-                self.session.pipeline.strike()
-                raise
-        except RequestProblem as problem:
-            self.refuse(problem)
-            return
-        # Only now, for the session's own requests, may the body be as large as a frame.
-        allow_body(self, limit)
-
-    def body_limit(self) -> int:
-        return self.max_body
+            self.check_body(self.limit())
+        except RequestProblem:
+            self.session.pipeline.strike()
+            raise
+        return self.session
 
     def check_body(self, limit: int) -> None:
-        kind, _, params = self.request.headers.get("Content-Type", "").partition(";")
+        kind, _, params = (self.headers.get("Content-Type") or "").partition(";")
         charset = params.strip().lower()
         if kind.strip().lower() != "application/json" or charset not in ("", "charset=utf-8"):
             raise RequestProblem(415, "bad_content_type", "the body must be application/json (UTF-8)")
-        length = parse_count(self.request.headers.get("Content-Length"), "Content-Length")
+        length = parse_count(self.headers.get("Content-Length"), "Content-Length")
         if length is not None and length > limit:
             self.too_large(limit)
-        self.ack = parse_count(self.request.headers.get(ACK_HEADER), ACK_HEADER)
+        self.ack = parse_count(self.headers.get(ACK_HEADER), ACK_HEADER)
 
     def too_large(self, limit: int) -> None:
         raise RequestProblem(413, "too_large", f"the body may have at most {limit} bytes")
-
-    def data_received(self, chunk: bytes) -> None:
-        if not self._finished:
-            self.body += chunk
 
     def acknowledge(self) -> None:
         if self.ack is not None:
             self.session.acknowledge(self.ack)
 
-    async def post(self) -> None:
+    def run(self, body: bytes) -> None:
+        """With the whole body: do what the POST asks (raises RequestProblem for a refusal)."""
         session = self.session
         try:
             if session.ended is not None:  # closed while the body was arriving
                 self.sessions.find(session.token, self.sessions.by_token)
-            self.handle(session)
+            self.handle(session, body)
         except RequestProblem as problem:
             if session.ended is None and problem.status != 410:
                 session.pipeline.strike()
-            self.refuse(problem)
-            return
-        self.set_status(204)
-        self.finish()
+            raise
 
-    def handle(self, session: StreamSession) -> None:
+    def handle(self, session: StreamSession, body: bytes) -> None:
         raise NotImplementedError
 
 
-class SendHandler(_SessionPost):
-    """POST /stream/send: one client frame, handled exactly like a WebSocket text frame."""
+class SendPost(Post):
+    """One client frame, handled exactly like a WebSocket text frame."""
 
-    def body_limit(self) -> int:
-        return self.hub.config.max_frame_bytes
+    kind = "send"
+
+    def limit(self) -> int:
+        return self.sessions.hub.config.max_frame_bytes
 
     def too_large(self, limit: int) -> None:
         # The WebSocket closes with 1009 on an oversized frame; so does this session.
@@ -505,18 +506,18 @@ class SendHandler(_SessionPost):
 
     def check_body(self, limit: int) -> None:
         super().check_body(limit)
-        self.seq = parse_count(self.request.headers.get(SEQ_HEADER), SEQ_HEADER)
+        self.seq = parse_count(self.headers.get(SEQ_HEADER), SEQ_HEADER)
         if self.seq is None or self.seq == 0:
             raise RequestProblem(400, "bad_request", f"{SEQ_HEADER} must count the frames sent, from 1")
 
-    def handle(self, session: StreamSession) -> None:
+    def handle(self, session: StreamSession, body: bytes) -> None:
         if self.seq <= session.received:
             return  # a retry of a frame already handled (its answer is on the stream)
         if self.seq != session.received + 1:
             raise RequestProblem(409, "out_of_order",
                                  f"expected frame {session.received + 1}, got {self.seq}: send one at a time")
         try:
-            text = bytes(self.body).decode("utf-8")
+            text = bytes(body).decode("utf-8")
         except UnicodeDecodeError:
             raise RequestProblem(400, "bad_encoding", "the body is not UTF-8") from None
         session.received = self.seq
@@ -524,21 +525,141 @@ class SendHandler(_SessionPost):
         session.pipeline.receive(text)
 
 
-class AckHandler(_SessionPost):
-    """POST /stream/ack: the client has every frame up to Securechat-Ack."""
+class AckPost(Post):
+    """The client has every frame up to Securechat-Ack."""
 
-    def handle(self, session: StreamSession) -> None:
+    kind = "ack"
+
+    def handle(self, session: StreamSession, body: bytes) -> None:
         if self.ack is None:
             raise RequestProblem(400, "bad_request", f"an ack needs the {ACK_HEADER} header")
         self.acknowledge()
 
 
+class ClosePost(Post):
+    """The page is going away; leave now rather than at the timeout."""
+
+    kind = "close"
+
+    def handle(self, session: StreamSession, body: bytes) -> None:
+        self.acknowledge()
+        session.close(CLIENT_CLOSED, "closed by the client")
+
+
+POSTS = {post.kind: post for post in (SendPost, AckPost, ClosePost)}
+
+
+def answer_post(sessions: "StreamSessions", kind: str, token: str, headers: dict, body: bytes | None) -> dict | None:
+    """A POST another process received for a session of ours: None when it is done (204),
+    else the refusal as {"status", "error", "message", ...}. `body` None: only the headers'
+    checks, before that process reads the body (so it reads one only for a real session)."""
+    post = POSTS[kind](sessions, headers)
+    try:
+        post.open(token)
+        if body is not None:
+            post.run(body)
+    except RequestProblem as problem:
+        return {"status": problem.status, **problem.body()}
+    return None
+
+
+@tornado.web.stream_request_body
+class _SessionPost(_Base):
+    """What every POST shares: the Origin, the token, a JSON body within its size limit.
+
+    A token this process does not know may be a session another process of the cluster holds:
+    the request is then passed on to it (through Redis) and its answer given as ours.
+    """
+
+    post_class: type[Post] = Post
+
+    def initialize(self, sessions: StreamSessions) -> None:
+        super().initialize(sessions)
+        self.action: Post | None = None
+        self.body = bytearray()
+        self.token = ""
+        self.forwarded = False  # a session another process holds: it answers this request
+        self.owner: str | None = None  # that process, once it said so
+
+    async def prepare(self) -> None:
+        self.action = self.post_class(self.sessions, self.request.headers)
+        limit = self.action.limit()
+        try:
+            self.check_request_origin(required=True)
+            token = self.request.headers.get(TOKEN_HEADER)
+            if token is None:
+                raise RequestProblem(401, "no_token", f"this request needs the {TOKEN_HEADER} header")
+            if not _SECRET.match(token):
+                raise RequestProblem(404, "unknown_session", "no such session")
+            self.token = token
+            if self.hub.cluster is not None and not self.sessions.knows(token):
+                self.forwarded = True
+                if not self.fits_default_body():
+                    # Before this process reads a body larger than the default: the session's
+                    # holder checks the token and headers first, as prepare() does for ours.
+                    await self.forward(None)
+                    allow_body(self, limit)
+                return
+            self.action.open(token)
+        except RequestProblem as problem:
+            self.refuse(problem)
+            return
+        # Only now, for the session's own requests, may the body be as large as a frame.
+        allow_body(self, limit)
+
+    def fits_default_body(self) -> bool:
+        length = self.request.headers.get("Content-Length")
+        return length is not None and _COUNT.match(length) is not None and int(length) <= self.hub.config.max_body_bytes
+
+    async def forward(self, body: bytes | None) -> None:
+        """Have the process holding the session answer; raises its refusal as ours."""
+        headers = {name: value for name in Post.HEADERS if (value := self.request.headers.get(name)) is not None}
+        try:
+            self.owner, refusal = await self.hub.cluster.forward_post(
+                self.action.kind, self.token, headers, body, owner=self.owner)
+        except KeyError:
+            raise RequestProblem(404, "unknown_session", "no such session: it ended long ago, the server "
+                                 "restarted, or it never existed") from None
+        except (ConnectionError, asyncio.TimeoutError):
+            raise RequestProblem(503, "unavailable", "the server process holding this session cannot be "
+                                 "reached now (Redis is down or it is overloaded)") from None
+        if refusal is not None:
+            status, error, message = refusal.pop("status"), refusal.pop("error"), refusal.pop("message")
+            raise RequestProblem(status, error, message, **refusal)
+
+    def data_received(self, chunk: bytes) -> None:
+        if not self._finished:
+            self.body += chunk
+
+    async def post(self) -> None:
+        try:
+            if self.forwarded:
+                await self.forward(bytes(self.body))
+            else:
+                self.action.run(self.body)
+        except RequestProblem as problem:
+            self.refuse(problem)
+            return
+        self.set_status(204)
+        self.finish()
+
+
+class SendHandler(_SessionPost):
+    """POST /stream/send: one client frame, handled exactly like a WebSocket text frame."""
+
+    post_class = SendPost
+
+
+class AckHandler(_SessionPost):
+    """POST /stream/ack: the client has every frame up to Securechat-Ack."""
+
+    post_class = AckPost
+
+
 class CloseHandler(_SessionPost):
     """POST /stream/close: the page is going away; leave now rather than at the timeout."""
 
-    def handle(self, session: StreamSession) -> None:
-        self.acknowledge()
-        session.close(CLIENT_CLOSED, "closed by the client")
+    post_class = ClosePost
 
 
 def routes(sessions: StreamSessions) -> list:
