@@ -148,7 +148,15 @@ async def start(config: Config, ssl_context: ssl.SSLContext | None = None, *, so
     if config.cluster_redis_url is not None:
         # Only now, and only when configured: without a Redis URL nothing of it is imported.
         from .cluster.bridge import Cluster
-        Cluster(app.settings["hub"], config, port=port, streams=app.settings["stream_sessions"]).start()
+        inner_port = None
+        if app.settings["blob_api"].store is not None:
+            # Where the other workers of this machine pass on the attachment requests of our
+            # members (web/blobs.py): loopback only, and each must prove the cluster's secret.
+            inner = tornado.netutil.bind_sockets(0, address="127.0.0.1")
+            http.add_sockets(inner)
+            inner_port = inner[0].getsockname()[1]
+        Cluster(app.settings["hub"], config, port=port, streams=app.settings["stream_sessions"],
+                inner_port=inner_port).start()
     quiet_closed_writes(asyncio.get_running_loop())
     housekeeping = None
     if blobs is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -386,3 +387,118 @@ async def test_a_large_post_for_another_servers_session_is_checked_there_before_
             assert event.name == "close" and json.loads(event.data)["code"] == 1009
         finally:
             stream.close()
+
+
+@contextlib.asynccontextmanager
+async def workers_of_one_machine(tmp_path, redis_url: str, count: int):
+    """`count` servers as `serve --workers` makes them: one data dir (the blobs shared, a log
+    each), worker numbers 0.., one Redis; but each on its own port, so a test picks which one
+    a request reaches."""
+    servers = []
+    try:
+        for index in range(count):
+            config = Config(data_dir=tmp_path / "data", port=0, log_fsync="never", cluster_redis_url=redis_url,
+                            worker=index)
+            servers.append(await start(config))
+        for server in servers:
+            await until(lambda s=server: s.hub.cluster.up, what="connected to Redis")
+        yield servers
+    finally:
+        for server in servers:
+            await server.shutdown()
+
+
+async def test_an_attachment_uploaded_through_one_worker_is_downloaded_through_another(
+        tmp_path, redis_server, opened):
+    """Workers share the blob directory. An upload's requests may land on any worker: those that
+    reach one not holding the uploader are passed on to the one that does (it keeps the upload's
+    state); a download is served by whichever worker it reaches, from the shared directory."""
+    from securechat.client import AttachmentError
+
+    async with workers_of_one_machine(tmp_path, redis_server.url, 2) as (one, two):
+        alice = await joined(ws(one), "alice", opened)
+        bob = await joined(ws(two), "bob", opened)
+        await settle(alice, bob, members=2)
+        await until(lambda: all(len(s.hub.cluster.grants) == 1 for s in (one, two)), "capabilities known")
+        data = os.urandom(1_500_000)  # two parts of 1 MiB at most
+        alice.url = ws(two)  # her uploads reach two; her session (and the upload) is one's
+        msg_id, ref = await alice.send_file(data, "notes.bin")
+        assert two.hub.cluster.proxied == 3  # start and two parts, passed on to one
+        assert not two.hub.blobs.pending() and not one.hub.blobs.pending()
+        received = await bob.next_message()
+        assert received.id == msg_id and received.files[0].id == ref.id
+        # bob's own worker finds the blob one stored; one honours bob's capability, held by two.
+        assert await bob.fetch_file(received.files[0]) == data
+        bob.url = ws(one)
+        assert await bob.fetch_file(received.files[0]) == data
+        assert sorted(p.name for p in (tmp_path / "data" / "blobs").iterdir()
+                      if p.is_file()) == sorted([ref.id, f"{ref.id}.json"])
+        # A capability nobody issued is refused by both; alice's ends with her session, everywhere.
+        token = alice.attachments["token"]
+        alice.close()
+        await settle(bob, members=1)
+        await until(lambda: not two.hub.cluster.grants, "alice's capability forgotten on two")
+        for server in (one, two):
+            alice.url = ws(server)
+            with pytest.raises(AttachmentError) as refused:
+                await alice._call("GET", f"/api/blobs/{ref.id}")
+            assert refused.value.code == "no_capability"
+        assert token not in one.hub.grants
+
+
+async def hello_only(url: str, name: str, opened: list) -> ChatClient:
+    """A client that has its hello and a session key ready, but has not sent its join yet."""
+    from tornado.websocket import websocket_connect
+
+    from securechat import crypto
+
+    key = crypto.SessionKey.generate()
+    client = ChatClient(url, name, session_keys=lambda: key)
+    opened.append(client)
+    client.ws = await websocket_connect(url)
+    hello = await client.expect("hello")
+    client.room, client.challenge = hello["room"], hello["challenge"]
+    return client
+
+
+async def test_look_alike_names_joining_two_servers_at_once_are_refused_across_processes(
+        tmp_path, redis_server, opened):
+    """Each server checks names against the room as it knows it, but a join on another server
+    reaches it only a Redis round trip later: the name is claimed atomically in Redis first,
+    so of "alice" and "a1ice" joining at the same moment, one gets in."""
+    from securechat.client import ClientError
+
+    async with cluster(tmp_path, redis_server.url, 2) as (one, two):
+        rounds = []
+        for attempt, (name, look_alike) in enumerate([("alice", "a1ice"), ("bella", "be11a"), ("carl", "Car1")]):
+            first = await hello_only(ws(one), name, opened)  # the same race three times, new people
+            second = await hello_only(ws(two), look_alike, opened)
+            results = await asyncio.gather(first.join(timeout=5), second.join(timeout=5), return_exceptions=True)
+            refused = [r for r in results if isinstance(r, ClientError)]
+            assert len(refused) == 1 and str(refused[0]).startswith("username_taken:"), results
+            assert len([r for r in results if isinstance(r, dict)]) == 1
+            rounds.append((first, second) if isinstance(results[0], dict) else (second, first))
+            await until(lambda a=attempt: all(len(s.hub.rooms.get().members) == a + 1 for s in (one, two)),
+                        "both servers list the one who got in")
+        # A leave frees the name everywhere: the one refused in the first round gets in now.
+        winner, loser = rounds[0]
+        winner.close()
+        await until(lambda: all(len(s.hub.rooms.get().members) == 2 for s in (one, two)), "the leave crossed")
+        retry = await joined(loser.url, loser.username, opened)
+        assert len(retry.members) == 3
+
+
+async def test_joins_on_another_server_are_announced_in_one_joins_frame(tmp_path, redis_server, opened):
+    async with cluster(tmp_path, redis_server.url, 2) as (one, two):
+        carol = await joined(ws(one), "carol", opened)
+        one.hub.announcer.delay = 0.5  # the moment a burst of joins shares, here made long
+        burst = [await hello_only(ws(two), name, opened) for name in ("dave", "erin", "frank")]
+        await asyncio.gather(*(person.join() for person in burst))
+        frames = []
+        while len(carol.members) < 4:
+            frames.append(await carol.recv(timeout=5))
+        kinds = [f["type"] for f in frames]
+        assert kinds == ["joins"], kinds
+        # in the order two admitted them (their join records there)
+        order = [r["username"] for r in records(two) if r["event"] == "join"]
+        assert [p["username"] for p in frames[0]["participants"]] == order and sorted(order) == ["dave", "erin", "frank"]

@@ -325,3 +325,22 @@ async def test_an_http_fallback_client_and_a_websocket_client_on_different_worke
         if bob.ws._stopped:
             break
         await asyncio.sleep(0.02)
+
+
+async def test_attachments_work_across_workers(tmp_path, server, redis_server, opened):
+    """Whichever worker each request of an upload or a download reaches (the kernel picks)."""
+    served = server("--workers", "2", SECURECHAT_CLUSTER_REDIS_URL=redis_server.url)
+    alice, bob = await on_distinct_workers(served.ws, redis_server.url, ["alice", "bob"], opened)
+    assert alice.attachments is not None and bob.attachments is not None
+    sent = {}
+    for index in range(4):
+        data = os.urandom(1_200_000 + index)  # two parts each
+        msg_id, ref = await alice.send_file(data, f"file{index}.bin")
+        sent[msg_id] = data
+    for _ in range(4):
+        while (received := await bob.next_message()).sender != "alice":
+            pass
+        assert await bob.fetch_file(received.files[0]) == sent[received.id]
+        assert await alice.fetch_file(received.files[0]) == sent[received.id]
+    blobs = [p for p in (served.data / "blobs").iterdir() if p.is_file() and not p.name.endswith(".json")]
+    assert len(blobs) == 4

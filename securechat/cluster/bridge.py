@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import random
+import secrets
 import socket
 import time
 from typing import Any
@@ -40,6 +41,30 @@ DEAD_AFTER = 10.0  # a process silent this long is gone: with HEARTBEAT, gone ev
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0  # reconnect delays, doubling, with jitter
 BATCH = 256  # queued Redis commands sent in one pipeline
 FORWARD_TIMEOUT = 10.0  # seconds a POST passed on to the process holding its session may take
+
+
+# A name is claimed in Redis before a join is admitted, atomically for the whole cluster: two
+# people joining as "alice" and "аlice" on two processes at the same moment cannot both get in.
+# A claim is "<claimant> <worker> <nonce> <username>"; one by a process no longer registered
+# (killed, and not yet reaped) does not count. Returns the claim in the way, or nil.
+CLAIM_NAME = """
+for i = 3, #ARGV do
+  local v = redis.call('HGET', KEYS[1], ARGV[i])
+  if v and string.sub(v, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ' then
+    local worker = string.match(v, '^%S+ (%S+) ')
+    if worker and redis.call('ZSCORE', KEYS[2], worker) then return v end
+  end
+end
+for i = 3, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], ARGV[2]) end
+return nil
+"""
+# Drop a claim, unless a newer one (the same identity, joined again) replaced it.
+RELEASE_NAME = """
+for i = 2, #ARGV do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then redis.call('HDEL', KEYS[1], ARGV[i]) end
+end
+return 0
+"""
 
 
 def now_ms() -> int:
@@ -72,13 +97,13 @@ def is_remote(participant: Participant) -> bool:
 class Cluster:
     """Attach with Cluster(hub, config).start(); the Hub calls joined/left/rekeyed/relay."""
 
-    def __init__(self, hub, config, *, port: int = 0, streams=None):
+    def __init__(self, hub, config, *, port: int = 0, streams=None, inner_port: int | None = None):
         self.hub = hub
         self.streams = streams  # this process's HTTP-transport sessions (relay/stream.py)
         self.config = config
         self.url = config.cluster_redis_url
         self.id = events.worker_id(socket.gethostname(), os.getpid(), os.urandom(3).hex())
-        self.info = {"host": socket.gethostname(), "pid": os.getpid(), "port": port,
+        self.info = {"host": socket.gethostname(), "pid": os.getpid(), "port": port, "inner": inner_port,
                      "worker": -1 if config.worker is None else config.worker, "started": now_ms()}
         self.local: dict[str, Participant] = {}  # sid -> our members (what our Redis hash holds)
         self.remote: dict[str, dict[str, Participant]] = {}  # worker -> sid -> its members here
@@ -89,6 +114,10 @@ class Cluster:
         self.relayed = 0
         self.forwarded = 0  # HTTP-transport POSTs this process passed on to the session's holder
         self.answered = 0  # and those it ran for sessions of its own that reached another process
+        self.proxied = 0  # attachment requests passed on to the worker holding the uploader
+        self.secret: str | None = None  # shared by the cluster's processes, from Redis
+        self.grants: dict[str, Participant] = {}  # grant digest -> the remote member it belongs to
+        self._inner: dict[str, int | None] = {}  # worker -> its loopback port, if on this machine
         self.peers: dict[str, float] = {}  # worker -> last heartbeat (ms), as of our last check
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
@@ -214,10 +243,17 @@ class Cluster:
             pipe.delete(events.members_key(self.id))
             if self.local:
                 pipe.hset(events.members_key(self.id),
-                          mapping={sid: json.dumps(events.member(p)) for sid, p in self.local.items()})
+                          mapping={sid: json.dumps(self._member(p)) for sid, p in self.local.items()})
+            for p in self.local.values():
+                claim = getattr(p, "claim", None)
+                if claim:  # Redis may have restarted empty: our members hold their names again
+                    pipe.hset(events.names_key(p.room), mapping=dict.fromkeys(events.name_fields(p.username), claim))
             pipe.hset(events.info_key(self.id), mapping=self._info())
+            pipe.set(events.SECRET, secrets.token_urlsafe(32), nx=True)
+            pipe.get(events.SECRET)
             pipe.zrange(events.WORKERS, 0, -1, withscores=True)
             results = await pipe.execute()
+        self.secret = results[-2].decode()
         self.peers = {w.decode(): score for w, score in results[-1] if w.decode() != self.id}
         for worker, score in self.peers.items():
             if now - score <= DEAD_AFTER * 1000:
@@ -226,7 +262,8 @@ class Cluster:
 
     def _info(self) -> dict[str, Any]:
         figures = {"connections": len(self.hub.connections), "members": len(self.local), "relayed": self.relayed,
-                   "forwarded": self.forwarded, "answered": self.answered, "heartbeat": now_ms()}
+                   "forwarded": self.forwarded, "answered": self.answered,
+                   "proxied": self.proxied, "heartbeat": now_ms()}
         return {key: json.dumps(value) for key, value in {**self.info, **figures}.items()}
 
     # -- out: the Hub's events ------------------------------------------------------------------
@@ -239,6 +276,60 @@ class Cluster:
             return  # membership is rewritten whole when we reconnect
         self._queue.put_nowait((command, future))
 
+    def _member(self, participant: Participant) -> dict:
+        data = events.member(participant)
+        token = self.hub._tokens.get(participant)
+        if token is not None:
+            data["grant"] = events.grant_digest(token)
+        if getattr(participant, "claim", None):
+            data["claim"] = participant.claim
+        return data
+
+    async def claim_name(self, room: str, username: str, identity_key: str) -> str | None:
+        """Claim a name in `room` for this identity before its join is admitted; the claim, or
+        None when Redis is unreachable (then only this process's view of the room is checked).
+        ProtocolError username_taken if someone else, on any process, holds a look-alike."""
+        client = self._client
+        if self.state != "up" or client is None:
+            return None
+        who = events.claimant(identity_key)
+        claim = f"{who} {self.id} {secrets.token_hex(8)} {username}"
+        try:
+            held = await client.eval(CLAIM_NAME, 2, events.names_key(room), events.WORKERS, who, claim,
+                                     *events.name_fields(username))
+        except (RedisError, OSError, asyncio.TimeoutError):
+            return None
+        if held is not None:
+            other = held.decode().split(" ", 3)[-1]
+            if other.casefold() == username.casefold():
+                raise ProtocolError("username_taken", f"{username!r} is already in the room")
+            raise ProtocolError("username_taken", f"{username!r} looks like {other!r}, who is already in the room")
+        return claim
+
+    def release_name(self, room: str, username: str, claim: str | None) -> None:
+        if claim:
+            key, fields = events.names_key(room), events.name_fields(username)
+            self._send(lambda pipe: pipe.eval(RELEASE_NAME, 1, key, claim, *fields))
+
+    def remote_grant(self, token: str) -> Participant | None:
+        """The member of another process whose attachment capability this is, if any."""
+        return self.grants.get(events.grant_digest(token)) if token else None
+
+    async def inner_address(self, worker: str) -> int | None:
+        """The loopback port where `worker` takes requests from the others, if it runs on this
+        machine (None: on another one, or gone)."""
+        if worker not in self._inner:
+            client = self._client
+            if client is None:
+                raise ConnectionError("Redis is unreachable")
+            host, inner = await client.hmget(events.info_key(worker), "host", "inner")
+            try:
+                same = host is not None and json.loads(host) == self.info["host"]
+                self._inner[worker] = json.loads(inner) if same and inner is not None else None
+            except ValueError:
+                return None
+        return self._inner[worker]
+
     def holds(self, participant: Participant) -> bool:
         """A member of this process (not one another process holds)."""
         return not is_remote(participant)
@@ -249,7 +340,7 @@ class Cluster:
             if replaced.sid != participant.sid:
                 self._send(lambda pipe, sid=replaced.sid: pipe.hdel(events.members_key(self.id), sid))
         self.local[participant.sid] = participant
-        data = events.member(participant)
+        data = self._member(participant)
         self._send(lambda pipe: pipe.hset(events.members_key(self.id), participant.sid, json.dumps(data)))
         self._send(lambda pipe: pipe.publish(events.CHANNEL, events.event(
             self.id, "joined", room=data["room"], m=data)))
@@ -260,6 +351,7 @@ class Cluster:
             return
         del self.local[participant.sid]
         self._send(lambda pipe, sid=participant.sid: pipe.hdel(events.members_key(self.id), sid))
+        self.release_name(participant.room, participant.username, getattr(participant, "claim", None))
         if removed:
             room = getattr(participant, "room", "")
             self._send(lambda pipe, sid=participant.sid: pipe.publish(events.CHANNEL, events.event(
@@ -269,7 +361,7 @@ class Cluster:
         if self.local.get(old) is participant:
             del self.local[old]
         self.local[participant.sid] = participant
-        data = events.member(participant)
+        data = self._member(participant)
         self._send(lambda pipe: pipe.hdel(events.members_key(self.id), old))
         self._send(lambda pipe: pipe.hset(events.members_key(self.id), participant.sid, json.dumps(data)))
         self._send(lambda pipe: pipe.publish(events.CHANNEL, events.event(
@@ -368,6 +460,7 @@ class Cluster:
             self._rotate(event.get("keep"))
         elif kind == "bye":
             self.peers.pop(worker, None)
+            self._inner.pop(worker, None)
             self._drop_worker(worker)
 
     def _rotate(self, keep) -> None:
@@ -451,21 +544,28 @@ class Cluster:
         if holder is not None:
             self._replaced(room, holder)
         known[sid] = participant
-        joined = protocol.frame("joined", participant=participant.public())
-        for other in self._locals(room, participant):
-            other.connection.send(joined)
+        participant.grant = data.get("grant")
+        if participant.grant:
+            self.grants[participant.grant] = participant
+        # Announced like a local join: with the others of the moment, in one `joins` frame.
+        announcer = self.hub.announcer
+        announcer.welcomed(participant)
+        announcer.joined(room, participant)
 
     def _replaced(self, room: Room, holder: Participant) -> None:
         """The same identity joined elsewhere: its older session here is gone (the joining
         process logged that leave)."""
         if is_remote(holder):
             self.remote.get(holder.connection.worker, {}).pop(holder.sid, None)
+            self._forget_grant(holder)
         else:
             if self.local.get(holder.sid) is holder:
                 del self.local[holder.sid]
                 self._send(lambda pipe, sid=holder.sid: pipe.hdel(events.members_key(self.id), sid))
             self.hub.revoke(holder)
             holder.connection.close(4001, "replaced by a newer session")
+        self.hub.announcer.flush()
+        self.hub.announcer.forget(holder)
         left = protocol.frame("left", **holder.as_sender())
         for other in self._locals(room):
             other.connection.send(left)
@@ -474,12 +574,20 @@ class Cluster:
         participant = self.remote.get(worker, {}).pop(sid, None)
         if participant is None:
             return None
+        self._forget_grant(participant)
+        self.hub.announcer.flush()  # nobody hears a leave before the join it follows
+        self.hub.announcer.forget(participant)
         room = self._take_out(participant)
         if room is not None:
             left = protocol.frame("left", **participant.as_sender())
             for other in self._locals(room):
                 other.connection.send(left)
         return participant
+
+    def _forget_grant(self, participant: Participant) -> None:
+        grant = getattr(participant, "grant", None)
+        if grant and self.grants.get(grant) is participant:
+            del self.grants[grant]
 
     def _drop_worker(self, worker: str) -> list[Participant]:
         gone = [p for sid in list(self.remote.get(worker, {})) if (p := self._remove_remote(worker, sid))]
@@ -498,6 +606,7 @@ class Cluster:
                    issued=public["issued"], challenge=public["challenge"])
         self.remote[worker][participant.sid] = participant
         announce = protocol.frame("rekeyed", old=old, participant=participant.public())
+        self.hub.announcer.flush()
         for other in self._locals(room, participant):
             other.connection.send(announce)
 
@@ -518,6 +627,7 @@ class Cluster:
         relay = Relay(sender=sender, msg=msg, log_line="", head=room.delivery_head(sender, msg), targets=targets,
                       recipients_json=protocol.encode(record["recipients"]))
         room.commit(relay, now_ms())
+        self.hub.announcer.flush()  # a message never comes before its sender's join
         for recipient, text in relay.deliveries():
             recipient.connection.send(text)
 
@@ -631,6 +741,7 @@ class Cluster:
             except (ValueError, KeyError, TypeError):
                 continue
             self.hub.log.append(self._room(data.get("room", "")).membership_record("leave", gone, now))
+            self.release_name(data.get("room", ""), gone.username, data.get("claim"))
         self._drop_worker(worker)
 
     async def workers(self) -> list[dict[str, Any]]:

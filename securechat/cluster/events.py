@@ -18,12 +18,14 @@ asking worker's inbox; each is a JSON header line, a newline, then the request's
   post     {r, k: send|ack|close, t: token, h: headers, b: has a body}   run this POST
   answer   {r, mine, refusal}    `mine` false: not ours; refusal null: done (204)
 
-A member is {"p": Participant.public(), "wkl": wrapped key length, "remote": address}: what
-another process needs to list it in rosters and to check wrapped keys sent to it.
+A member is {"p": Participant.public(), "wkl": wrapped key length, "remote": address, and
+"grant": grant_digest(its attachment capability) when attachments are on}: what another process
+needs to list it in rosters, to check wrapped keys sent to it, and to honour its capability.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Any
@@ -35,6 +37,7 @@ PREFIX = "securechat"
 CHANNEL = f"{PREFIX}:events"
 WORKERS = f"{PREFIX}:workers"  # sorted set: worker id -> last heartbeat (ms)
 HTTP_CHANNEL = f"{PREFIX}:http"  # POSTs for a session some other process holds
+SECRET = f"{PREFIX}:secret"  # proves a request between two workers (web/blobs.py's proxy)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9.-]")
 
@@ -52,9 +55,31 @@ def info_key(worker: str) -> str:
     return f"{PREFIX}:worker:{worker}"
 
 
+def names_key(room: str) -> str:
+    """Per room: each present name's confusable skeletons (names.name_keys) -> its claim."""
+    return f"{PREFIX}:names:{room}"
+
+
+def name_fields(username: str) -> list[str]:
+    from ..names import name_keys
+
+    lowered, typed = name_keys(username)
+    return [f"l:{lowered}", f"s:{typed}"]
+
+
+def claimant(identity_key: str) -> str:
+    """Who holds a name, the same in every process: its identity (a name comes back with it)."""
+    return hashlib.sha256(identity_key.encode()).hexdigest()
+
+
 def inbox(worker: str) -> str:
     """What is said to one worker alone: POSTs for its sessions, answers to its questions."""
     return f"{PREFIX}:to:{worker}"
+
+
+def grant_digest(token: str) -> str:
+    """What other processes learn of a capability: enough to recognise it, not to use it."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def member(participant: Participant) -> dict[str, Any]:

@@ -44,11 +44,6 @@ def serve(config) -> None:
     if config.admin_token is None:
         # One token for every worker: any of them may answer an admin command.
         config = config.replace(admin_token=secrets.token_urlsafe(32))
-    if config.attachments_enabled:
-        # Each process keeps its own index of the blob store and its own capabilities, so an
-        # upload to one worker could not be fetched from another: off until they are shared.
-        log.warning("attachments are turned off with --workers: workers do not share the blob store yet")
-        config = config.replace(attachments_max_bytes=0)
     config = fit_to_descriptor_limit(config)
     cert, _ = console.certificate(config)  # made (or checked) once, before the workers load it
     try:

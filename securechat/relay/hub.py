@@ -203,7 +203,8 @@ class Hub:
             self._tidied = now
             self.joins.forget_idle(now)
 
-    def join(self, connection: Connection, join: Join) -> Participant:
+    def join(self, connection: Connection, join: Join, claim: str | None = None) -> Participant:
+        """`claim`: the name's claim in the cluster (Cluster.claim_name), released when it leaves."""
         self.tidy()
         if not self.joins.allow(connection.remote, time.monotonic()):
             raise ProtocolError("rate_limited", "too many joins from your address; wait a minute")
@@ -220,6 +221,8 @@ class Hub:
             joined=now_ms(), issued=join.issued, challenge=join.challenge, stream=join.stream,
             remote=connection.remote, connection=connection, room=name,
         )
+        if claim is not None:
+            participant.claim = claim
         # Everything that can fail comes before anything changes: the room's checks (and the
         # room caps), then the log (a full disk, a file-size limit). A join that cannot be
         # recorded does not happen: before, the member was added and announced and then the

@@ -12,6 +12,7 @@ closes the connection with 1008, and only genuine server faults reach the server
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -25,6 +26,8 @@ log = logging.getLogger("securechat")
 POLICY_VIOLATION = 1008
 TOO_SLOW = 4002
 MAX_RATE_LIMITED_IN_A_ROW = 60
+# Frames a session may send while its join waits for Redis (a few ms): more is a flood.
+MAX_WAITING_FRAMES = 64
 
 
 class Session:
@@ -37,6 +40,10 @@ class Session:
         self.bucket = TokenBucket(hub.config.rate_per_second, hub.config.rate_burst, time.monotonic())
         self.strikes = Strikes()
         self.rate_limited_in_a_row = 0
+        # While a join waits for the cluster to claim its name: the frames that arrive meanwhile,
+        # handled in order once it is decided (None: no join is waiting).
+        self._waiting: list | None = None
+        self._gone = False
 
     def open(self) -> None:
         """The transport accepted the connection: count it, and speak first (hello)."""
@@ -46,6 +53,12 @@ class Session:
     def receive(self, message: str | bytes) -> None:
         if self.hub.closing:
             return  # the server is shutting down: this session has already left (Hub.shutdown)
+        if self._waiting is not None:
+            if len(self._waiting) >= MAX_WAITING_FRAMES:
+                self.connection.close(POLICY_VIOLATION, "sending too fast")
+                return
+            self._waiting.append(message)
+            return
         try:
             self._handle(message)
         except ProtocolError as error:
@@ -72,6 +85,11 @@ class Session:
         if isinstance(frame, Join):
             if self.participant is not None:
                 raise ProtocolError("already_joined", "this connection has already joined")
+            cluster = self.hub.cluster
+            if cluster is not None and cluster.up:
+                self._waiting = []
+                asyncio.get_running_loop().create_task(self._join_in_cluster(frame))
+                return
             self.participant = self.hub.join(self.connection, frame)
         elif self.participant is None:
             raise ProtocolError("not_joined", "join the room first")
@@ -85,6 +103,33 @@ class Session:
             self.hub.roster(self.participant)
         elif isinstance(frame, Leave):
             self.connection.close(1000, "left the room")
+
+    async def _join_in_cluster(self, frame: Join) -> None:
+        """Claim the name for the whole cluster first (atomic in Redis), then join as usual."""
+        cluster = self.hub.cluster
+        room = self.hub.room_of(self.connection)
+        claim = None
+        try:
+            claim = await cluster.claim_name(room, frame.username, frame.identity_key)
+            if self._gone or self.hub.closing:
+                cluster.release_name(room, frame.username, claim)
+                return
+            self.participant = self.hub.join(self.connection, frame, claim=claim)
+        except ProtocolError as error:
+            if claim is not None:
+                cluster.release_name(room, frame.username, claim)
+            self.reject(error)
+        except Exception:
+            log.exception("internal error while handling a join from %s", self.connection.remote)
+            if claim is not None:
+                cluster.release_name(room, frame.username, claim)
+            self.reject(ProtocolError("server_error", "the server failed to handle this frame"))
+        finally:
+            waiting, self._waiting = self._waiting, None
+            for message in waiting or ():
+                if self._gone:
+                    break
+                self.receive(message)
 
     def reject(self, error: ProtocolError) -> None:
         """Answer with an `error` frame; too many rejections in a short time close the connection."""
@@ -102,6 +147,7 @@ class Session:
 
     def closed(self) -> None:
         """The connection is gone for good, whoever closed it."""
+        self._gone = True
         self.hub.disconnected(self.connection)
         self._leave()
 

@@ -9,6 +9,12 @@ joined to a path.
     blobs/<id>            the blob (0600)
     blobs/<id>.json       {"size", "created", "rooms"}: which rooms' members may fetch it
     blobs/uploads/<u>.part  an upload in progress (removed at start-up: uploads die with the process)
+    blobs/uploads/<n>/<u>.part  the same for worker n of `serve --workers` (shared=True)
+
+Under `serve --workers` every worker opens the same directory (`shared`): each keeps its own
+uploads (an upload's parts all reach the worker holding the uploader's session, see
+web/blobs.py), and a blob another worker finished is read from disk the first time it is asked
+for, so any worker can serve any download.
 
 File I/O only: no Tornado, no sockets. Methods marked "worker thread" do disk work and touch
 only the one upload they are given; everything else runs on the caller's thread (the server's
@@ -128,9 +134,16 @@ class BlobStore:
     """Every blob of one data directory, the uploads in progress and the quota they share."""
 
     def __init__(self, data_dir: Path, *, max_blob_bytes: int, quota_bytes: int,
-                 disk_reserve_bytes: int = DISK_RESERVE_BYTES):
+                 disk_reserve_bytes: int = DISK_RESERVE_BYTES, worker: int | None = None):
         self.directory = Path(data_dir) / DIR_NAME
         self.uploads_dir = self.directory / UPLOADS_NAME
+        # Other processes finish blobs in this directory too: look on disk for what we lack.
+        self.shared = worker is not None
+        if self.shared:
+            _private_dir(Path(data_dir))
+            _private_dir(self.directory)
+            _private_dir(self.uploads_dir)
+            self.uploads_dir = self.uploads_dir / str(worker)
         self.max_blob_bytes = max_blob_bytes
         self.quota_bytes = quota_bytes
         self.disk_reserve_bytes = disk_reserve_bytes
@@ -142,7 +155,9 @@ class BlobStore:
         _private_dir(Path(data_dir))
         _private_dir(self.directory)
         _private_dir(self.uploads_dir)
-        _clean(self.directory, self.uploads_dir)
+        # A worker starting (again) next to others may not remove their temp files, which are
+        # in flight: it cleans only its own uploads.
+        _clean(self.directory, self.uploads_dir, uploads_only=self.shared)
         self._blobs = {info.id: info for info in scan(self.directory)}
 
     # -- reading -------------------------------------------------------------------------------
@@ -151,12 +166,35 @@ class BlobStore:
         if not is_blob_id(blob_id):
             return None
         with self._lock:
-            return self._blobs.get(blob_id)
+            info = self._blobs.get(blob_id)
+        if info is None and self.shared:
+            info = self._from_disk(blob_id)
+        return info
 
     def readable(self, blob_id: str, room: str) -> BlobInfo | None:
         """The blob, if members of `room` may fetch it; None otherwise (no matter why)."""
         info = self.get(blob_id)
+        if info is not None and room not in info.rooms and self.shared:
+            info = self._from_disk(blob_id)  # another worker may have added the room since
         return info if info is not None and room in info.rooms else None
+
+    def _from_disk(self, blob_id: str) -> BlobInfo | None:
+        """A blob another worker stored (shared directory), read and remembered; None if absent."""
+        try:
+            size = (self.directory / blob_id).stat().st_size
+            meta = json.loads((self.directory / f"{blob_id}.json").read_text())
+            info = BlobInfo(blob_id, size, int(meta["created"]), tuple(r for r in meta["rooms"] if isinstance(r, str)))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        with self._lock:
+            self._blobs[blob_id] = info
+        return info
+
+    def rescan(self) -> None:
+        """Every blob on disk again (shared directory: before an upload is checked against the quota)."""
+        found = {info.id: info for info in scan(self.directory)}
+        with self._lock:
+            self._blobs = found
 
     def path(self, blob_id: str) -> Path:
         if not is_blob_id(blob_id):
@@ -241,6 +279,8 @@ class BlobStore:
         upload.fd = -1
         blob_id = upload.hasher.hexdigest()
         created = int(upload.last_active * 1000)
+        if self.shared:
+            self.get(blob_id)  # finished by another worker before: merge the rooms
         with self._lock:
             self._uploads.pop(upload.id, None)
             known = self._blobs.get(blob_id)
@@ -326,10 +366,13 @@ class BlobStore:
             self._executor = None
 
 
-def _clean(directory: Path, uploads_dir: Path) -> None:
+def _clean(directory: Path, uploads_dir: Path, *, uploads_only: bool = False) -> None:
     """What a crash or a kill leaves behind: parts of uploads, temp files, orphan sidecars."""
     for stale in uploads_dir.iterdir():
-        stale.unlink(missing_ok=True)
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+    if uploads_only:
+        return
     for entry in os.scandir(directory):
         orphan = entry.name.endswith(".json") and not (directory / entry.name[:-5]).exists()
         if entry.name.endswith(".tmp") or orphan:
@@ -379,9 +422,14 @@ class PruneResult:
                 "dry_run": self.dry_run}
 
 
-def referenced_blobs(log_dir: Path) -> set[str]:
-    """Every blob id a msg record of the kept log files (live and rotated) refers to (§8)."""
+def referenced_blobs(log_dir: Path | list[Path]) -> set[str]:
+    """Every blob id a msg record of the kept log files (live and rotated) refers to (§8);
+    of every worker's log when given their directories."""
     found: set[str] = set()
+    if isinstance(log_dir, list):
+        for one in log_dir:
+            found |= referenced_blobs(one)
+        return found
     for item in read_log(log_dir):
         if not isinstance(item, LogRecord) or '"attachments"' not in item.raw:
             continue
@@ -391,7 +439,7 @@ def referenced_blobs(log_dir: Path) -> set[str]:
     return found
 
 
-def apply_retention(store: BlobStore, log_dir: Path, *, retention_days: float, grace_seconds: float,
+def apply_retention(store: BlobStore, log_dir: Path | list[Path], *, retention_days: float, grace_seconds: float,
                     now_ms: int | None = None, dry_run: bool = False) -> PruneResult:
     """Delete what retention says must go (§10.6); the log scan is the slow part, off the loop."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms

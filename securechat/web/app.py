@@ -153,7 +153,7 @@ def open_blobs(config: Config) -> BlobStore | None:
     if not config.attachments_enabled:
         return None
     return BlobStore(config.data_dir, max_blob_bytes=blob_size(config.attachments_max_bytes),
-                     quota_bytes=config.attachments_quota_bytes)
+                     quota_bytes=config.attachments_quota_bytes, worker=config.worker)
 
 
 def make_app(config: Config, ciphertext_log: CiphertextLog | None = None, blobs: BlobStore | None = None, *,

@@ -1,6 +1,12 @@
 """The attachment endpoints (docs/PROTOCOL.md §10.5): start an upload, send it in parts,
 cancel it, download a blob.
 
+Under `serve --workers` (or several processes sharing Redis) a request may reach a worker
+that does not hold the session whose capability it carries: the cluster knows every member's
+capability by its digest, so a download is served from the shared blob directory wherever it
+lands, and an upload's requests (start, parts, cancel) are passed on over loopback to the
+worker holding the uploader, which keeps the upload's state (its file and running hash).
+
 Every request proves it comes from a joined session with that session's capability
 (`Authorization: Bearer <token>` from its welcome), checked in prepare(): a stranger's upload
 is refused before one byte of its body is read. Parts are streamed to disk piece by piece in
@@ -16,7 +22,10 @@ import os
 import re
 import time
 
+import hmac
+
 import tornado.web
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
 
@@ -39,7 +48,13 @@ HOUSEKEEPING_SECONDS = 60.0
 PRUNE_EVERY_SECONDS = 3600.0
 _DECIMAL = re.compile(r"(0|[1-9][0-9]{0,15})\Z")
 
-STATUS = {"too_large": 413, "quota_exceeded": 507, "no_space": 507, "bad_offset": 409, "busy": 409,
+# An attachment request passed on to the worker holding its session (see the docstring).
+CLUSTER_HEADER = "Securechat-Cluster"  # the cluster's secret: from another worker
+CLIENT_HEADER = "Securechat-Client"  # the address the request came from, for the upload limit
+PASSED_ON = ("Authorization", "Upload-Length", "Upload-Offset", "Content-Type", "Host", "Origin")
+PASSED_BACK = ("Content-Type", "Location", "WWW-Authenticate", "Retry-After")
+
+STATUS = {"unavailable": 503, "too_large": 413, "quota_exceeded": 507, "no_space": 507, "bad_offset": 409, "busy": 409,
           "not_found": 404, "rate_limited": 429, "too_many_uploads": 429, "no_capability": 401,
           "length_required": 411, "bad_request": 400, "attachments_off": 404, "server_error": 500}
 
@@ -76,7 +91,11 @@ class BlobApi:
 
     def retention(self, dry_run: bool = False) -> storage.PruneResult:
         config = self.hub.config
-        return storage.apply_retention(self.store, config.log_dir, retention_days=config.attachments_retention_days,
+        log_dirs = config.log_dir
+        if config.worker is not None:
+            # The blobs are shared: what any worker's log refers to is kept.
+            log_dirs = sorted(path for path in (config.log_dir.parent).iterdir() if path.is_dir())
+        return storage.apply_retention(self.store, log_dirs, retention_days=config.attachments_retention_days,
                                        grace_seconds=config.attachments_grace_seconds, dry_run=dry_run)
 
 
@@ -97,6 +116,7 @@ class BlobHandler(SecureHeadersMixin, tornado.web.RequestHandler):
         self.api = api
         self.store = api.store
         self.grant: Grant | None = None
+        self.elsewhere: str | None = None  # the worker holding the session, when not us
 
     def set_default_headers(self) -> None:
         super().set_default_headers()
@@ -109,12 +129,58 @@ class BlobHandler(SecureHeadersMixin, tornado.web.RequestHandler):
         if self.store is None:
             raise ApiError("attachments_off", "attachments are turned off on this server")
         scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
-        grant = self.api.hub.grant(token.strip()) if scheme.lower() == "bearer" else None
+        bearer = scheme.lower() == "bearer"
+        grant = self.api.hub.grant(token.strip()) if bearer else None
+        cluster = self.api.hub.cluster
+        if grant is None and bearer and cluster is not None:
+            held = cluster.remote_grant(token.strip())
+            if held is not None:
+                self.elsewhere = held.connection.worker
+                grant = Grant(token.strip(), held, getattr(held, "room", "") or self.api.hub.rooms.default)
         if grant is None:
             raise ApiError("no_capability", "join the chat first: attachments need the capability "
                            "your session's welcome carries (Authorization: Bearer <token>)")
         self.grant = grant
         return grant
+
+    def client_address(self) -> str:
+        """Who sent this: for a request another worker passed on, the address it came from."""
+        cluster = self.api.hub.cluster
+        proof = self.request.headers.get(CLUSTER_HEADER)
+        if cluster is not None and cluster.secret and proof and hmac.compare_digest(proof, cluster.secret):
+            return self.request.headers.get(CLIENT_HEADER, "")
+        return self.request.remote_ip or ""
+
+    async def pass_on(self, body: bytes | None = None) -> None:
+        """Have the worker holding the session answer this request, and give its answer."""
+        cluster = self.api.hub.cluster
+        try:
+            port = await cluster.inner_address(self.elsewhere)
+        except (ConnectionError, OSError) as exc:
+            raise ApiError("unavailable", "the server process holding your session cannot be reached now") from exc
+        if port is None or not cluster.secret:
+            raise ApiError("unavailable", "uploads go to the machine holding your session, and this is "
+                           "another one: reconnect to upload")
+        headers = {name: value for name in PASSED_ON if (value := self.request.headers.get(name)) is not None}
+        headers[CLUSTER_HEADER] = cluster.secret
+        headers[CLIENT_HEADER] = self.client_address()
+        cluster.proxied += 1
+        request = HTTPRequest(f"http://127.0.0.1:{port}{self.request.uri}", method=self.request.method,
+                              headers=headers, body=body if body is not None else None,
+                              allow_nonstandard_methods=True, follow_redirects=False,
+                              decompress_response=False, request_timeout=PART_BODY_TIMEOUT)
+        client = AsyncHTTPClient(force_instance=True, max_body_size=MAX_PART_BYTES + 1024 * 1024)
+        try:
+            response = await client.fetch(request, raise_error=False)
+        finally:
+            client.close()
+        if response.code == 599:
+            raise ApiError("unavailable", "the server process holding your session did not answer")
+        self.set_status(response.code)
+        for name in PASSED_BACK:
+            if name in response.headers:
+                self.set_header(name, response.headers[name])
+        self.finish(response.body or None)
 
     def header_number(self, name: str, missing: str = "bad_request") -> int:
         raw = self.request.headers.get(name)
@@ -141,13 +207,19 @@ class BlobHandler(SecureHeadersMixin, tornado.web.RequestHandler):
 class StartHandler(BlobHandler):
     """POST /api/blobs with `Upload-Length: <blob bytes>`: reserve the space, name the upload."""
 
-    def post(self) -> None:
+    async def post(self) -> None:
         grant = self.authorize()
+        if self.elsewhere is not None:
+            await self.pass_on(b"")
+            return
         size = self.header_number("Upload-Length")
-        if not self.api.starts.allow(self.request.remote_ip or "", time.monotonic()):
+        if not self.api.starts.allow(self.client_address(), time.monotonic()):
             raise ApiError("rate_limited", "too many uploads from your address; wait a minute")
         if len(self.store.pending(grant.token)) >= MAX_PENDING_PER_SESSION:
             raise ApiError("too_many_uploads", f"at most {MAX_PENDING_PER_SESSION} uploads at once per session")
+        if self.store.shared:
+            # The other workers' blobs count against the quota too.
+            await IOLoop.current().run_in_executor(self.store.io, self.store.rescan)
         try:
             upload = self.store.begin(size, room=grant.room, owner=grant.token, now=time.time())
         except BlobError as exc:
@@ -170,6 +242,15 @@ class PartHandler(BlobHandler):
 
     def prepare(self) -> None:
         grant = self.authorize()
+        if self.elsewhere is not None:
+            self._pending = []
+            if self.request.method == "PATCH":
+                # Known to the cluster as a member's capability: its part may be read, to pass on.
+                length = self.header_number("Content-Length", missing="length_required")
+                if length == 0 or length > MAX_PART_BYTES:
+                    raise ApiError("too_large", f"a part is 1 to {MAX_PART_BYTES} bytes")
+                allow_body(self, length, timeout=PART_BODY_TIMEOUT)
+            return
         upload_id = self.path_args[0] if self.path_args else ""
         self.upload = self.store.upload(upload_id, grant.token)
         if self.upload is None:
@@ -196,6 +277,9 @@ class PartHandler(BlobHandler):
         self._receiving = True
 
     async def data_received(self, chunk: bytes) -> None:
+        if self.elsewhere is not None:
+            self._pending.append(chunk)
+            return
         if not self._receiving or self._failure is not None:
             return  # a refused request or a failed part: the rest of the body is discarded
         # Tornado hands the body over in 64 KiB pieces; one trip to a worker per 256 KiB.
@@ -220,6 +304,9 @@ class PartHandler(BlobHandler):
         upload.last_active = time.time()
 
     async def patch(self, upload_id: str) -> None:
+        if self.elsewhere is not None:
+            await self.pass_on(b"".join(self._pending))
+            return
         upload = self.upload
         if self._failure is None:
             await self._write_pending()
@@ -247,7 +334,10 @@ class PartHandler(BlobHandler):
         self.set_status(201)
         self.finish({"id": info.id, "size": info.size})
 
-    def delete(self, upload_id: str) -> None:
+    async def delete(self, upload_id: str) -> None:
+        if self.elsewhere is not None:
+            await self.pass_on()
+            return
         upload = self.upload
         if upload.busy:
             upload.cancelled = True  # the part in flight ends it (its request is being aborted)
