@@ -148,6 +148,36 @@ def test_wrapped_key_length_must_match_recipient_modulus(room):
     assert info.value.code == "bad_recipient_key"
 
 
+def test_wrapped_key_lengths_in_a_room_of_mixed_moduli(room):
+    # prepare compares the set of lengths with the members' when they share one; a room where
+    # they differ (a 3072-bit key next to 2048-bit ones), or a rekey that changes one, must
+    # still be checked entry by entry: each key at its own recipient's length.
+    alice, bob, carol = (room.find(name) for name in ("alice", "bob", "carol"))
+    right = {alice.sid: WRAPPED, bob.sid: WRAPPED, carol.sid: WRAPPED}
+    room.prepare(alice, Msg(id="f" * 32, ts=NOW, iv="iv", ct="ct", to="to", sig="sig", keys=right), NOW)
+    wide = "A" * 512
+    room.rekey(carol, sid="7" * 32, session_key="sk2", session_sig="sig2", wrapped_key_length=512,
+               issued=NOW, challenge="c" * 32)
+    cases = [({alice.sid: WRAPPED, carol.sid: wide}, None), ({carol.sid: wide}, None),
+             ({alice.sid: WRAPPED, bob.sid: WRAPPED}, None),
+             ({alice.sid: wide, carol.sid: WRAPPED}, "bad_recipient_key"),
+             ({alice.sid: WRAPPED, carol.sid: WRAPPED}, "bad_recipient_key"),
+             ({alice.sid: wide, carol.sid: wide}, "bad_recipient_key")]
+    for i, (keys, code) in enumerate(cases):
+        msg = Msg(id=f"{i:032x}", ts=NOW, iv="iv", ct="ct", to="to", sig="sig", keys=keys)
+        if code is None:
+            assert [r.sid for r, _ in room.prepare(alice, msg, NOW).targets] == list(keys)
+        else:
+            with pytest.raises(ProtocolError) as info:
+                room.prepare(alice, msg, NOW)
+            assert info.value.code == code
+    room.remove(carol)  # the others share one length again
+    msg = Msg(id="e" * 32, ts=NOW, iv="iv", ct="ct", to="to", sig="sig", keys={alice.sid: WRAPPED, bob.sid: wide})
+    with pytest.raises(ProtocolError) as info:
+        room.prepare(alice, msg, NOW)
+    assert info.value.code == "bad_recipient_key"
+
+
 def test_replay_by_id(room):
     alice = room.find("alice")
     first = message(alice.sid)

@@ -253,9 +253,19 @@ _ZERO_LOW4 = frozenset("AQgw")
 _ZERO_LOW2 = frozenset("AEIMQUYcgkosw048")
 
 
+_HEX_DIGITS = b"0123456789abcdef"
+
+
 def _all_hex32(sids) -> bool:
-    # JSON object keys are always strings.
-    return all(map(HEX32.match, sids))
+    """True only if every sid is 32 lowercase hex digits (HEX32), checked in C: the lengths
+    through a set, the alphabet over all of them at once. A regex match per sid was ~0.5 µs,
+    a tenth of the cost of parsing a message to 250. JSON object keys are always strings."""
+    if not set(map(len, sids)) <= {32}:
+        return False
+    try:
+        return not "".join(sids).encode("ascii").translate(None, _HEX_DIGITS)
+    except UnicodeEncodeError:
+        return False
 
 
 def _all_canonical_b64(texts: list, max_size: int) -> bool:
@@ -271,6 +281,13 @@ def _all_canonical_b64(texts: list, max_size: int) -> bool:
     except (TypeError, UnicodeEncodeError):
         return False
     limit = crypto.b64_length(max_size)
+    lengths = set(map(len, texts))
+    if len(lengths) == 1:
+        # Every key wrapped to the same modulus size (the usual room): the padding of all of
+        # them at once, from every text's last three characters sliced out of the joined bytes.
+        padding = _uniform_padding(joined, lengths.pop(), limit, len(texts))
+        if padding is not None:
+            return padding >= 0 and joined.translate(None, _B64_ALPHABET) == b"=" * padding
     padding = 0
     for text in texts:
         length = len(text)
@@ -288,6 +305,31 @@ def _all_canonical_b64(texts: list, max_size: int) -> bool:
     # Outside the alphabet only the padding counted above may remain: no other character,
     # and no "=" anywhere but at the end of its text.
     return joined.translate(None, _B64_ALPHABET) == b"=" * padding
+
+
+_LOW4 = "".join(sorted(_ZERO_LOW4)).encode()
+_LOW2 = "".join(sorted(_ZERO_LOW2)).encode()
+
+
+def _uniform_padding(joined: bytes, length: int, limit: int, count: int) -> int | None:
+    """The "=" count of `count` texts of `length` characters each, joined: -1 if one of them
+    is malformed (length, or the unused bits before its padding), None if they are not all
+    padded alike (the caller then looks at each text)."""
+    if length % 4 or length > limit:
+        return -1
+    if not length:
+        return 0
+    last = joined[length - 1::length]
+    if b"=" not in last:
+        return 0
+    if last.count(b"=") != count:
+        return None
+    second = joined[length - 2::length]
+    if second.count(b"=") == count:
+        return 2 * count if not joined[length - 3::length].translate(None, _LOW4) else -1
+    if b"=" in second:
+        return None
+    return count if not second.translate(None, _LOW2) else -1
 
 
 _PARSERS: dict[str, tuple[frozenset[str], Callable[[dict, int], Frame]]] = {

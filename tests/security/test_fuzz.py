@@ -227,6 +227,49 @@ def test_wrapped_key_fast_path_agrees_with_b64decode(texts, max_size):
     assert protocol._all_canonical_b64(texts, max_size) == expected
 
 
+@st.composite
+def same_length_keys(draw):
+    """Texts all of one length, as in a room whose members' keys share a modulus size: the fast
+    path of _all_canonical_b64 that slices every text's padding out of the joined bytes at once.
+    Each is canonical base64 of `size` bytes, and some get one character changed (a near miss
+    that keeps the length, or a hostile character)."""
+    size = draw(st.integers(0, 9))
+    texts = [base64.b64encode(draw(st.binary(min_size=size, max_size=size))).decode()
+             for _ in range(draw(st.integers(1, 5)))]
+    for i in draw(st.lists(st.integers(0, len(texts) - 1), max_size=3)):
+        if texts[i]:
+            at = draw(st.integers(0, len(texts[i]) - 1))
+            char = draw(st.one_of(st.sampled_from(B64_ALPHABET + "="), st.characters()))
+            texts[i] = texts[i][:at] + char + texts[i][at + 1:]
+    return texts
+
+
+@fuzz_settings(300)
+@given(texts=same_length_keys(), max_size=st.integers(0, 12))
+def test_wrapped_key_fast_path_on_keys_of_one_length(texts, max_size):
+    COUNTS["validator:wrapped_keys_one_length"] += 1
+    expected = all(admitted_by_b64(text, max_size) for text in texts)
+    assert protocol._all_canonical_b64(texts, max_size) == expected
+
+
+@pytest.mark.parametrize("texts", [["AA==", "AQ=="], ["AAA=", "AAE="], ["AA==", "AAA="], ["AAAA", "AA=="],
+                                   ["AA==", "AAAA"], ["AAA=", "AA=="], ["A===", "A==="], ["AA=A", "AA=A"],
+                                   ["====", "AA=="], ["AAAAAAA=", "AAAA=AA="], ["AAAAAA==", "AAAAAA=="]])
+def test_wrapped_key_fast_path_on_padding_of_one_length(texts):
+    assert protocol._all_canonical_b64(texts, 64) == all(admitted_by_b64(text, 64) for text in texts)
+
+
+@fuzz_settings(300)
+@given(sids=st.lists(st.one_of(st.text("0123456789abcdef", min_size=32, max_size=32),
+                               st.text("0123456789abcdefABCDEF\n", min_size=30, max_size=34),
+                               hostile_text), max_size=5))
+def test_session_id_check_matches_the_pattern(sids):
+    # protocol._all_hex32 checks every sid of a msg's keys at once, in C; it must admit exactly
+    # what the HEX32 pattern admits for each.
+    COUNTS["validator:sids"] += 1
+    assert protocol._all_hex32(sids) == all(protocol.HEX32.match(sid) for sid in sids)
+
+
 @fuzz_settings(150)
 @given(name=st.one_of(hostile_text, st.text(max_size=40)))
 def test_check_username(name):
