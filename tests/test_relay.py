@@ -166,3 +166,35 @@ async def test_the_full_recipient_list_is_given_on_request_and_matches_the_commi
     assert await bob.unknown_recipients(msg_id, delivery["to"]) == []
     await bob.send_frame({"v": 2, "type": "recipients", "id": "f" * 32})
     assert (await bob.expect("error"))["code"] == "unknown_message"
+
+
+async def test_frames_sent_in_one_turn_leave_in_one_write_in_order_and_before_a_close(connect, hub):
+    # ws.ChatSocket.send queues; the turn's frames go out in one socket write at its end.
+    alice, bob = await connect("alice"), await connect("bob")
+    await settle(alice, bob, members=2)
+    socket = next(p for p in hub.rooms.participants() if p.sid == bob.sid).connection
+    stream = socket.ws_connection.stream
+    writes = []
+    real_write = stream.write
+
+    def counting_write(data):
+        writes.append(bytes(data))
+        return real_write(data)
+
+    stream.write = counting_write
+    for n in range(5):
+        socket.send(json.dumps({"v": 2, "type": "probe", "n": n, "text": "é" * n}))
+    assert writes == []  # nothing before the end of this turn
+    received = [await bob.recv() for _ in range(5)]
+    assert [(f["n"], f["text"]) for f in received] == [(n, "é" * n) for n in range(5)]
+    assert len(writes) == 1
+    # a frame past FLUSH_BYTES goes at once, after what was queued before it
+    socket.send(json.dumps({"v": 2, "type": "probe", "n": 5}))
+    socket.send(json.dumps({"v": 2, "type": "probe", "n": 6, "pad": "x" * 70_000}))
+    assert len(writes) == 2
+    assert [(await bob.recv())["n"] for _ in range(2)] == [5, 6]
+    # the close frame follows what was sent before it
+    socket.send(json.dumps({"v": 2, "type": "probe", "n": 7}))
+    socket.close(4001, "replaced by a newer session")
+    assert (await bob.recv())["n"] == 7
+    assert await bob.recv() is None and bob.ws.close_code == 4001
