@@ -502,3 +502,27 @@ async def test_joins_on_another_server_are_announced_in_one_joins_frame(tmp_path
         # in the order two admitted them (their join records there)
         order = [r["username"] for r in records(two) if r["event"] == "join"]
         assert [p["username"] for p in frames[0]["participants"]] == order and sorted(order) == ["dave", "erin", "frank"]
+
+
+async def test_shutdown_ends_the_server_even_when_it_comes_while_the_lost_redis_is_being_let_go(tmp_path):
+    """SIGTERM just after Redis went away must end the process: the shutdown may arrive at any
+    point of the failed connection's clean-up (seen: a `serve --workers 2` that never exited when
+    Redis stopped first). Each run gets its shutdown one more turn of the loop after Redis stops."""
+    from redis_server import RedisServer
+
+    for turns in range(0, 60, 3):
+        redis = RedisServer(tmp_path / f"redis{turns}").start()
+        config = Config(data_dir=tmp_path / f"data{turns}", port=0, log_fsync="never",
+                        cluster_redis_url=redis.url, attachments_max_bytes=0)
+        server = await start(config)
+        try:
+            await until(lambda: server.hub.cluster.up, what="connected to Redis")
+            redis.stop()
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            try:
+                await asyncio.wait_for(server.shutdown(), 5)
+            except asyncio.TimeoutError:
+                raise AssertionError(f"shutdown {turns} turns after Redis stopped never ended") from None
+        finally:
+            redis.stop()

@@ -91,7 +91,7 @@ def test_workers_above_one_without_redis_say_what_is_missing_in_one_line(tmp_pat
 
 
 async def test_three_workers_share_the_port_and_a_killed_worker_leaves_everywhere(
-        tmp_path, server, redis_server, opened):
+        tmp_path, redis_server, server, opened):
     served = server("--workers", "3", SECURECHAT_CLUSTER_REDIS_URL=redis_server.url)
     for _ in range(200):  # every worker registered
         if len(redis.Redis.from_url(redis_server.url).zrange("securechat:workers", 0, -1)) == 3:
@@ -157,7 +157,7 @@ async def test_three_workers_share_the_port_and_a_killed_worker_leaves_everywher
         assert list((served.runtime / "securechat").glob("server-*.json")) == []
 
 
-async def test_rotation_across_workers_loses_and_duplicates_nothing(tmp_path, server, redis_server, opened):
+async def test_rotation_across_workers_loses_and_duplicates_nothing(tmp_path, redis_server, server, opened):
     served = server("--workers", "2", SECURECHAT_CLUSTER_REDIS_URL=redis_server.url)
     alice, bob = await on_distinct_workers(served.ws, redis_server.url, ["alice", "bob"], opened)
     sent = []
@@ -262,7 +262,7 @@ async def test_status_roster_and_rooms_while_redis_is_down_say_so_in_one_line(tm
 
 
 async def test_an_http_fallback_client_and_a_websocket_client_on_different_workers_chat(
-        tmp_path, server, redis_server, opened):
+        tmp_path, redis_server, server, opened):
     """Every POST of the HTTP transport is a new request the kernel gives to any worker: those
     that land on the worker not holding the session are run by the one that does."""
     served = server("--workers", "2", SECURECHAT_CLUSTER_REDIS_URL=redis_server.url)
@@ -327,7 +327,7 @@ async def test_an_http_fallback_client_and_a_websocket_client_on_different_worke
         await asyncio.sleep(0.02)
 
 
-async def test_attachments_work_across_workers(tmp_path, server, redis_server, opened):
+async def test_attachments_work_across_workers(tmp_path, redis_server, server, opened):
     """Whichever worker each request of an upload or a download reaches (the kernel picks)."""
     served = server("--workers", "2", SECURECHAT_CLUSTER_REDIS_URL=redis_server.url)
     alice, bob = await on_distinct_workers(served.ws, redis_server.url, ["alice", "bob"], opened)

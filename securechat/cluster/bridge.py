@@ -145,11 +145,13 @@ class Cluster:
                     await asyncio.wait_for(pipe.execute(), 2.0)
             except (RedisError, OSError, asyncio.TimeoutError):
                 pass
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
+        # Cancel until it is done: a cancel can only be lost inside clean-up code, and a process
+        # being stopped must stop.
+        while not self._task.done():
+            self._task.cancel()
+            await asyncio.wait([self._task], timeout=1.0)
+        if not self._task.cancelled() and self._task.exception() is not None:
+            log.warning("cluster: the Redis link ended with %r", self._task.exception())
         self._task = None
 
     @property
@@ -235,6 +237,12 @@ class Cluster:
                     await asyncio.wait_for(closing, 1.0)
                 except BaseException:
                     pass
+            # stop()'s cancel may have arrived during the clean-up above and been swallowed
+            # there; returning normally would send _run round again and stop() would wait for
+            # ever (a worker that ignores SIGTERM). The request is still counted: honour it.
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise asyncio.CancelledError
 
     async def _register(self, client) -> None:
         now = now_ms()
