@@ -68,10 +68,15 @@ def main() -> None:
     """
 
 
-def config_options(command):
-    """--config and --data-dir: how every command finds the configuration and the data."""
-    command = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-                           help="Where the ciphertext log lives.  [default: ~/.local/share/securechat]")(command)
+def config_options(command=None, *, several: bool = False):
+    """--config and --data-dir: how every command finds the configuration and the data.
+    several=True: --data-dir may be given more than once (`logs dump` of several machines)."""
+    if command is None:
+        return lambda command: config_options(command, several=several)
+    command = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), multiple=several,
+                           help="Where the ciphertext log lives" + ("; again for another machine's, read "
+                           "as one log in time order" if several else "") +
+                           ".  [default: ~/.local/share/securechat]")(command)
     return click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
                         envvar="SECURECHAT_CONFIG", help="A TOML file (see config.example.toml).")(command)
 
@@ -88,9 +93,12 @@ class FingerprintParam(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-def server_options(command):
+def server_options(command=None, *, several: bool = False):
     """How an admin command picks its server: one running here (--port, --data-dir to choose
-    among several) or any server by --url, --token and how to trust its certificate."""
+    among several) or any server by --url, --token and how to trust its certificate.
+    several=True: --url may be given more than once (`logs dump` of several machines)."""
+    if command is None:
+        return lambda command: server_options(command, several=several)
     command = click.option("--cacert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
                            help="With --url: trust certificates this CA (PEM) issued, e.g. the "
                            "server's <data dir>/tls/ca.pem.")(command)
@@ -99,8 +107,10 @@ def server_options(command):
                            "fingerprint (what `securechat tls show` prints on the server).")(command)
     command = click.option("--token", help="The server's admin token; prefer SECURECHAT_TOKEN "
                            "(a flag shows up in `ps`).")(command)
-    command = click.option("--url", help="The server's base URL, e.g. https://192.168.1.20:5000/.  "
-                           "[default: the server running here]")(command)
+    command = click.option("--url", multiple=several,
+                           help="The server's base URL, e.g. https://192.168.1.20:5000/" +
+                           ("; again for another machine (same token)" if several else "") +
+                           ".  [default: the server running here]")(command)
     return click.option("--port", type=click.IntRange(1, 65535),
                         help="The running server on this port, when several run here.")(command)
 
@@ -446,8 +456,8 @@ def logs() -> None:
 @click.option("--room", type=RoomParam(), help="Only the records of this room.  [default: every room]")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new records, like tail -f; Ctrl-C stops.")
 @click.option("--follow-for", type=float, hidden=True, help="Follow for this many seconds (tests).")
-@server_options
-@config_options
+@server_options(several=True)
+@config_options(several=True)
 def dump(as_json, since, until, room, follow, follow_for, port, url, token, fingerprint, cacert, data_dir,
          config_file) -> None:
     """Print the ciphertext log, oldest first, across rotated files.
@@ -456,7 +466,9 @@ def dump(as_json, since, until, room, follow, follow_for, port, url, token, fing
     A torn or corrupt line is reported on stderr with its file and line, and skipped.
     It reads the log of the server running here (--port or --data-dir picks one of several;
     with none running, the configured data dir). With --url it reads a server's log over its
-    admin API instead of the local files.
+    admin API instead of the local files. Several machines sharing one Redis each log what
+    their own people sent: give --data-dir (copies, mounts) or --url once per machine and
+    their logs are read as one, in time order (their clocks must agree: NTP).
 
     \b
     Examples:
@@ -466,24 +478,35 @@ def dump(as_json, since, until, room, follow, follow_for, port, url, token, fing
       securechat logs dump --json | jq -c 'select(.event == "join")'
       securechat logs dump --follow
       SECURECHAT_TOKEN=... securechat logs dump --url https://chat.example/ --json > log.jsonl
+      securechat logs dump --data-dir /backup/chat1 --data-dir /backup/chat2
+      SECURECHAT_TOKEN=... securechat logs dump --url https://10.0.0.11:5000/ --url https://10.0.0.12:5000/
     """
     import time
 
     from securechat.admin import dump as dump_module
     from securechat.storage.ciphertext_log import LogRecord, read_log
 
-    config = build_config(config_file, data_dir=data_dir)
-    if url is not None:
+    config = build_config(config_file, data_dir=data_dir[0] if data_dir else None)
+    if url:
         if follow or follow_for is not None:
             raise click.UsageError("--follow reads the local files; it does not go with --url")
-        client = admin_client(config, url=url, token=token, fingerprint=fingerprint, cacert=cacert)
-        print_items(with_progress(remote_items(client, since, until, room)), as_json=as_json, chunk=500)
+        clients = [admin_client(config, url=one, token=token, fingerprint=fingerprint, cacert=cacert) for one in url]
+        items = dump_module.merged([remote_items(client, since, until, room) for client in clients])
+        print_items(with_progress(items), as_json=as_json, chunk=500)
         return
-    log_dir = local_log_dir(config, port=port, fingerprint=fingerprint, cacert=cacert)
-    if not log_dir.is_dir():
-        raise UserError(f"no ciphertext log in {log_dir}; check --data-dir")
-    # With `serve --workers N` every worker writes its own log: they are read as one, in time order.
-    log_dirs = dump_module.log_dirs(log_dir)
+    if len(data_dir) > 1:
+        given = list(data_dir)
+        for directory in given:
+            if not directory.is_dir():
+                raise UserError(f"no ciphertext log in {directory}; check --data-dir")
+    else:
+        log_dir = local_log_dir(config, port=port, fingerprint=fingerprint, cacert=cacert)
+        if not log_dir.is_dir():
+            raise UserError(f"no ciphertext log in {log_dir}; check --data-dir")
+        given = [log_dir]
+    # With `serve --workers N` every worker writes its own log, and every machine its own:
+    # they are read as one, in time order.
+    log_dirs = [found for directory in given for found in dump_module.log_dirs(directory)]
     if follow or follow_for is not None:
         deadline = time.monotonic() + follow_for if follow_for is not None else None
         items = dump_module.follow(log_dirs, since=since, until=until,

@@ -177,3 +177,76 @@ def test_people_on_different_machines_behind_round_robin_nginx_chat_and_see_one_
         logged = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
         senders = sorted(r["from"]["username"] for r in logged if r["event"] == "msg")
         assert senders == sorted(name for name, port in where.items() if port == machine.port)
+
+
+@pytest.fixture
+def two_machines(tmp_path, redis_server):  # noqa: F811
+    started = []
+    try:
+        started = [Machine(tmp_path, name, redis_server.url) for name in ("one", "two")]
+        for machine in started:
+            for _ in range(200):
+                if machine.admin.status()["cluster"]["workers"] == 2:
+                    break
+                asyncio.run(asyncio.sleep(0.05))
+        yield started
+    finally:
+        for machine in started:
+            assert "Traceback" not in machine.stop()
+
+
+def test_logs_dump_of_two_machines_has_every_message_once_across_rotations(two_machines):
+    """Each machine logs what its own people sent, in its own data dir; `logs rotate` on one
+    rotates both; `logs dump` given both data dirs, or both URLs, reads them as one log."""
+    one, two = two_machines
+    sent = []
+
+    async def scenario():
+        alice = await join(f"ws://127.0.0.1:{one.port}/ws", "alice")
+        bob = await join(f"ws://127.0.0.1:{two.port}/ws", "bob")
+        try:
+            while len(alice.members) < 2 or len(bob.members) < 2:
+                await (alice if len(alice.members) < 2 else bob).recv()
+            for round_ in range(3):
+                for sender in (alice, bob):
+                    for _ in range(3):
+                        sent.append(await sender.send(f"message {len(sent)}"))
+                for sender in (alice, bob):
+                    for _ in range(3):
+                        await sender.expect("ack")
+                # Through machine one only: it tells machine two, through Redis, to rotate too.
+                rotated = await asyncio.to_thread(cli, "logs", "rotate", runtime=one.runtime)
+                assert rotated.exit_code == 0 and "rotated to ciphertext-" in rotated.output, rotated.output
+                assert rotated.output.count("\n") == 1, rotated.output
+            for _ in range(100):  # machine two rotated as well, each time
+                if len(list(two.data.glob("ciphertext-*.jsonl.gz"))) == 3:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await close_all([alice, bob])
+
+    asyncio.run(scenario())
+    for machine in (one, two):
+        assert len(list(machine.data.glob("ciphertext-*.jsonl.gz"))) == 3
+    local = cli("logs", "dump", "--json", "--data-dir", str(one.data), "--data-dir", str(two.data),
+                runtime=one.runtime)
+    assert local.exit_code == 0 and local.stderr == "", local.output
+    records = [json.loads(line) for line in local.stdout.splitlines()]
+    ids = [r["id"] for r in records if r["event"] == "msg"]
+    assert sorted(ids) == sorted(sent) and len(ids) == len(set(ids)) == 18
+    times = [r["t"] for r in records]
+    assert times == sorted(times)
+    assert sorted(r["username"] for r in records if r["event"] == "join") == ["alice", "bob"]
+    # One machine's dir alone has its own people's messages only: the union needs both.
+    alone = cli("logs", "dump", "--json", "--data-dir", str(one.data), runtime=one.runtime)
+    assert {json.loads(line)["from"]["username"] for line in alone.stdout.splitlines()
+            if json.loads(line)["event"] == "msg"} == {"alice"}
+    # The same, each machine's log read over its admin API.
+    remote = cli("logs", "dump", "--json", "--url", f"http://127.0.0.1:{one.port}/",
+                 "--url", f"http://127.0.0.1:{two.port}/", runtime=one.runtime, SECURECHAT_TOKEN=TOKEN)
+    assert remote.exit_code == 0, remote.output
+    assert sorted(remote.stdout.splitlines()) == sorted(local.stdout.splitlines())
+    assert [json.loads(line)["t"] for line in remote.stdout.splitlines()] == times
+    # And the table: one header, every message once.
+    table = cli("logs", "dump", "--data-dir", str(one.data), "--data-dir", str(two.data), runtime=one.runtime)
+    assert table.exit_code == 0 and all(table.stdout.count(msg_id[:16]) == 1 for msg_id in sent), table.output
