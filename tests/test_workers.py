@@ -259,6 +259,12 @@ async def test_status_roster_and_rooms_while_redis_is_down_say_so_in_one_line(tm
             break
         await asyncio.sleep(0.1)
     assert roster.stderr == "" and "alice" in roster.stdout and "bob" in roster.stdout
+    # Stopped here, with Redis up (the fixtures would stop Redis first).
+    for client in opened:
+        client.close()
+    await asyncio.sleep(0.2)
+    served.stop()
+    assert served.process.returncode == 0
 
 
 async def test_an_http_fallback_client_and_a_websocket_client_on_different_workers_chat(
