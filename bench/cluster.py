@@ -6,7 +6,7 @@ redis-server), against one `securechat serve` in the same run, plus the latency 
 adds per message at a fixed offered rate. Both servers are pinned to the same core (taskset),
 the generator to the other, and measured in alternation (A B A B), medians over repeats.
 
-  python -m bench.cluster                 # N = 50 and 250, 2 workers
+  python -m bench.cluster                 # N = 10, 50 and 250, 2 workers
   python -m bench.cluster --quick         # N = 10 and 50, short phases (a smoke run)
   python -m bench.cluster --sizes 50 --workers 3 --json out.json
 """
@@ -37,17 +37,27 @@ class ClusterRelay(Relay):
     def __init__(self, proc, port, data_dir, pinned, redis):
         super().__init__("cluster", proc, port, data_dir, pinned)
         self.redis = redis
+        self.readings: list[dict[int, float]] = []  # pid -> CPU seconds, at each cpu_seconds()
 
     def members(self) -> list[int]:
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
         return [int(pid) for pid in children] + [self.redis.pid]
 
     def cpu_seconds(self) -> float:
-        total = 0.0
+        reading = {}
         for pid in self.members():
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-        return total
+            reading[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+        self.readings = [*self.readings[-1:], reading]
+        return sum(reading.values())
+
+    def redis_share(self) -> float:
+        """redis-server's part of the CPU between the last two cpu_seconds() readings (a closed
+        loop reads exactly twice: its window's start and end)."""
+        before, after = self.readings
+        total = sum(after[pid] - before.get(pid, 0.0) for pid in after)
+        redis = after[self.redis.pid] - before[self.redis.pid]
+        return redis / total if total > 0 else float("nan")
 
     def rss_bytes(self) -> int:
         return sum(int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE for pid in self.members())
@@ -116,6 +126,12 @@ async def run_size(n: int, s: Settings, workers: int, workdir: Path) -> dict:
                     factory.pool.clear()
                     await factory.prebuild_async(min(expect, 4000))
                 closeds[kind].append(await closed_loop(rooms[kind], s.closed_seconds, s.warmup, s.window))
+                if kind == "cluster":
+                    closeds[kind][-1]["redis_cpu_share"] = relays[kind].redis_share()
+                if closeds[kind][-1]["messages_per_s"] == 0:
+                    raise RuntimeError(f"N = {n}: the {kind} closed loop acknowledged no message "
+                                       f"({closeds[kind][-1]['clients_closed']} clients closed, errors "
+                                       f"{dict(rooms[kind].errors)})")
                 for factory in rooms[kind].factories:
                     factory.pool.clear()
         out = {"n": n, "workers": workers, "senders": senders}
@@ -138,15 +154,19 @@ async def run_size(n: int, s: Settings, workers: int, workdir: Path) -> dict:
 
 
 def report(result: dict) -> str:
-    lines = ["| N | workers | CPU ms/msg, one process | CPU ms/msg, workers + Redis | ratio (repeats) | "
+    lines = ["| N | workers | msgs/s, one process / cluster | CPU ms/msg, one process | "
+             "CPU ms/msg, workers + Redis | Redis's share | ratio (repeats) | "
              "p50 / p99 ms, one process | p50 / p99 ms, cluster | added p50 / p99 ms |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for run in result["runs"]:
         single, cluster = run["single"], run["cluster"]
         ratios = ", ".join(f"{r:.2f}" for r in run["cpu_ratios"])
         lines.append(
-            f"| {run['n']} | {run['workers']} | {single['closed']['server_cpu_ms_per_msg']:.3f} | "
-            f"{cluster['closed']['server_cpu_ms_per_msg']:.3f} | **{run['cpu_ratio']:.2f}** ({ratios}) | "
+            f"| {run['n']} | {run['workers']} | "
+            f"{single['closed']['messages_per_s']:.0f} / {cluster['closed']['messages_per_s']:.0f} | "
+            f"{single['closed']['server_cpu_ms_per_msg']:.3f} | "
+            f"{cluster['closed']['server_cpu_ms_per_msg']:.3f} | {cluster['closed']['redis_cpu_share']:.0%} | "
+            f"**{run['cpu_ratio']:.2f}** ({ratios}) | "
             f"{single['open']['p50_ms']:.2f} / {single['open']['p99_ms']:.2f} | "
             f"{cluster['open']['p50_ms']:.2f} / {cluster['open']['p99_ms']:.2f} | "
             f"{run['added_p50_ms']:+.2f} / {run['added_p99_ms']:+.2f} |")
@@ -161,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
-    s = Settings(sizes=(50, 250))
+    s = Settings(sizes=(10, 50, 250))
     if args.quick:
         s = Settings(sizes=(10, 50), open_seconds=1.5, closed_seconds=1.5, warmup=0.5, repeats=1,
                      expected_msg_rate=20000)
