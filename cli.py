@@ -491,7 +491,7 @@ def dump(as_json, since, until, room, follow, follow_for, port, url, token, fing
         if follow or follow_for is not None:
             raise click.UsageError("--follow reads the local files; it does not go with --url")
         clients = [admin_client(config, url=one, token=token, fingerprint=fingerprint, cacert=cacert) for one in url]
-        items = dump_module.merged([remote_items(client, since, until, room) for client in clients])
+        items = dump_module.merged([stream for client in clients for stream in remote_logs(client, since, until, room)])
         print_items(with_progress(items), as_json=as_json, chunk=500)
         return
     if len(data_dir) > 1:
@@ -533,7 +533,16 @@ def local_log_dir(config: Config, *, port, fingerprint, cacert) -> Path:
     return Path(client.server.data_dir) if client is not None else config.log_dir
 
 
-def remote_items(client, since, until, room=None):
+def remote_logs(client, since, until, room=None) -> list:
+    """One stream of records per log the server has: a `serve --workers N` has N (each worker
+    writes its own, and whichever worker answers can read any of them)."""
+    workers = admin_call(client.status).get("workers", 1)
+    if isinstance(workers, int) and not isinstance(workers, bool) and workers > 1:
+        return [remote_items(client, since, until, room, worker=n) for n in range(min(workers, 64))]
+    return [remote_items(client, since, until, room)]
+
+
+def remote_items(client, since, until, room=None, worker=None):
     """The server's records as LogRecords, so remote and local dumps print alike. The server
     is not ours: no control character it sends reaches the terminal, even in --json lines."""
     from securechat.admin.client import AdminError
@@ -544,7 +553,7 @@ def remote_items(client, since, until, room=None):
         click.echo(f"securechat: the server skipped {count} unreadable line(s) of its log", err=True)
 
     try:
-        for raw in client.logs(since=since, until=until, on_skipped=skipped, room=room):
+        for raw in client.logs(since=since, until=until, on_skipped=skipped, room=room, worker=worker):
             raw = safe_json_line(raw)
             record = json.loads(raw)
             if not isinstance(record, dict):

@@ -15,7 +15,9 @@ from conftest import settle
 from redis_server import redis_server  # noqa: F401  (fixture)
 
 from helpers import cli
+from securechat.admin.client import AdminClient
 from securechat.client import ChatClient, Message
+from securechat.storage.ciphertext_log import LogRecord, read_log
 
 pytestmark = pytest.mark.gen_test(timeout=90)
 
@@ -158,7 +160,8 @@ async def test_three_workers_share_the_port_and_a_killed_worker_leaves_everywher
 
 
 async def test_rotation_across_workers_loses_and_duplicates_nothing(tmp_path, redis_server, server, opened):
-    served = server("--workers", "2", SECURECHAT_CLUSTER_REDIS_URL=redis_server.url)
+    token = "workers-test-admin-token-0123456789"
+    served = server("--workers", "2", SECURECHAT_CLUSTER_REDIS_URL=redis_server.url, SECURECHAT_TOKEN=token)
     alice, bob = await on_distinct_workers(served.ws, redis_server.url, ["alice", "bob"], opened)
     sent = []
     for round_ in range(4):
@@ -187,6 +190,21 @@ async def test_rotation_across_workers_loses_and_duplicates_nothing(tmp_path, re
     assert times == sorted(times)
     # (on_distinct_workers may have joined and closed extra connections: those are logged too)
     assert {r["username"] for r in records if r["event"] == "join"} == {"alice", "bob"}
+    # The same over the admin API: every worker's log is read (?worker=N), whichever answers.
+    remote = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: cli("logs", "dump", "--json", "--url", served.url, runtime=served.runtime,
+                          SECURECHAT_TOKEN=token))
+    assert remote.exit_code == 0, remote.output
+    local_lines = [line for line in result.output.splitlines() if line.startswith("{")]
+    assert sorted(remote.stdout.splitlines()) == sorted(local_lines)
+    assert [json.loads(line)["t"] for line in remote.stdout.splitlines()] == times
+    # Page by page (5 records each, so both workers answer pages of each log): each worker's
+    # log exactly as stored in its files.
+    admin = AdminClient(served.url, token)
+    for worker in (0, 1):
+        paged = await asyncio.get_running_loop().run_in_executor(None, lambda: list(admin.logs(page=5, worker=worker)))
+        stored = [r.raw for r in read_log(served.data / "workers" / str(worker)) if isinstance(r, LogRecord)]
+        assert paged == stored and len(stored) > 5
 
     # `securechat status`: Redis up, and both workers with their own figures (another
     # worker's are as of its last heartbeat, at most 2 s old).

@@ -11,6 +11,7 @@ import hmac
 import json
 import tempfile
 import time
+from pathlib import Path
 
 import tornado.web
 from tornado.ioloop import IOLoop
@@ -106,6 +107,8 @@ class StatusHandler(AdminHandler):
             "tls": self.hub.config.uses_tls,
             "log_file": str(log_path),
             "log_bytes": log_path.stat().st_size if log_path.exists() else 0,
+            # `serve --workers N`: N logs in this data dir, GET /api/admin/logs?worker=0..N-1.
+            "workers": self.hub.config.workers if self.hub.config.worker is not None else 1,
         }
         cluster = self.hub.cluster
         if cluster is not None:
@@ -208,7 +211,7 @@ class LogsHandler(AdminHandler):
         room = self._room()
         limit = self._limit()
         start = self._cursor()
-        directory, loop = self.hub.config.log_dir, IOLoop.current()
+        directory, loop = self._directory(), IOLoop.current()
         # The page is gathered in one walk before the headers go out (log_pages.collect):
         # in memory up to SPOOL_BYTES, beyond that in an unnamed file in the (0700) data dir.
         with tempfile.SpooledTemporaryFile(max_size=self.SPOOL_BYTES, dir=directory) as sink:
@@ -230,6 +233,19 @@ class LogsHandler(AdminHandler):
                     await self.flush()
             except StreamClosedError:
                 pass  # the client went away; nothing to answer
+
+    def _directory(self) -> Path:
+        """This process's log, or with ?worker=N the log of worker N of the same `serve
+        --workers` (the same data dir: any worker may answer, each writes its own log)."""
+        config = self.hub.config
+        raw = self.get_query_argument("worker", None)
+        if raw is None:
+            return config.log_dir
+        if config.worker is None:
+            raise tornado.web.HTTPError(400, reason="worker: this server is one process, with one log")
+        if not raw.isdigit() or not 0 <= int(raw) < config.workers:
+            raise tornado.web.HTTPError(400, reason=f"worker must be a worker number, 0 to {config.workers - 1}")
+        return config.replace(worker=int(raw)).log_dir
 
     def _time(self, name: str) -> float | None:
         raw = self.get_query_argument(name, None)

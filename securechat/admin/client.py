@@ -70,15 +70,18 @@ class AdminClient:
         return self._call("POST", "/api/admin/blobs/prune", json.dumps({"dry_run": dry_run}))
 
     def logs(self, since: float | None = None, until: float | None = None, page: int = 1000,
-             on_skipped: Callable[[int], None] = lambda n: None, room: str | None = None) -> Iterator[str]:
+             on_skipped: Callable[[int], None] = lambda n: None, room: str | None = None,
+             worker: int | None = None) -> Iterator[str]:
         """Every stored record line (JSON, no newline) from /api/admin/logs, page after page.
 
         Each page is streamed line by line; the cursor the server hands out leads to the next
-        page until a page ends without one.
+        page until a page ends without one. `worker`: that worker's log of a `serve --workers
+        N` (status()["workers"] says N); every page names it, whichever worker answers.
         """
         cursor = None
         while True:
-            query = {"limit": page, "since": since, "until": until, "room": room, "cursor": cursor}
+            query = {"limit": page, "since": since, "until": until, "room": room, "cursor": cursor,
+                     "worker": worker}
             path = "/api/admin/logs?" + urlencode({k: v for k, v in query.items() if v is not None})
             with self._exchange("GET", path) as response:
                 if response.status != 200:
