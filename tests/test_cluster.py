@@ -526,3 +526,15 @@ async def test_shutdown_ends_the_server_even_when_it_comes_while_the_lost_redis_
                 raise AssertionError(f"shutdown {turns} turns after Redis stopped never ended") from None
         finally:
             redis.stop()
+
+
+async def test_the_cluster_view_reads_redis_going_away_as_unreachable(tmp_path, redis_server):
+    """Asked for every process's figures at the moment Redis goes away (before the link has
+    noticed), the bridge says "unreachable" — what the admin API answers with this process's
+    own figures — instead of letting the Redis client's error make the status a 500."""
+    async with cluster(tmp_path, redis_server.url, 1) as (server,):
+        assert len(await server.hub.cluster.workers()) == 1
+        redis_server.stop()
+        assert server.hub.cluster._client is not None  # not noticed yet: no loop turn since
+        with pytest.raises(ConnectionError, match="Redis is unreachable"):
+            await server.hub.cluster.workers()

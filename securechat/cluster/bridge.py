@@ -757,6 +757,14 @@ class Cluster:
         client = self._client
         if client is None:
             raise ConnectionError("Redis is unreachable")
+        try:
+            # Bounded: `securechat status` waits 3 s for the answer, and Redis going away mid-call
+            # must read as "unreachable" there, not as a server that did not answer.
+            return await asyncio.wait_for(self._workers(client), 1.0)
+        except (RedisError, asyncio.TimeoutError) as exc:
+            raise ConnectionError("Redis is unreachable") from exc
+
+    async def _workers(self, client) -> list[dict[str, Any]]:
         found = []
         for worker, score in await client.zrange(events.WORKERS, 0, -1, withscores=True):
             info = await client.hgetall(events.info_key(worker.decode()))
