@@ -18,7 +18,10 @@ process's perf_counter; the generator keeps id -> send time (nothing is added to
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
+import math
+import multiprocessing
 import os
 import resource
 import shutil
@@ -33,6 +36,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from securechat import crypto
@@ -75,6 +79,11 @@ def raise_nofile(target: int = NOFILE) -> int:
 
 def cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0))
+
+
+# Every core this process may use, read before pin_generator() narrows it to one: the frame
+# builders (FrameBuilder) run on all of them while no phase is measured.
+ALL_CPUS = sorted(os.sched_getaffinity(0))
 
 
 def pin_generator() -> str:
@@ -250,11 +259,93 @@ class FrameFactory:
                 await asyncio.sleep(0)
                 turn = time.monotonic()
 
+    def jobs(self, count: int, chunk: int) -> list[tuple]:
+        """`count` frames as jobs for _build_frames in another process, in `chunk`s, in order:
+        the per-recipient sequence numbers advance here exactly as `count` build() calls would."""
+        if not hasattr(self, "_identity_der"):
+            self._identity_der = self.sender.identity.private_key.private_bytes(
+                serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            self._public_ders = {sid: r.session_key.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+                for sid, r in self.recipients.items()}
+        out = []
+        for start in range(0, count, chunk):
+            size = min(chunk, count - start)
+            targets = [(sid, self._public_ders[sid], r.seq) for sid, r in self.recipients.items()]
+            out.append((self._identity_der, self.sender.sid, self.room, len(self.text), targets, size,
+                        self.encode))
+            for sid, r in self.recipients.items():
+                self.recipients[sid] = crypto.Recipient(sid, r.session_key, r.seq + size)
+        return out
+
     def next(self) -> tuple[str, bytes]:
         if self.pool:
             return self.pool.popleft()
         self.built_live += 1
         return self.build()
+
+
+def _build_frames(job: tuple) -> list[tuple[str, bytes]]:
+    """FrameFactory.build, `count` times, in a FrameBuilder process (see FrameFactory.jobs)."""
+    identity_der, sender_sid, room, text_len, targets, count, encode = job
+    identity = crypto.Identity.from_pkcs8(identity_der)
+    keys = [(sid, serialization.load_der_public_key(der), seq) for sid, der, seq in targets]
+    text = "x" * text_len
+    frames = []
+    for k in range(1, count + 1):
+        frame = crypto.seal_message(identity=identity, sender_sid=sender_sid, room=room, text=text,
+                                    recipients=[crypto.Recipient(sid, key, seq + k) for sid, key, seq in keys])
+        frames.append((frame["id"], encode(json.dumps(frame, separators=(",", ":")).encode())))
+    return frames
+
+
+def _builder_init(cores: list[int]) -> None:
+    try:
+        os.sched_setaffinity(0, set(cores))  # undo the generator's pinning, which children inherit
+    except (AttributeError, OSError):
+        pass
+
+
+class FrameBuilder:
+    """Fills the senders' pools before a phase, in `workers` processes on every core.
+
+    A frame costs ~0.4 ms (N = 10) to ~50 ms (N = 250) to build; a saturated phase against the
+    faster relay takes tens of thousands of them at N = 10. Built in the generator's own
+    process on its one core, that took minutes, so pools were sized from a guess and ran dry
+    (docs/PERFORMANCE.md, "frames built live"). Between phases both cores are free: the
+    relays only answer pings. The generator's loop keeps running meanwhile (it answers them).
+    workers = 0 builds in this process, a few ms per loop turn (FrameFactory.prebuild_async).
+    """
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    async def fill(self, factories: list[FrameFactory], per_factory: int) -> None:
+        """Put `per_factory` fresh frames into each factory's pool (after what it holds)."""
+        if per_factory <= 0:
+            return
+        if self.workers <= 0:
+            for factory in factories:
+                await factory.prebuild_async(per_factory)
+            return
+        if self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_builder_init, initargs=(ALL_CPUS,))
+        loop = asyncio.get_running_loop()
+        n = max(1, len(factories[0].recipients)) if factories else 1
+        chunk = max(1, 4000 // n)  # ~0.2 s of work a job: the pool stays balanced to the end
+        work = [(factory, [loop.run_in_executor(self._pool, _build_frames, job)
+                           for job in factory.jobs(per_factory, chunk)]) for factory in factories]
+        for factory, futures in work:
+            for frames in await asyncio.gather(*futures):
+                factory.pool.extend(frames)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 # -- the room of clients -------------------------------------------------------------------------
@@ -374,14 +465,17 @@ def percentile(values: list[int], q: float) -> float:
     return ordered[index]
 
 
-async def open_loop(room: Room, rate: float, duration: float, warmup: float, exclude: set[int] = frozenset()) -> dict:
+async def open_loop(room: Room, rate: float, duration: float, warmup: float, exclude: set[int] = frozenset(),
+                    builder: FrameBuilder | None = None) -> dict:
     """Offer `rate` messages/s (round robin over the senders) for warmup + duration seconds."""
     senders = len(room.factories)
     total_warm = int(rate * warmup)
     total = total_warm + int(rate * duration)
     per_sender = total // senders + 1
+    if builder is not None:
+        await builder.fill(room.factories, per_sender - min(len(f.pool) for f in room.factories))
     for factory in room.factories:
-        await factory.prebuild_async(per_sender)
+        await factory.prebuild_async(per_sender - len(factory.pool))
     room.exclude = set(exclude)
     room.latencies = []
     start_deliveries = room.deliveries
@@ -473,6 +567,101 @@ async def closed_loop(room: Room, duration: float, warmup: float, window: int, s
     }
 
 
+def pool_per_sender(rate: float, seconds: float, senders: int, window: int, margin: float = 1.3,
+                    cap: int = 20000) -> int:
+    """Frames one sender needs for a closed loop of `seconds` (warm-up included) at `rate` acked
+    msgs/s over all senders: its window, then one per ack, with a margin for a faster run."""
+    return min(cap, window + math.ceil(rate * margin * seconds / senders))
+
+
+async def saturated_rate(room: Room, window: int, warmup: float = 0.3, duration: float = 1.0) -> float | None:
+    """A short closed loop that only sends what the pools hold (nothing is built live): acked
+    msgs/s after `warmup`, until `duration` ends or a pool runs dry. None: a pool ran dry too soon
+    to tell (give it more frames)."""
+    running = True
+    dry: list[tuple[float, int]] = []
+
+    def on_ack(msg_id: str) -> None:
+        sender = room.sender_of.pop(msg_id, None)
+        if running and sender is not None:
+            if room.factories[sender].pool:
+                room.send(sender)
+            elif not dry:
+                dry.append((time.perf_counter(), room.acks))
+
+    room.on_ack = on_ack
+    room.record = False
+    for sender in range(len(room.factories)):
+        for _ in range(min(window, len(room.factories[sender].pool))):
+            room.send(sender)
+    await asyncio.sleep(warmup)
+    a0, t0 = room.acks, time.perf_counter()
+    while not dry and time.perf_counter() < t0 + duration:
+        await asyncio.sleep(0.01)
+    t1, a1 = dry[0] if dry else (time.perf_counter(), room.acks)
+    running = False
+    await asyncio.sleep(0.3)  # what is in flight lands before the next phase
+    room.on_ack = None
+    room.sent.clear()
+    room.sender_of.clear()
+    for factory in room.factories:
+        factory.pool.clear()
+    if t1 - t0 < duration / 2 or a1 <= a0:
+        return None
+    return (a1 - a0) / (t1 - t0)
+
+
+async def calibrate(rooms: list[Room], builder: "FrameBuilder", window: int, guess: float) -> float:
+    """The fastest relay's saturated msgs/s, to size every phase's pool from: each relay in turn
+    runs saturated_rate() on prebuilt frames; a pool that runs dry first is grown and tried again."""
+    best = 0.0
+    for room in rooms:
+        rate = guess
+        senders = len(room.factories)
+        for _ in range(5):
+            await builder.fill(room.factories, pool_per_sender(rate, 1.3, senders, window, margin=2.0))
+            measured = await saturated_rate(room, window)
+            if measured is not None:
+                best = max(best, measured)
+                break
+            rate *= 4
+        else:
+            best = max(best, rate)  # never settled: the largest pool tried, and the phases will say if it was not enough
+    return best
+
+
+async def saturated_repeat(rooms: dict, builder: "FrameBuilder", rate: float, seconds: float, window: int,
+                           run_one, adapt: bool, tries: int = 3) -> tuple[dict, float, int]:
+    """One repeat of a saturated phase on every relay, back to back, on the same prebuilt frames
+    (the relays are separate processes with their own replay guards; building is N RSA wraps a
+    frame). A phase that had to build frames live measured the generator, not the relay: with
+    `adapt`, the repeat is run again with a pool 1.6x larger (at most `tries` times).
+    Returns ({kind: result}, the rate the pools were sized for, the runs thrown away)."""
+    thrown = 0
+    while True:
+        any_room = next(iter(rooms.values()))
+        senders = len(any_room.factories)
+        per_sender = pool_per_sender(rate, seconds, senders, window)
+        for factory in any_room.factories:
+            factory.pool.clear()
+        await builder.fill(any_room.factories, per_sender)
+        built = [list(factory.pool) for factory in any_room.factories]
+        results = {}
+        for kind, room in rooms.items():
+            for factory, frames in zip(room.factories, built):
+                factory.pool = deque(frames)
+            results[kind] = await run_one(room)
+            for factory in room.factories:
+                factory.pool.clear()
+        del built
+        live = sum(r["built_live"] for r in results.values())
+        if live == 0 or not adapt or thrown + 1 >= tries:
+            return results, rate, thrown
+        thrown += 1
+        rate *= 1.6
+        log(f"  {live} frames were built live: the pool ran dry; again with pools for {rate:,.0f} msgs/s")
+
+
 @dataclass
 class Settings:
     sizes: tuple[int, ...] = (10, 50, 100, 250)
@@ -508,7 +697,11 @@ class Settings:
     storm_timeout: float = 90.0
     storm_settle: float = 2.0  # seconds after completion before RSS is read again
     settle: float = 0.5  # pause for in-flight messages after a closed loop, and for idle sockets to open
-    expected_msg_rate: float = 40000.0  # deliveries/s guess used to size the prebuilt pools
+    expected_msg_rate: float = 40000.0  # deliveries/s: the first guess of the calibration
+    # Size each saturated phase's pools from a short closed loop on every relay (calibrate()),
+    # and run a repeat again when a pool ran dry; off: pools sized from expected_msg_rate only.
+    calibrate: bool = True
+    build_workers: int = 2  # processes that build frames between phases (0: in this process)
 
 
 def _median_run(runs: list[dict]) -> dict:
@@ -523,12 +716,14 @@ def _median_run(runs: list[dict]) -> dict:
     return out
 
 
-async def run_size(n: int, s: Settings, workdir: Path) -> list[dict]:
+async def run_size(n: int, s: Settings, workdir: Path, builder: FrameBuilder | None = None) -> list[dict]:
     """All relays at room size N, measured in alternation (A B A B ...) so both see the same
     machine conditions; each figure is the median over `repeats`."""
     members = bench_keys.members(n)
     senders = min(s.senders, n)
     relays, rooms = {}, {}
+    own_builder = builder is None
+    builder = builder or FrameBuilder(s.build_workers)
     try:
         relays.update(start_relays(s.relays, workdir, reference_gc=s.reference_gc))
         for kind in s.relays:
@@ -538,33 +733,28 @@ async def run_size(n: int, s: Settings, workdir: Path) -> list[dict]:
                           "rss_joined_mb": relays[kind].rss_bytes() / 2**20} for kind in s.relays}
         opens: dict[str, list] = {kind: [] for kind in s.relays}
         closeds: dict[str, list] = {kind: [] for kind in s.relays}
-        expect = int(s.expected_msg_rate / n * (s.closed_seconds + s.warmup + 1) / senders) + s.window
         for _ in range(s.repeats):
             for kind in s.relays:
-                opens[kind].append(await open_loop(rooms[kind], s.rate, s.open_seconds, s.warmup))
+                opens[kind].append(await open_loop(rooms[kind], s.rate, s.open_seconds, s.warmup, builder=builder))
+        rate = s.expected_msg_rate / n
+        if s.calibrate:
+            rate = await calibrate([rooms[kind] for kind in s.relays], builder, s.window, rate)
+            log(f"  calibrated: {rate:,.0f} msgs/s saturates the faster relay")
+        thrown = 0
         for _ in range(s.repeats):
-            # One repeat's frames are built once and sent to each relay in turn: the relays are
-            # separate processes with their own replay guards, and building (N RSA wraps a frame)
-            # took most of the bench's wall time.
-            built = None
+            repeat, rate, redone = await saturated_repeat(
+                rooms, builder, rate, s.warmup + s.closed_seconds + 0.3, s.window,
+                lambda room: closed_loop(room, s.closed_seconds, s.warmup, s.window, s.settle), adapt=s.calibrate)
+            thrown += redone
             for kind in s.relays:
-                factories = rooms[kind].factories
-                if built is None:
-                    for factory in factories:
-                        factory.pool.clear()
-                        await factory.prebuild_async(min(expect, 4000))
-                    built = [list(factory.pool) for factory in factories]
-                else:
-                    for factory, frames in zip(factories, built):
-                        factory.pool = deque(frames)
-                closeds[kind].append(await closed_loop(rooms[kind], s.closed_seconds, s.warmup, s.window,
-                                                       s.settle))
-                for factory in factories:
-                    factory.pool.clear()
-            del built
+                closeds[kind].append(repeat[kind])
         for kind in s.relays:
             results[kind]["open"] = _median_run(opens[kind])
             results[kind]["closed"] = _median_run(closeds[kind])
+            # Not a median: a phase with any frame built live measured the generator.
+            results[kind]["closed"]["built_live"] = sum(r["built_live"] for r in closeds[kind])
+            results[kind]["closed"]["pool_rate"] = rate
+            results[kind]["closed"]["repeats_thrown_away"] = thrown
             results[kind]["closed_repeats"] = closeds[kind]
             results[kind]["errors"] = dict(rooms[kind].errors)
         return [results[kind] for kind in s.relays]
@@ -574,6 +764,8 @@ async def run_size(n: int, s: Settings, workdir: Path) -> list[dict]:
         await asyncio.sleep(0.1)
         for relay in relays.values():
             relay.stop()
+        if own_builder:
+            builder.close()
 
 
 async def run_slow(relay: Relay, s: Settings) -> dict:
@@ -642,44 +834,51 @@ async def run_all(s: Settings) -> dict:
     pinned = pin_generator() if s.pin else "unpinned"
     results: dict = {"settings": s.__dict__.copy(), "generator": pinned, "runs": [], "idle": [], "slow": [],
                      "rotation": [], "storm": []}
+    builder = FrameBuilder(s.build_workers)
     with tempfile.TemporaryDirectory(prefix="securechat-bench-") as tmp:
-        workdir = Path(tmp)
-        if s.transports:
-            from .transports import run_transport_size
+        try:
+            return await _run_all(s, results, Path(tmp), builder)
+        finally:
+            builder.close()
 
-            results["transports"] = []
-            for n in s.sizes:
-                log(f"N={n}: websocket vs http, {s.repeats} repeats ...")
-                results["transports"].extend(await run_transport_size(n, s, workdir))
-            return results
+
+async def _run_all(s: Settings, results: dict, workdir: Path, builder: FrameBuilder) -> dict:
+    if s.transports:
+        from .transports import run_transport_size
+
+        results["transports"] = []
         for n in s.sizes:
-            log(f"N={n}: {' vs '.join(s.relays)}, {s.repeats} repeats ...")
-            results["runs"].extend(await run_size(n, s, workdir))
-        # Each test below gets fresh relays, booted together (a relay waiting its turn is idle).
-        if s.slow_size:
-            relays = start_relays(s.relays, workdir, reference_gc=s.reference_gc)
-            try:
-                for kind in s.relays:
-                    log(f"{kind}: slow consumer at N={s.slow_size} ...")
-                    results["slow"].append(await run_slow(relays[kind], s))
-            finally:
-                for relay in relays.values():
-                    relay.stop()
-        for count in s.idle:
-            relays = start_relays(s.relays, workdir)
-            try:
-                for kind in s.relays:
-                    log(f"{kind}: {count} idle connections ...")
-                    results["idle"].append(await run_idle(relays[kind], count, settle=2 * s.settle))
-            finally:
-                for relay in relays.values():
-                    relay.stop()
-        from . import scenarios
+            log(f"N={n}: websocket vs http, {s.repeats} repeats ...")
+            results["transports"].extend(await run_transport_size(n, s, workdir))
+        return results
+    for n in s.sizes:
+        log(f"N={n}: {' vs '.join(s.relays)}, {s.repeats} repeats ...")
+        results["runs"].extend(await run_size(n, s, workdir, builder))
+    # Each test below gets fresh relays, booted together (a relay waiting its turn is idle).
+    if s.slow_size:
+        relays = start_relays(s.relays, workdir, reference_gc=s.reference_gc)
+        try:
+            for kind in s.relays:
+                log(f"{kind}: slow consumer at N={s.slow_size} ...")
+                results["slow"].append(await run_slow(relays[kind], s))
+        finally:
+            for relay in relays.values():
+                relay.stop()
+    for count in s.idle:
+        relays = start_relays(s.relays, workdir)
+        try:
+            for kind in s.relays:
+                log(f"{kind}: {count} idle connections ...")
+                results["idle"].append(await run_idle(relays[kind], count, settle=2 * s.settle))
+        finally:
+            for relay in relays.values():
+                relay.stop()
+    from . import scenarios
 
-        if "rotation" in s.scenarios:
-            for n in s.rotation_sizes:
-                log(f"rotation: N={n} saturated ({s.rotation_window} in flight), {s.repeats} repeats ...")
-                results["rotation"].extend(await scenarios.run_rotation_size(n, s, workdir))
-        if "storm" in s.scenarios and s.storm_size:
-            results["storm"].extend(await scenarios.run_storm(s, workdir))
+    if "rotation" in s.scenarios:
+        for n in s.rotation_sizes:
+            log(f"rotation: N={n} saturated ({s.rotation_window} in flight), {s.repeats} repeats ...")
+            results["rotation"].extend(await scenarios.run_rotation_size(n, s, workdir, builder))
+    if "storm" in s.scenarios and s.storm_size:
+        results["storm"].extend(await scenarios.run_storm(s, workdir))
     return results

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from . import keys as bench_keys
-from .runner import HOST, Relay, Room, closed_loop, log, start_relays
+from .runner import HOST, FrameBuilder, Relay, Room, calibrate, closed_loop, log, saturated_repeat, start_relays
 from .wsclient import WSClient, connect
 
 _HELLO = b'{"v":2,"type":"hello"'
@@ -56,7 +56,7 @@ async def _watch_rotations(relay: Relay, seen: set[str], stop: asyncio.Event) ->
             pass
 
 
-async def run_rotation_size(n: int, s, workdir: Path) -> list[dict]:
+async def run_rotation_size(n: int, s, workdir: Path, builder: FrameBuilder | None = None) -> list[dict]:
     """Both relays under the probe at room size N, alternating repeats, saturated closed loop."""
     members = bench_keys.members(n)
     senders = min(s.senders, n)
@@ -64,31 +64,32 @@ async def run_rotation_size(n: int, s, workdir: Path) -> list[dict]:
     relays = start_relays(s.relays, workdir, reference_gc=s.reference_gc, probe=True, env_extra=env)
     rooms: dict[str, Room] = {}
     runs: dict[str, list[dict]] = {kind: [] for kind in s.relays}
+    own_builder = builder is None
+    builder = builder or FrameBuilder(s.build_workers)
     try:
         for kind in s.relays:
             rooms[kind] = Room(relays[kind], members, senders, s.text_bytes)
             await rooms[kind].join_all()
-        # A guess of the messages a phase takes (too few only means frames built during the run).
-        # (~12,000 deliveries/s saturates this machine's relays; a frame to 100 costs ~10 ms to build.)
-        rate = min(min(s.expected_msg_rate, 12000.0) / n, 1500)
-        expect = int(rate * (s.rotation_seconds + s.warmup + 1) / senders) + s.rotation_window
+        rate = s.expected_msg_rate / n
+        if s.calibrate:
+            rate = await calibrate([rooms[kind] for kind in s.relays], builder, s.rotation_window, rate)
+
+        async def one(room: Room) -> dict:
+            before = rotated_stamps(room.relay)
+            seen: set[str] = set(before)
+            stop = asyncio.Event()
+            watcher = asyncio.create_task(_watch_rotations(room.relay, seen, stop))
+            result = await closed_loop(room, s.rotation_seconds, s.warmup, s.rotation_window, s.settle)
+            stop.set()
+            await watcher
+            result["rotations"] = len(seen - before)
+            return result
+
         for _ in range(s.repeats):
+            repeat, rate, _thrown = await saturated_repeat(
+                rooms, builder, rate, s.warmup + s.rotation_seconds + 0.3, s.rotation_window, one, adapt=s.calibrate)
             for kind in s.relays:
-                room = rooms[kind]
-                for factory in room.factories:
-                    factory.pool.clear()
-                    await factory.prebuild_async(min(expect, 6000))
-                before = rotated_stamps(room.relay)
-                seen: set[str] = set(before)
-                stop = asyncio.Event()
-                watcher = asyncio.create_task(_watch_rotations(room.relay, seen, stop))
-                result = await closed_loop(room, s.rotation_seconds, s.warmup, s.rotation_window, s.settle)
-                stop.set()
-                await watcher
-                result["rotations"] = len(seen - before)
-                runs[kind].append(result)
-                for factory in room.factories:
-                    factory.pool.clear()
+                runs[kind].append(repeat[kind])
         out = []
         for kind in s.relays:
             repeats = runs[kind]
@@ -105,6 +106,7 @@ async def run_rotation_size(n: int, s, workdir: Path) -> list[dict]:
                 "lag_samples": sum(r["lag"]["samples"] for r in repeats),
                 "rotations": sum(r["rotations"] for r in repeats),
                 "clients_closed": max(r["clients_closed"] for r in repeats),
+                "built_live": sum(r["built_live"] for r in repeats),
                 "errors": dict(rooms[kind].errors),
                 "repeats": repeats,
             })
@@ -115,6 +117,8 @@ async def run_rotation_size(n: int, s, workdir: Path) -> list[dict]:
         await asyncio.sleep(0.1)
         for relay in relays.values():
             relay.stop()
+        if own_builder:
+            builder.close()
 
 
 # -- reconnect storm -----------------------------------------------------------------------------

@@ -167,6 +167,8 @@ def test_building_the_frames_of_a_phase_keeps_answering_the_relays_pings(monkeyp
         sizes=(3,), senders=2, rate=20.0, open_seconds=0.5, closed_seconds=0.5, warmup=0.2, window=1,
         idle=(), slow_size=0, repeats=1, expected_msg_rate=140.0, pin=False, relays=("securechat",),
         scenarios=(),
+        # the slow build in this process (a process pool would not see the patch), pools as guessed
+        build_workers=0, calibrate=False,
     )
     results = asyncio.run(run_all(settings))
 
@@ -175,3 +177,48 @@ def test_building_the_frames_of_a_phase_keeps_answering_the_relays_pings(monkeyp
     assert run["closed"]["clients_closed"] == 0
     assert run["closed"]["messages_per_s"] > 0
     assert run["open"]["missing_deliveries"] == 0
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_saturated_phases_send_only_prebuilt_frames_even_when_the_rate_guess_is_far_too_low(monkeypatch):
+    """The closed loop's pools were sized from a guess (expected_msg_rate): a relay faster than
+    it emptied them, the generator built frames during the measured window (N RSA wraps each, on
+    its one core) and msgs/s and saturated p99 measured the generator. Here the guess is ~100x
+    too low: the pools must still cover every phase (calibrated on the relays, built in worker
+    processes), and the report must say so per relay."""
+    monkeypatch.setenv("BENCH_KEY_CACHE", "off")
+    settings = Settings(
+        sizes=(3,), senders=2, rate=20.0, open_seconds=0.3, closed_seconds=0.5, warmup=0.2, window=4,
+        idle=(), slow_size=0, repeats=1, expected_msg_rate=30.0, pin=False, scenarios=(),
+    )
+    results = asyncio.run(run_all(settings))
+
+    assert {r["relay"] for r in results["runs"]} == {"securechat", "reference"}
+    for run in results["runs"]:
+        closed = run["closed"]
+        assert closed["messages_per_s"] > 10 * 30.0 / 3  # far above the guess: the guess was wrong
+        assert closed["built_live"] == 0, run["relay"]
+        assert closed["clients_closed"] == 0 and run["errors"] == {}
+    text = report.markdown(results)
+    assert "frames built live" in text
+    assert text.count("| 0 (valid) |") == 2
+    (row,) = report.ratios(results)
+    assert row["saturated_valid"] and row["saturated_p99"] is not None
+
+
+def test_a_phase_that_built_frames_live_is_reported_as_not_valid():
+    def run(relay, live):
+        closed = {"server_cpu_ms_per_msg": 1.0, "messages_per_s": 100.0, "deliveries_per_s": 300.0,
+                  "egress_bytes_per_msg": 1.0, "p99_ms": 5.0, "rss_mb": 1.0, "built_live": live,
+                  "generator_cpu_util": 0.5}
+        return {"relay": relay, "n": 10, "closed": closed, "closed_repeats": [closed], "rss_joined_mb": 1.0,
+                "open": {"p50_ms": 1.0, "p99_ms": 2.0}}
+
+    results = {"settings": Settings(idle=(), slow_size=0, scenarios=()).__dict__, "generator": "core 1",
+               "runs": [run("securechat", 4663), run("reference", 0)]}
+    (row,) = report.ratios(results)
+    assert not row["saturated_valid"] and row["saturated_p99"] is None
+    text = report.markdown(results)
+    assert "| 4,663 (**not valid**: 4,663 built live) |" in text and "| 0 (valid) |" in text
+    assert "| not valid (frames built live) |" in text
