@@ -611,7 +611,7 @@ async def saturated_rate(room: Room, window: int, warmup: float = 0.3, duration:
     return (a1 - a0) / (t1 - t0)
 
 
-async def calibrate(rooms: list[Room], builder: "FrameBuilder", window: int, guess: float) -> float:
+async def calibrate(rooms: list[Room], builder: FrameBuilder, window: int, guess: float) -> float:
     """The fastest relay's saturated msgs/s, to size every phase's pool from: each relay in turn
     runs saturated_rate() on prebuilt frames; a pool that runs dry first is grown and tried again."""
     best = 0.0
@@ -630,7 +630,7 @@ async def calibrate(rooms: list[Room], builder: "FrameBuilder", window: int, gue
     return best
 
 
-async def saturated_repeat(rooms: dict, builder: "FrameBuilder", rate: float, seconds: float, window: int,
+async def saturated_repeat(rooms: dict, builder: FrameBuilder, rate: float, seconds: float, window: int,
                            run_one, adapt: bool, tries: int = 3) -> tuple[dict, float, int]:
     """One repeat of a saturated phase on every relay, back to back, on the same prebuilt frames
     (the relays are separate processes with their own replay guards; building is N RSA wraps a

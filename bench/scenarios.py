@@ -23,7 +23,17 @@ import time
 from pathlib import Path
 
 from . import keys as bench_keys
-from .runner import HOST, FrameBuilder, Relay, Room, calibrate, closed_loop, log, saturated_repeat, start_relays
+from .runner import (
+    HOST,
+    FrameBuilder,
+    Relay,
+    Room,
+    calibrate,
+    closed_loop,
+    log,
+    saturated_repeat,
+    start_relays,
+)
 from .wsclient import WSClient, connect
 
 _HELLO = b'{"v":2,"type":"hello"'
