@@ -356,6 +356,116 @@ async def test_http_fallback_posts_landing_on_another_server_reach_the_one_holdi
         assert (status, body["error"], body["code"]) == (410, "session_closed", 1000)
 
 
+async def test_a_fallback_stream_resumed_on_another_server_replays_what_it_missed_and_carries_on(
+        tmp_path, redis_server, opened, monkeypatch):
+    """A dropped HTTP-transport stream may come back on any process (GET /stream?session=...).
+    The session stays where it is; the process the resume reached relays its stream: exactly
+    the frames after the client's last id, then everything live, and the chat goes on."""
+    from security.rawstream import RawStream, Refused
+
+    from securechat.client_transport import HttpStreamConnection
+
+    async with cluster(tmp_path, redis_server.url, 2) as (one, two):
+        alice = await joined(ws(two), "alice", opened)
+        bob = ChatClient(f"http://127.0.0.1:{one.port}", "bob", transport="http")
+        opened.append(bob)
+        await bob.connect()
+        await settle(alice, bob, members=2)
+        sessions_one, sessions_two = (s.app.settings["stream_sessions"] for s in (one, two))
+        held = next(iter(sessions_one.by_id.values()))
+        ids: list[int] = []  # every frame id bob's client reads, in order
+        read = bob.ws._event
+
+        def recording(event):
+            if event.name == "message":
+                ids.append(int(event.id))
+            read(event)
+
+        bob.ws._event = recording
+        # bob's client resumes only when the test says so, to the server the test says.
+        gate = asyncio.Event()
+        resume = bob.ws._resume
+
+        async def gated():
+            await gate.wait()
+            gate.clear()
+            await resume()
+
+        bob.ws._resume = gated
+
+        async def drop(handler, to) -> int:
+            """Cut bob's stream where it is written out; his client resumes at `to` when let go."""
+            last = bob.ws.last
+            handler.request.connection.stream.close()
+            await until(lambda: held.stream is None, "bob's stream detached from his session")
+            bob.ws.base = f"http://127.0.0.1:{to.port}"
+            monkeypatch.setattr(HttpStreamConnection, "posts_to", bob.ws.base)
+            return last
+
+        seen = await drop(held.stream, two)
+        missed = [await alice.send(f"while bob was away {n}") for n in range(3)]
+        await until(lambda: held.seq >= seen + 3, "alice's messages waiting in bob's session")
+        ids.clear()
+        gate.set()
+        for msg_id in missed:
+            assert (await bob.next_message()).id == msg_id
+            assert (await alice.next_message()).id == msg_id  # her own copy
+        assert ids == list(range(seen + 1, seen + 4))  # exactly the frames after his last, once
+        assert bob.ws.resumes == 1
+        # His session is still one's; two only writes its stream out, from one, through Redis.
+        assert list(sessions_one.by_id) == [held.id] and not sessions_two.by_id
+        assert len(one.hub.cluster.relays.outgoing) == 1 and len(two.hub.cluster.relays.incoming) == 1
+
+        # And on: bob's messages (posted to two, run on one) and alice's, over the relayed stream.
+        msg_id = await bob.send("back, through the other server")
+        received = await alice.next_message()
+        assert (received.id, received.sender) == (msg_id, "bob")
+        assert (await bob.expect("ack"))["recipients"] == 2
+        assert (await bob.next_message()).id == msg_id
+        msg_id = await alice.send("welcome back")
+        assert (await bob.next_message()).id == msg_id
+        assert (await alice.next_message()).id == msg_id
+        await bob.ws.ack()
+        assert held.acked == bob.ws.last
+        assert ids == list(range(seen + 1, bob.ws.last + 1))
+
+        # Dropped again, now where two writes it out: two tells one, and the session waits for
+        # him; he resumes on one, locally, with what he missed meanwhile.
+        relayed = next(iter(two.hub.cluster.relays.incoming.values()))
+        seen = await drop(relayed, one)
+        await until(lambda: not one.hub.cluster.relays.outgoing, "one told that the relay ended")
+        msg_id = await alice.send("and again")
+        await until(lambda: held.seq > seen, "alice's message waiting in bob's session")
+        ids.clear()
+        gate.set()
+        assert (await bob.next_message()).id == msg_id
+        assert bob.ws.resumes == 2 and held.stream is not None and not two.hub.cluster.relays.incoming
+        assert ids == list(range(seen + 1, bob.ws.last + 1))
+        # A resume on two supersedes the stream on one and is itself superseded by one on one.
+        raw = await in_thread(RawStream, "127.0.0.1", two.port, query=f"?session={held.id}&last={bob.ws.last}")
+        try:
+            assert raw.session["session"] == held.id and one.hub.cluster.relays.outgoing
+            again = await in_thread(RawStream, "127.0.0.1", one.port, query=f"?session={held.id}&last={bob.ws.last}")
+            again.close()
+            events = [await in_thread(raw.next_event)]
+            while events[-1] is not None and len(events) < 10:  # pings may come first
+                events.append(await in_thread(raw.next_event))
+            assert events[-1] is None  # two's response ended when one's began
+        finally:
+            raw.close()
+        # A session nobody holds: every process said no.
+        with pytest.raises(Refused) as refused:
+            await in_thread(RawStream, "127.0.0.1", two.port, query=f"?session={'A' * 22}&last=0")
+        assert refused.value.status == 404 and refused.value.json()["error"] == "unknown_session"
+        bob.close()
+        await settle(alice, members=1)
+        await until(lambda: not sessions_one.by_id, "bob's session ended")
+
+
+def in_thread(function, *args, **kwargs):
+    return asyncio.get_running_loop().run_in_executor(None, lambda: function(*args, **kwargs))
+
+
 async def test_a_large_post_for_another_servers_session_is_checked_there_before_its_body_is_read(
         tmp_path, redis_server, opened):
     """Bodies past the default limit are read only for a real session: the holder checks the

@@ -33,6 +33,7 @@ from ..relay import protocol
 from ..relay.protocol import Msg, ProtocolError
 from ..relay.room import Participant, Relay, Room
 from . import events
+from .streams import EVENTS as RELAY_EVENTS, StreamRelays
 
 log = logging.getLogger("securechat")
 
@@ -124,6 +125,7 @@ class Cluster:
         self._client = None
         self._calls: dict[int, _Call] = {}  # POSTs passed on to the process holding their session
         self._call_ids = 0
+        self.relays = StreamRelays(self)  # HTTP-transport streams resumed on another process
         hub.cluster = self
 
     # -- life ----------------------------------------------------------------------------------
@@ -190,6 +192,7 @@ class Cluster:
                         "reconnecting", self.problem)
         self.state = "down"
         self._fail_queued(exc)
+        self.relays.all_gone()
 
     def _fail_queued(self, exc: BaseException) -> None:
         for call in self._calls.values():
@@ -598,6 +601,7 @@ class Cluster:
             del self.grants[grant]
 
     def _drop_worker(self, worker: str) -> list[Participant]:
+        self.relays.worker_gone(worker)
         gone = [p for sid in list(self.remote.get(worker, {})) if (p := self._remove_remote(worker, sid))]
         self.remote.pop(worker, None)
         return gone
@@ -651,14 +655,22 @@ class Cluster:
         from an earlier answer for this request) it goes to that process alone. Returns
         (owner, refusal or None); KeyError: no process holds it; ConnectionError: Redis is down.
         """
+        self.forwarded += 1
+        return await self.ask("post", self.next_call(), body, owner=owner, k=kind, t=token, h=headers)
+
+    def next_call(self) -> int:
+        self._call_ids += 1
+        return self._call_ids
+
+    async def ask(self, kind: str, number: int, body: bytes | None = None, *, owner: str | None = None,
+                  **fields) -> tuple[str, dict | None]:
+        """Ask the process holding something (every process, or `owner` alone) to act on it:
+        (the one that did, its refusal or None); KeyError once every process said no."""
         if self.state != "up":
             raise ConnectionError("Redis is unreachable")
         loop = asyncio.get_running_loop()
-        self.forwarded += 1
-        self._call_ids += 1
-        number = self._call_ids
         call = self._calls[number] = _Call(loop.create_future())
-        data = events.with_body(self.id, "post", body, r=number, k=kind, t=token, h=headers)
+        data = events.with_body(self.id, kind, body, r=number, **fields)
         channel = events.HTTP_CHANNEL if owner is None else events.inbox(owner)
         published = loop.create_future()
         self._send(lambda pipe: pipe.publish(channel, data), published)
@@ -669,6 +681,11 @@ class Cluster:
             return await asyncio.wait_for(call.future, FORWARD_TIMEOUT)
         finally:
             self._calls.pop(number, None)
+
+    def answer(self, asker: str, number: int, mine: bool, refusal: dict | None = None) -> None:
+        """The answer to one of ask()'s questions, to the asker's inbox."""
+        answer = events.with_body(self.id, "answer", r=number, mine=mine, refusal=refusal)
+        self._send(lambda pipe: pipe.publish(events.inbox(asker), answer))
 
     def _http(self, data: bytes) -> None:
         decoded = events.decode_with_body(data)
@@ -684,6 +701,8 @@ class Cluster:
                 call = self._calls.get(event["r"])
                 if call is not None:
                     call.answered(event["w"], event["mine"], event.get("refusal"))
+            elif event["e"] in RELAY_EVENTS:
+                self.relays.on_event(event, body)
         except (KeyError, TypeError, ValueError):
             log.warning("cluster: ignored a malformed %r request from %s", event.get("e"), event["w"])
 
@@ -697,9 +716,7 @@ class Cluster:
         if mine:
             self.answered += 1
             refusal = stream.answer_post(self.streams, kind, token, dict(event["h"]), body)
-        answer = events.with_body(self.id, "answer", r=event["r"], mine=mine, refusal=refusal)
-        to = events.inbox(event["w"])
-        self._send(lambda pipe: pipe.publish(to, answer))
+        self.answer(event["w"], event["r"], mine, refusal)
 
     # -- heartbeats and the dead ----------------------------------------------------------------
 

@@ -327,6 +327,8 @@ class StreamHandler(_Base):
         super().initialize(sessions)
         self.session: StreamSession | None = None
         self.ended: asyncio.Future | None = None
+        self.relay_number: int | None = None  # a session another process holds: its relay
+        self.relay_buffer: list[bytes | None] | None = None
 
     async def get(self) -> None:
         try:
@@ -351,6 +353,10 @@ class StreamHandler(_Base):
                 if not _SECRET.match(resume):
                     raise RequestProblem(404, "unknown_session", "no such session")
                 try:
+                    if self.hub.cluster is not None and not self.sessions.knows(resume):
+                        # Another process may hold it: it carries on there, its frames relayed here.
+                        await self.resume_elsewhere(resume, last)
+                        return
                     session = self.sessions.find(resume, self.sessions.by_id)
                 except RequestProblem as problem:
                     if problem.status != 410:
@@ -385,6 +391,58 @@ class StreamHandler(_Base):
         if not self._finished:
             self.finish()
 
+    async def resume_elsewhere(self, resume: str, last: int) -> None:
+        """The session is another process's (cluster/streams.py): it replays and carries on
+        there, and every byte of its stream comes through Redis to be written here."""
+        self.relay_buffer: list[bytes | None] | None = []  # what arrives before the response is open
+        try:
+            refusal = await self.hub.cluster.relays.resume(resume, last, self)
+        except KeyError:
+            raise RequestProblem(404, "unknown_session", "no such session: it ended long ago, the server "
+                                 "restarted, or it never existed") from None
+        except (ConnectionError, asyncio.TimeoutError):
+            raise RequestProblem(503, "unavailable", "the server process holding this session cannot be "
+                                 "reached now (Redis is down or it is overloaded)") from None
+        if refusal is not None:
+            status, error, message = refusal.pop("status"), refusal.pop("error"), refusal.pop("message")
+            raise RequestProblem(status, error, message, **refusal)
+        self.ended = asyncio.get_running_loop().create_future()
+        if self.request.connection.stream.closed():  # the client left while we asked
+            self.stop_relay()
+            return
+        self.open_stream()
+        buffered, self.relay_buffer = self.relay_buffer, None
+        for data in buffered:
+            self.relayed(data, data is None)
+        if not self.ended.done():
+            await self.ended
+        if not self._finished:
+            self.finish()
+
+    def relayed(self, data: bytes | None, end: bool) -> None:
+        """Bytes of this stream from the process holding its session; `end`: the last ones."""
+        if self.relay_buffer is not None:
+            self.relay_buffer.append(data)
+            if end:
+                self.relay_buffer.append(None)
+            return
+        if self.ended is None or self.ended.done():
+            return
+        if data and not self.request.connection.stream.closed():
+            try:
+                self.write_raw(data)
+            except StreamBufferFullError:
+                # Our client stopped reading: end this response; the session waits for a resume.
+                end = True
+                self.stop_relay()
+        if end:
+            self.ended.set_result(None)
+
+    def stop_relay(self) -> None:
+        number, self.relay_number = self.relay_number, None
+        if number is not None:
+            self.hub.cluster.relays.detach(number)
+
     def open_stream(self) -> None:
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
@@ -412,12 +470,14 @@ class StreamHandler(_Base):
     def on_connection_close(self) -> None:
         if self.session is not None:
             self.session.detach(self)
+        self.stop_relay()
         if self.ended is not None and not self.ended.done():
             self.ended.set_result(None)
 
     def on_finish(self) -> None:
         if self.session is not None:
             self.session.detach(self)
+        self.stop_relay()
         # The connection may serve other requests now (keep-alive): no cap for them.
         stream = self.request.connection.stream
         if stream is not None:
@@ -560,6 +620,27 @@ def answer_post(sessions: "StreamSessions", kind: str, token: str, headers: dict
             post.run(body)
     except RequestProblem as problem:
         return {"status": problem.status, **problem.body()}
+    return None
+
+
+def answer_resume(sessions: "StreamSessions", session_id: str, last: int, stream, before_attach) -> dict | None:
+    """A resume another process received for a session of ours: carry the session on `stream`
+    (cluster/streams.py's RelayedStream) from frame `last + 1`, calling `before_attach` first;
+    or the refusal, as a local resume would give it (a 410 ends that response with a close)."""
+    try:
+        session = sessions.find(session_id, sessions.by_id)
+        try:
+            session.acknowledge(last)
+        except RequestProblem as problem:
+            # As for a resume of our own: a client this confused starts over.
+            session.close(POLICY_VIOLATION, problem.message)
+            raise RequestProblem(410, "session_closed", problem.message, code=POLICY_VIOLATION,
+                                 reason=problem.message) from None
+    except RequestProblem as problem:
+        return {"status": problem.status, **problem.body()}
+    before_attach()
+    stream.session = session
+    session.attach(stream, None)
     return None
 
 
