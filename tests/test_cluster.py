@@ -500,7 +500,7 @@ async def test_a_large_post_for_another_servers_session_is_checked_there_before_
 
 
 @contextlib.asynccontextmanager
-async def workers_of_one_machine(tmp_path, redis_url: str, count: int):
+async def workers_of_one_machine(tmp_path, redis_url: str, count: int, **options):
     """`count` servers as `serve --workers` makes them: one data dir (the blobs shared, a log
     each), worker numbers 0.., one Redis; but each on its own port, so a test picks which one
     a request reaches."""
@@ -508,7 +508,7 @@ async def workers_of_one_machine(tmp_path, redis_url: str, count: int):
     try:
         for index in range(count):
             config = Config(data_dir=tmp_path / "data", port=0, log_fsync="never", cluster_redis_url=redis_url,
-                            worker=index)
+                            worker=index, **options)
             servers.append(await start(config))
         for server in servers:
             await until(lambda s=server: s.hub.cluster.up, what="connected to Redis")
@@ -554,6 +554,65 @@ async def test_an_attachment_uploaded_through_one_worker_is_downloaded_through_a
                 await alice._call("GET", f"/api/blobs/{ref.id}")
             assert refused.value.code == "no_capability"
         assert token not in one.hub.grants
+
+
+async def test_uploads_in_progress_on_two_workers_share_one_quota(tmp_path, redis_server, opened):
+    """The quota counts every worker's uploads in progress, not only this one's: each start
+    reserves its bytes in Redis atomically, so two uploads started on two workers cannot
+    together take more than the quota holds, however their requests interleave."""
+    import redis.asyncio as aioredis
+
+    from securechat.client import AttachmentError
+
+    size, quota = 2_000_000, 3_000_000  # one fits, two do not
+
+    async def start(client):
+        try:
+            answer = await client._call("POST", "/api/blobs", {"Upload-Length": str(size)})
+        except AttachmentError as refused:
+            return refused
+        return json.loads(answer.body)["upload"]
+
+    async with workers_of_one_machine(tmp_path, redis_server.url, 2, attachments_quota_bytes=quota) as (one, two):
+        alice = await joined(ws(one), "alice", opened)
+        bob = await joined(ws(two), "bob", opened)
+        await settle(alice, bob, members=2)
+        redis = aioredis.from_url(redis_server.url)
+        key = f"securechat:uploads:{one.hub.blobs.scope}"
+        try:
+            assert one.hub.blobs.scope == two.hub.blobs.scope  # one blob directory, one quota
+            # One after the other: bob's start, on two, counts alice's upload in progress on one.
+            first = await start(alice)
+            assert isinstance(first, str), first
+            refused = await start(bob)
+            assert isinstance(refused, AttachmentError), "two uploads were let past the quota"
+            assert (refused.code, refused.status) == ("quota_exceeded", 507)
+            assert f"{quota - size} of {quota} bytes left" in str(refused)
+            assert await redis.hlen(key) == 1  # alice's reservation; bob's went with his refusal
+            await alice._call("DELETE", f"/api/blobs/uploads/{first}")
+            await until(lambda: not one.hub.blobs.pending(), "alice's upload cancelled")
+            # At the same moment on both workers: exactly one of the two gets in, every time.
+            for _ in range(5):
+                results = await asyncio.gather(start(alice), start(bob))
+                accepted = [(client, upload) for client, upload in zip((alice, bob), results)
+                            if isinstance(upload, str)]
+                assert len(accepted) == 1, results
+                assert [r.code for r in results if isinstance(r, AttachmentError)] == ["quota_exceeded"]
+                client, upload = accepted[0]
+                await client._call("DELETE", f"/api/blobs/uploads/{upload}")
+                await until(lambda: not one.hub.blobs.pending() and not two.hub.blobs.pending(), "cancelled")
+            # A finished upload gives up its reservation (its blob counts instead).
+            await bob.send_file(os.urandom(500_000), "small.bin")
+            for _ in range(500):
+                if await redis.hlen(key) == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert await redis.hlen(key) == 0
+            assert isinstance(await start(alice), str)  # 0.5 MB stored + 2 MB: fits
+            assert isinstance(await start(bob), AttachmentError)
+            assert await redis.hlen(key) == 1
+        finally:
+            await redis.aclose()
 
 
 async def hello_only(url: str, name: str, opened: list) -> ChatClient:
@@ -648,3 +707,94 @@ async def test_the_cluster_view_reads_redis_going_away_as_unreachable(tmp_path, 
         assert server.hub.cluster._client is not None  # not noticed yet: no loop turn since
         with pytest.raises(ConnectionError, match="Redis is unreachable"):
             await server.hub.cluster.workers()
+
+
+class Machine:
+    """`securechat serve` as if on a machine of its own: its own host name (a UTS namespace,
+    `unshare -u`, so the process's gethostname() is `name`), port, data dir and runtime dir;
+    Redis shared. Nothing but Redis joins two of them."""
+
+    def __init__(self, tmp_path, name: str, redis_url: str):
+        self.name = name
+        self.port = free_port()
+        self.data = tmp_path / name / "data"
+        runtime = tmp_path / name / "run"
+        runtime.mkdir(parents=True, mode=0o700)
+        env = clean_env(XDG_RUNTIME_DIR=str(runtime), XDG_DATA_HOME=str(tmp_path / name / "home"),
+                        SECURECHAT_CLUSTER_REDIS_URL=redis_url)
+        command = [sys.executable, str(ROOT / "cli.py"), "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                   "--data-dir", str(self.data)]
+        self.process = subprocess.Popen(["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', name, *command],
+                                        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        text=True)
+        wait_for_http(f"http://127.0.0.1:{self.port}/healthz", self.process)
+
+    def workers(self) -> int:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as answer:
+            return json.loads(answer.read())["cluster"]["workers"]
+
+    def stop(self) -> str:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+        _, err = self.process.communicate(timeout=15)
+        return err
+
+
+@pytest.fixture
+def two_machines(tmp_path, redis_server):  # noqa: F811
+    if os.geteuid() != 0:
+        pytest.skip("a host name of its own per server (unshare --uts) needs root")
+    started = []
+    try:
+        started = [Machine(tmp_path, name, redis_server.url) for name in ("machine-a", "machine-b")]
+        deadline = time.monotonic() + 15
+        while not all(machine.workers() == 2 for machine in started):
+            assert time.monotonic() < deadline, "the two machines did not find each other in Redis"
+            time.sleep(0.05)
+        yield started
+    finally:
+        for machine in started:
+            assert "Traceback" not in machine.stop()
+
+
+async def test_attachments_on_two_machines_with_their_own_data_dirs(tmp_path, redis_server, two_machines, opened):
+    """Two `securechat serve` on two machines (host names), each its own data dir, one Redis.
+    An upload whose requests reach the other machine is run, through Redis, by the one holding
+    the uploader; its blob is stored there only, and a download through the other machine is
+    fetched from it through Redis, part by part."""
+    import redis as sync_redis
+
+    from securechat.client import AttachmentError
+
+    a, b = two_machines
+    hosts = sync_redis.Redis.from_url(redis_server.url)
+    try:
+        assert sorted(json.loads(hosts.hget(b"securechat:worker:" + worker, "host"))
+                      for worker in hosts.zrange("securechat:workers", 0, -1)) == ["machine-a", "machine-b"]
+    finally:
+        hosts.close()
+    alice = await joined(f"ws://127.0.0.1:{a.port}/ws", "alice", opened)
+    bob = await joined(f"ws://127.0.0.1:{b.port}/ws", "bob", opened)
+    await settle(alice, bob, members=2)
+    data = os.urandom(1_500_000)  # two upload parts of 1 MiB at most, three download parts of 512 KiB
+    alice.url = f"ws://127.0.0.1:{b.port}/ws"  # her upload reaches b; her session (and the upload) is a's
+    msg_id, ref = await alice.send_file(data, "notes.bin")  # b knows her capability: bob sees her
+    received = await bob.next_message()
+    assert received.id == msg_id and received.files[0].id == ref.id
+    blobs = lambda machine: sorted(p.name for p in (machine.data / "blobs").iterdir() if p.is_file())
+    assert blobs(a) == sorted([ref.id, f"{ref.id}.json"]) and blobs(b) == []  # stored by a alone
+    # bob's own machine b fetches it from a; a serves it to him directly too.
+    assert await bob.fetch_file(received.files[0]) == data
+    bob.url = f"ws://127.0.0.1:{a.port}/ws"
+    assert await bob.fetch_file(received.files[0]) == data
+    assert blobs(b) == []
+    # Nobody has this one: every process said no.
+    bob.url = f"ws://127.0.0.1:{b.port}/ws"
+    with pytest.raises(AttachmentError) as missing:
+        await bob._call("GET", f"/api/blobs/{'0' * 64}")
+    assert (missing.value.code, missing.value.status) == ("not_found", 404)
+    alice.close()
+    bob.close()
+    await asyncio.sleep(0.2)

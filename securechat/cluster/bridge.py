@@ -24,7 +24,7 @@ import random
 import secrets
 import socket
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -34,6 +34,7 @@ from ..relay.protocol import Msg, ProtocolError
 from ..relay.room import Participant, Relay, Room
 from . import events
 from .streams import EVENTS as RELAY_EVENTS, StreamRelays
+from .transfers import EVENTS as TRANSFER_EVENTS, Transfers
 
 log = logging.getLogger("securechat")
 
@@ -64,6 +65,36 @@ RELEASE_NAME = """
 for i = 2, #ARGV do
   if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then redis.call('HDEL', KEYS[1], ARGV[i]) end
 end
+return 0
+"""
+
+# An upload's reservation, cluster-wide: add ours, and return what the other live processes'
+# uploads in progress reserve in the same blob directory (a dead process's are dropped). The
+# caller then reads the disk and checks the quota: a reservation is added before the disk is
+# read, and released only after its blob is on disk, so no upload is ever missed by both.
+RESERVE_UPLOAD = """
+redis.call('HSET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], ARGV[3])
+local others = 0
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local worker = string.match(all[i], '^(%S+) ')
+  if worker ~= ARGV[1] then
+    if worker and redis.call('ZSCORE', KEYS[2], worker) then
+      others = others + (tonumber(all[i + 1]) or 0)
+    else
+      redis.call('HDEL', KEYS[1], all[i])
+    end
+  end
+end
+return others
+"""
+
+RESET_UPLOADS = """
+local mine = ARGV[1] .. ' '
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(field, 1, #mine) == mine then redis.call('HDEL', KEYS[1], field) end
+end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], mine .. ARGV[i], ARGV[i + 1]) end
 return 0
 """
 
@@ -126,13 +157,18 @@ class Cluster:
         self._calls: dict[int, _Call] = {}  # POSTs passed on to the process holding their session
         self._call_ids = 0
         self.relays = StreamRelays(self)  # HTTP-transport streams resumed on another process
+        self.transfers = Transfers(self)  # attachments another machine holds
         hub.cluster = self
 
     # -- life ----------------------------------------------------------------------------------
 
     def start(self) -> None:
         self._queue = asyncio.Queue()
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run())
+        if self.hub.blobs is not None:
+            # Uploads finish in the store's worker threads: the release is queued on our loop.
+            self.hub.blobs.released = lambda upload: loop.call_soon_threadsafe(self.release_upload, upload)
 
     async def stop(self) -> None:
         """Say goodbye (others drop our members at once instead of after DEAD_AFTER), then stop."""
@@ -259,6 +295,11 @@ class Cluster:
                 claim = getattr(p, "claim", None)
                 if claim:  # Redis may have restarted empty: our members hold their names again
                     pipe.hset(events.names_key(p.room), mapping=dict.fromkeys(events.name_fields(p.username), claim))
+            if self.hub.blobs is not None:
+                # Our reservations are exactly our uploads in progress again: Redis may have
+                # restarted empty, or kept one whose release was lost while it was unreachable.
+                pending = [str(x) for upload in self.hub.blobs.pending() for x in (upload.id, upload.size)]
+                pipe.eval(RESET_UPLOADS, 1, events.uploads_key(self.hub.blobs.scope), self.id, *pending)
             pipe.hset(events.info_key(self.id), mapping=self._info())
             pipe.set(events.SECRET, secrets.token_urlsafe(32), nx=True)
             pipe.get(events.SECRET)
@@ -321,6 +362,26 @@ class Cluster:
         if claim:
             key, fields = events.names_key(room), events.name_fields(username)
             self._send(lambda pipe: pipe.eval(RELEASE_NAME, 1, key, claim, *fields))
+
+    async def reserve_upload(self, upload) -> int | None:
+        """Reserve an upload's bytes for the whole cluster: what the other processes' uploads in
+        progress in the same blob directory reserve, or None when Redis is unreachable (then
+        only this process's are counted)."""
+        client, store = self._client, self.hub.blobs
+        if self.state != "up" or client is None or store is None:
+            return None
+        try:
+            return int(await client.eval(RESERVE_UPLOAD, 2, events.uploads_key(store.scope), events.WORKERS,
+                                         self.id, upload.id, upload.size))
+        except (RedisError, OSError, asyncio.TimeoutError):
+            return None
+
+    def release_upload(self, upload) -> None:
+        """The upload finished (its blob is on disk) or ended: its reservation goes."""
+        store = self.hub.blobs
+        if store is not None:
+            key, field = events.uploads_key(store.scope), f"{self.id} {upload.id}"
+            self._send(lambda pipe: pipe.hdel(key, field))
 
     def remote_grant(self, token: str) -> Participant | None:
         """The member of another process whose attachment capability this is, if any."""
@@ -656,16 +717,18 @@ class Cluster:
         (owner, refusal or None); KeyError: no process holds it; ConnectionError: Redis is down.
         """
         self.forwarded += 1
-        return await self.ask("post", self.next_call(), body, owner=owner, k=kind, t=token, h=headers)
+        answer = await self.ask("post", self.next_call(), body, owner=owner, k=kind, t=token, h=headers)
+        return answer.worker, answer.refusal
 
     def next_call(self) -> int:
         self._call_ids += 1
         return self._call_ids
 
     async def ask(self, kind: str, number: int, body: bytes | None = None, *, owner: str | None = None,
-                  **fields) -> tuple[str, dict | None]:
+                  **fields) -> "Answer":
         """Ask the process holding something (every process, or `owner` alone) to act on it:
-        (the one that did, its refusal or None); KeyError once every process said no."""
+        the first yes (who, its refusal or None, its fields and body); KeyError once every
+        process said no."""
         if self.state != "up":
             raise ConnectionError("Redis is unreachable")
         loop = asyncio.get_running_loop()
@@ -682,9 +745,10 @@ class Cluster:
         finally:
             self._calls.pop(number, None)
 
-    def answer(self, asker: str, number: int, mine: bool, refusal: dict | None = None) -> None:
+    def answer(self, asker: str, number: int, mine: bool, refusal: dict | None = None, body: bytes | None = None,
+               **fields) -> None:
         """The answer to one of ask()'s questions, to the asker's inbox."""
-        answer = events.with_body(self.id, "answer", r=number, mine=mine, refusal=refusal)
+        answer = events.with_body(self.id, "answer", body, r=number, mine=mine, refusal=refusal, **fields)
         self._send(lambda pipe: pipe.publish(events.inbox(asker), answer))
 
     def _http(self, data: bytes) -> None:
@@ -700,9 +764,11 @@ class Cluster:
             elif event["e"] == "answer":
                 call = self._calls.get(event["r"])
                 if call is not None:
-                    call.answered(event["w"], event["mine"], event.get("refusal"))
+                    call.answered(event, body)
             elif event["e"] in RELAY_EVENTS:
                 self.relays.on_event(event, body)
+            elif event["e"] in TRANSFER_EVENTS:
+                self.transfers.on_event(event, body)
         except (KeyError, TypeError, ValueError):
             log.warning("cluster: ignored a malformed %r request from %s", event.get("e"), event["w"])
 
@@ -801,6 +867,13 @@ class Cluster:
         return {"id": self.id, **{key: json.loads(value) for key, value in self._info().items()}}
 
 
+class Answer(NamedTuple):
+    worker: str  # the process that answered yes
+    refusal: dict | None
+    fields: dict  # the whole answer event
+    body: bytes | None
+
+
 class _Call:
     """A POST passed on: done at the first yes, or a KeyError once every listener said no."""
 
@@ -813,11 +886,12 @@ class _Call:
         self.listeners = listeners
         self._settle()
 
-    def answered(self, worker: str, mine: bool, refusal: dict | None) -> None:
+    def answered(self, event: dict, body: bytes | None) -> None:
         if self.future.done():
             return
-        if mine:
-            self.future.set_result((worker, dict(refusal) if refusal is not None else None))
+        if event["mine"]:
+            refusal = event.get("refusal")
+            self.future.set_result(Answer(event["w"], dict(refusal) if refusal is not None else None, event, body))
         else:
             self.noes += 1
             self._settle()

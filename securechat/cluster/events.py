@@ -72,6 +72,11 @@ def claimant(identity_key: str) -> str:
     return hashlib.sha256(identity_key.encode()).hexdigest()
 
 
+def uploads_key(scope: str) -> str:
+    """Per blob directory (BlobStore.scope): "<worker> <upload id>" -> the bytes it reserved."""
+    return f"{PREFIX}:uploads:{scope}"
+
+
 def inbox(worker: str) -> str:
     """What is said to one worker alone: POSTs for its sessions, answers to its questions."""
     return f"{PREFIX}:to:{worker}"

@@ -93,7 +93,7 @@ class StreamRelays:
         self.incoming[number] = handler
         handler.relay_number = number
         try:
-            holder, refusal = await cluster.ask("resume", number, i=session_id, last=last)
+            holder, refusal, _, _ = await cluster.ask("resume", number, i=session_id, last=last)
         except BaseException:
             self.incoming.pop(number, None)
             raise

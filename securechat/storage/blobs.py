@@ -10,6 +10,7 @@ joined to a path.
     blobs/<id>.json       {"size", "created", "rooms"}: which rooms' members may fetch it
     blobs/uploads/<u>.part  an upload in progress (removed at start-up: uploads die with the process)
     blobs/uploads/<n>/<u>.part  the same for worker n of `serve --workers` (shared=True)
+    blobs/uploads/store-id  a random name of the directory, for the cluster's upload reservations
 
 Under `serve --workers` every worker opens the same directory (`shared`): each keeps its own
 uploads (an upload's parts all reach the worker holding the uploader's session, see
@@ -35,6 +36,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ..filecrypto import BLOB_ID, BlobHasher
 from .ciphertext_log import LogRecord, read_log
@@ -152,6 +154,10 @@ class BlobStore:
         self._uploads: dict[str, Upload] = {}
         self._referenced_lately: set[str] = set()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        # Called with each upload that stops holding its reservation (finished or aborted), on
+        # whichever thread did it: the cluster's reservation in Redis goes with it.
+        self.released: Callable[[Upload], None] | None = None
+        self._scope: str | None = None
         _private_dir(Path(data_dir))
         _private_dir(self.directory)
         _private_dir(self.uploads_dir)
@@ -222,6 +228,38 @@ class BlobStore:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=2, thread_name_prefix="blob-io")
         return self._executor
+
+    @property
+    def scope(self) -> str:
+        """A random name of this blob directory, the same for every process that opens it
+        (blobs/uploads/store-id, made once): what a cluster-wide reservation is counted against."""
+        if self._scope is None:
+            home = self.directory / UPLOADS_NAME
+            path = home / "store-id"
+            try:
+                self._scope = path.read_text().strip()
+            except FileNotFoundError:
+                tmp = home / f"store-id.{secrets.token_hex(8)}.tmp"
+                _write_private(tmp, secrets.token_hex(16).encode())
+                try:
+                    os.link(tmp, path)  # atomic, and never over another process's name
+                except FileExistsError:
+                    pass
+                finally:
+                    tmp.unlink(missing_ok=True)
+                self._scope = path.read_text().strip()
+        return self._scope
+
+    def check_quota(self, upload: Upload, others: int) -> None:
+        """BlobError quota_exceeded unless the stored blobs, our reservations (`upload`'s among
+        them) and `others` (other processes' uploads in progress, from the cluster) fit."""
+        with self._lock:
+            committed = sum(info.size for info in self._blobs.values())
+            reserved = sum(u.size for u in self._uploads.values())
+        if committed + reserved + others > self.quota_bytes:
+            free = max(0, self.quota_bytes - committed - (reserved - upload.size) - others)
+            raise BlobError("quota_exceeded", "the server's storage for attachments is full "
+                            f"({free} of {self.quota_bytes} bytes left)", free_bytes=free)
 
     # -- uploading -----------------------------------------------------------------------------
 
@@ -296,15 +334,19 @@ class BlobStore:
             _fsync_dir(self.directory)
             self._blobs[blob_id] = info
             self._referenced_lately.discard(blob_id)
+        if self.released is not None:
+            self.released(upload)  # only once the blob is on disk: always counted one way or the other
         return info
 
     def abort(self, upload: Upload) -> None:
         with self._lock:
-            self._uploads.pop(upload.id, None)
+            held = self._uploads.pop(upload.id, None) is not None
         if upload.fd >= 0:
             os.close(upload.fd)
             upload.fd = -1
         upload.path.unlink(missing_ok=True)
+        if held and self.released is not None:
+            self.released(upload)
 
     def abort_owner(self, owner: str) -> int:
         """Cancel every upload of a session that ended; how many there were."""

@@ -158,10 +158,23 @@ class BlobHandler(SecureHeadersMixin, tornado.web.RequestHandler):
             port = await cluster.inner_address(self.elsewhere)
         except (ConnectionError, OSError) as exc:
             raise ApiError("unavailable", "the server process holding your session cannot be reached now") from exc
-        if port is None or not cluster.secret:
-            raise ApiError("unavailable", "uploads go to the machine holding your session, and this is "
-                           "another one: reconnect to upload")
+        if not cluster.secret:
+            raise ApiError("unavailable", "the server process holding your session cannot be reached now")
         headers = {name: value for name in PASSED_ON if (value := self.request.headers.get(name)) is not None}
+        if port is None:
+            # On another machine: through Redis, to that process, which runs it on its loopback port.
+            try:
+                status, answered, data = await cluster.transfers.upload_request(
+                    self.elsewhere, self.request.method, self.request.uri, headers, self.client_address(), body)
+            except KeyError:
+                raise ApiError("no_capability", "your session ended") from None
+            except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
+                raise ApiError("unavailable", "the server process holding your session cannot be reached now") from exc
+            self.set_status(status)
+            for name, value in answered.items():
+                self.set_header(name, value)
+            self.finish(data or None)
+            return
         headers[CLUSTER_HEADER] = cluster.secret
         headers[CLIENT_HEADER] = self.client_address()
         cluster.proxied += 1
@@ -224,6 +237,22 @@ class StartHandler(BlobHandler):
             upload = self.store.begin(size, room=grant.room, owner=grant.token, now=time.time())
         except BlobError as exc:
             raise ApiError.of(exc) from None
+        cluster = self.api.hub.cluster
+        if cluster is not None:
+            # So are the other processes' uploads in progress: reserved in Redis first, then the
+            # disk read again and everything checked (cluster/bridge.py RESERVE_UPLOAD says why
+            # that order). Two starts at once on two workers cannot both fit where one does.
+            others = await cluster.reserve_upload(upload)
+            try:
+                if self.store.shared:
+                    await IOLoop.current().run_in_executor(self.store.io, self.store.rescan)
+                self.store.check_quota(upload, others or 0)
+            except BlobError as exc:
+                self.store.abort(upload)
+                raise ApiError.of(exc) from None
+            except BaseException:
+                self.store.abort(upload)
+                raise
         self.set_status(201)
         self.set_header("Location", f"/api/blobs/uploads/{upload.id}")
         self.finish({"upload": upload.id, "offset": 0, "max_part_bytes": MAX_PART_BYTES})
@@ -373,6 +402,9 @@ class DownloadHandler(BlobHandler):
     async def get(self, blob_id: str) -> None:
         grant = self.authorize()
         info = self.store.readable(blob_id, grant.room)
+        if info is None and self.api.hub.cluster is not None:
+            await self.from_elsewhere(blob_id, grant.room)
+            return
         # One answer for "no such blob" and "not your room": nothing to learn by probing.
         if info is None:
             raise ApiError("not_found", "no such attachment here (never uploaded, or deleted)")
@@ -401,6 +433,41 @@ class DownloadHandler(BlobHandler):
             return  # the reader went away (cancelled)
         finally:
             handle.close()
+
+
+    async def from_elsewhere(self, blob_id: str, room: str) -> None:
+        """A blob another machine stores (its own data dir): fetched from it through Redis a
+        part at a time (cluster/transfers.py) and streamed on as it comes."""
+        transfers = self.api.hub.cluster.transfers
+        try:
+            holder, size, data = await transfers.blob_part(blob_id, room, 0)
+        except KeyError:
+            raise ApiError("not_found", "no such attachment here (never uploaded, or deleted)") from None
+        except (ConnectionError, asyncio.TimeoutError):
+            raise ApiError("unavailable", "the server process storing this attachment cannot be reached now") from None
+        except OSError:
+            raise ApiError("server_error", "the stored attachment could not be read") from None
+        self.set_header("Content-Type", "application/octet-stream")
+        self.set_header("Content-Length", str(size))
+        self.set_header("Content-Disposition", "attachment")
+        sent = 0
+        try:
+            while True:
+                if not data and sent < size:
+                    raise OSError("the attachment ended early")
+                sent += len(data)
+                self.write(data)
+                await self.flush()
+                if sent >= size:
+                    return
+                _, _, data = await transfers.blob_part(blob_id, room, sent, holder)
+        except StreamClosedError:
+            return  # the reader went away
+        except (KeyError, ConnectionError, OSError, asyncio.TimeoutError) as exc:
+            # Too late for an error answer: cut the response short, which the reader notices.
+            log.warning("attachment %s: the download from another process broke off after %d of %d bytes (%s)",
+                        blob_id, sent, size, exc or type(exc).__name__)
+            self.request.connection.close()
 
 
 def routes(api: BlobApi) -> list[tuple]:
