@@ -526,6 +526,7 @@ async def closed_loop(room: Room, duration: float, warmup: float, window: int, s
     room.record = False
     room.latencies = []
     room.exclude = set()
+    live0 = sum(f.built_live for f in room.factories)
     for sender in range(senders):
         for _ in range(window):
             room.send(sender)
@@ -563,7 +564,8 @@ async def closed_loop(room: Room, duration: float, warmup: float, window: int, s
         "generator_cpu_util": (g1 - g0) / elapsed,
         "egress_bytes_per_msg": (b1 - b0) / messages,
         "rss_mb": rss / 2**20,
-        "built_live": sum(f.built_live for f in room.factories),
+        # frames this phase (warm-up included) had to build because its pool ran dry
+        "built_live": sum(f.built_live for f in room.factories) - live0,
     }
 
 

@@ -222,3 +222,32 @@ def test_a_phase_that_built_frames_live_is_reported_as_not_valid():
     text = report.markdown(results)
     assert "| 4,663 (**not valid**: 4,663 built live) |" in text and "| 0 (valid) |" in text
     assert "| not valid (frames built live) |" in text
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_frames_built_live_are_counted_per_phase_not_since_the_room_began(monkeypatch, tmp_path):
+    """A repeat whose pool ran dry must not make every later phase of that room look dry too
+    (nor make saturated_repeat run a good repeat again)."""
+    from bench import keys, runner
+
+    monkeypatch.setenv("BENCH_KEY_CACHE", "off")
+
+    async def main():
+        relay = runner.start_relay("reference", tmp_path)
+        builder = runner.FrameBuilder(2)
+        room = runner.Room(relay, keys.members(3), 2, 200)
+        try:
+            await room.join_all()
+            await builder.fill(room.factories, 3000)
+            for factory in room.factories:
+                factory.built_live = 7  # an earlier phase of this room ran dry
+            return await runner.closed_loop(room, 0.3, 0.1, 1, settle=0.2)
+        finally:
+            room.close()
+            builder.close()
+            await asyncio.sleep(0.1)
+            relay.stop()
+
+    result = asyncio.run(main())
+    assert result["messages_per_s"] > 0 and result["built_live"] == 0
