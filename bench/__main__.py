@@ -40,9 +40,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="compare securechat's HTTP fallback transport with its WebSocket instead "
                         "(server CPU per delivered frame, both in this invocation)")
     parser.add_argument("--scenario", metavar="NAMES",
-                        help="run only these scenarios (comma-separated: rotation, storm), not the fan-out "
+                        help="run only these scenarios (comma-separated: rotation, rotation-open, storm), not the fan-out "
                         "comparison, the slow consumer or the idle test")
     parser.add_argument("--no-scenarios", action="store_true", help="skip the rotation and storm scenarios")
+    parser.add_argument("--rotation-log-bytes", type=int,
+                        help="the rotation scenarios' log size (default: the shipped log.max_bytes, 10 MiB)")
+    parser.add_argument("--rotation-share", type=float,
+                        help="rotation-open: offered rate as a share of the saturated rate (default 0.3)")
     parser.add_argument("--rotation-sizes", type=_ints, help="room sizes of the rotation scenario (default 10,100)")
     parser.add_argument("--rotation-seconds", type=float, help="length of each rotation phase (default 10)")
     parser.add_argument("--storm-size", type=int, help="participants in the reconnect storm (default 256, a full room)")
@@ -86,13 +90,17 @@ def main(argv: list[str] | None = None) -> int:
         s.rotation_sizes = args.rotation_sizes
     if args.rotation_seconds:
         s.rotation_seconds = args.rotation_seconds
+    if args.rotation_log_bytes:
+        s.rotation_log_bytes = args.rotation_log_bytes
+    if args.rotation_share:
+        s.rotation_open_share = args.rotation_share
     if args.storm_size is not None:
         s.storm_size = args.storm_size
     if args.no_scenarios:
         s.scenarios = ()
     if args.scenario:
         s.scenarios = tuple(x.strip() for x in args.scenario.split(",") if x.strip())
-        unknown = set(s.scenarios) - {"rotation", "storm"}
+        unknown = set(s.scenarios) - {"rotation", "rotation-open", "storm"}
         if unknown:
             parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
         s.sizes, s.slow_size, s.idle = (), 0, ()

@@ -128,6 +128,8 @@ def markdown(results: dict) -> str:
                        f"| {_f(r['rss_mb'])} | {_f(r['kib_per_connection'])} |")
     if results.get("rotation"):
         out.append(rotation_markdown(results))
+    if results.get("rotation_open"):
+        out.append(rotation_open_markdown(results))
     if results.get("storm"):
         out.append(storm_markdown(results))
     if results.get("transports"):
@@ -175,15 +177,15 @@ def rotation_markdown(results: dict) -> str:
     out = [f"\n### Rotation during saturation (closed loop, {s['rotation_window']} in flight per sender, "
            f"{s['rotation_seconds']:g} s × {s['repeats']}; the log rotating at {size}; lag probe in both relays)\n",
            "| relay | N | msgs/s | server CPU ms/msg | p50 ms | p99 ms (range) | loop lag p99 ms | loop lag max ms "
-           "| callbacks > 10 ms late | rotations | frames built live |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+           "| callbacks > 10 ms late | rotations | frames built live | callbacks > 10 ms late, by what overlapped them |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in sorted(rows, key=lambda r: (r["n"], r["relay"] != "securechat")):
         lo, hi = r["p99_ms_range"]
         out.append(f"| {r['relay']} | {r['n']} | {_f(r['messages_per_s'], 0)} | {_f(r['server_cpu_ms_per_msg'], 3)} "
                    f"| {_f(r['p50_ms'], 2)} | {_f(r['p99_ms'], 2)} ({_f(lo, 1)}–{_f(hi, 1)}) "
                    f"| {_f(r['lag_p99_ms'], 2)} | {_f(r['lag_max_ms'], 1)} | {r['lag_over_10ms']:,} of "
                    f"{r['lag_samples']:,} | {r['rotations'] if r['relay'] == 'securechat' else '–'} "
-                   f"| {built_live(r):,} ({_validity(r)}) |")
+                   f"| {built_live(r):,} ({_validity(r)}) | {stalls_text(r.get('stalls'))} |")
     by = {(r["relay"], r["n"]): r for r in rows}
     pairs = [(n, by[("securechat", n)], by[("reference", n)]) for (kind, n) in sorted(by, key=lambda k: k[1])
              if kind == "securechat" and ("reference", n) in by]
@@ -196,6 +198,47 @@ def rotation_markdown(results: dict) -> str:
             out.append(f"| {n} | {_r(_ratio(ours['server_cpu_ms_per_msg'], ref['server_cpu_ms_per_msg']))} "
                        f"| {_r(_ratio(ours['messages_per_s'], ref['messages_per_s']))} "
                        f"| {saturated} |")
+    return "\n".join(out) + "\n"
+
+
+def stalls_text(stalls: dict | None) -> str:
+    """'3: 2 gc gen 2, 1 no CPU ...' for the callbacks more than 10 ms late, by what overlapped them."""
+    if not stalls:
+        return "–"
+    parts = [f"{count} {cause}" for cause, count in sorted(stalls["by_cause"].items(), key=lambda kv: -kv[1])]
+    if stalls["unexplained"]:
+        parts.append(f"{stalls['unexplained']} none of these")
+    return f"{stalls['stalls']}" + (f": {', '.join(parts)}" if parts else "")
+
+
+def _event_max(stalls: dict | None, name: str) -> str:
+    e = (stalls or {}).get("events", {}).get(name)
+    return f"{e['max_ms']:.1f} ({e['count']:,})" if e else "–"
+
+
+def rotation_open_markdown(results: dict) -> str:
+    s = results["settings"]
+    size = f"{s['rotation_log_bytes']:,} bytes" if s.get("rotation_log_bytes") else "its default size"
+    rows = results["rotation_open"]
+    out = [f"\n### Rotation at a fixed offered rate (open loop at {s.get('rotation_open_share', 0.3):g} of the "
+           f"rotating relay's saturated msgs/s, {s['rotation_seconds']:g} s × {s['repeats']}; securechat with the log "
+           f"rotating at {size}, and not rotating)\n",
+           "| rotation | N | offered msg/s | p50 ms | p99 ms (range) | max ms | loop lag p99 ms | loop lag max ms "
+           "| callbacks > 10 ms late, by what overlapped them | rotations | rotation on the loop, max ms (count) "
+           "| gc gen 2 max ms (count) | fsync on the loop, max ms (count) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r["n"], r["rotation"] != "on")):
+        lo, hi = r["p99_ms_range"]
+        st = r.get("stalls")
+        out.append(f"| {r['rotation']} | {r['n']} | {_f(r['offered_per_s'], 0)} | {_f(r['p50_ms'], 2)} "
+                   f"| {_f(r['p99_ms'], 2)} ({_f(lo, 1)}–{_f(hi, 1)}) | {_f(r['max_ms'], 1)} "
+                   f"| {_f(r['lag_p99_ms'], 2)} | {_f(r['lag_max_ms'], 1)} | {stalls_text(st)} | {r['rotations']} "
+                   f"| {_event_max(st, 'rotation on the loop')} | {_event_max(st, 'gc gen 2')} "
+                   f"| {_event_max(st, 'fsync on the loop')} |")
+        if r.get("late_sends") or r.get("missing_deliveries") or r.get("built_live"):
+            out.append(f"| ⚠ N={r['n']} rotation {r['rotation']}: {r.get('late_sends', 0):,} sends more than 5 ms "
+                       f"late, {r.get('missing_deliveries', 0):,} deliveries missing, {r.get('built_live', 0):,} "
+                       "frames built live | | | | | | | | | | | | |")
     return "\n".join(out) + "\n"
 
 

@@ -116,6 +116,14 @@ class Relay:
 
         return summary(read_samples(self.probe, since, until)) if self.probe else {}
 
+    def stalls(self, since: float, until: float) -> dict:
+        """The probe's late callbacks between two instants, each with what overlapped it
+        (bench/probe.py attribute(): collections, the log's work, no CPU)."""
+        from .probe import attribute, read_events, read_timed
+
+        return attribute(read_timed(self.probe, since, until), read_events(self.probe, since, until)) \
+            if self.probe else {}
+
     @property
     def pid(self) -> int:
         return self.proc.pid
@@ -552,6 +560,7 @@ async def closed_loop(room: Room, duration: float, warmup: float, window: int, s
         "p99_ms": percentile(lat, 99) / 1e6,
         "max_ms": (max(lat) / 1e6) if lat else float("nan"),
         "lag": relay.lag(m0, m1),  # read after the settle pause: the probe appends every 0.1 s
+        "stalls": relay.stalls(m0, m1),
         "seconds": elapsed,
         "messages_per_s": (a1 - a0) / elapsed,
         "deliveries_per_s": (d1 - d0) / elapsed,
@@ -686,12 +695,15 @@ class Settings:
     pin: bool = True  # move this process to the second core (off for the test suite)
     # Instead of securechat vs the reference relay: securechat's HTTP fallback vs its WebSocket.
     transports: bool = False
-    # Scenarios (bench/scenarios.py): "rotation" and "storm"; () runs the fan-out comparison only.
-    scenarios: tuple[str, ...] = ("rotation", "storm")
+    # Scenarios (bench/scenarios.py): "rotation", "rotation-open" and "storm"; () runs the fan-out
+    # comparison only.
+    scenarios: tuple[str, ...] = ("rotation", "rotation-open", "storm")
     rotation_sizes: tuple[int, ...] = (10, 100)
     rotation_window: int = 16  # in flight per sender: the relay, not the generator, is the limit
     rotation_seconds: float = 10.0
     rotation_log_bytes: int | None = None  # None: the shipped default (log.max_bytes, 10 MiB)
+    # rotation-open: offered rate as a share of the rotating relay's saturated msgs/s
+    rotation_open_share: float = 0.3
     # A room holds at most 256 (limits.max_participants, capped by protocol v2's MAX_RECIPIENTS:
     # the Merkle path must fit in the wrapped key, PROTOCOL.md §7.3), so the storm fills one room.
     storm_size: int = 256
@@ -829,13 +841,14 @@ def log(message: str) -> None:
 
 async def run_all(s: Settings) -> dict:
     raise_nofile(NOFILE)
-    most = max(s.sizes + (s.slow_size,) + (s.rotation_sizes if "rotation" in s.scenarios else ())
+    rotating = "rotation" in s.scenarios or "rotation-open" in s.scenarios
+    most = max(s.sizes + (s.slow_size,) + (s.rotation_sizes if rotating else ())
                + ((s.storm_size,) if "storm" in s.scenarios else ()))
     log(f"generating keys for {most} members ...")
     bench_keys.members(most)
     pinned = pin_generator() if s.pin else "unpinned"
     results: dict = {"settings": s.__dict__.copy(), "generator": pinned, "runs": [], "idle": [], "slow": [],
-                     "rotation": [], "storm": []}
+                     "rotation": [], "rotation_open": [], "storm": []}
     builder = FrameBuilder(s.build_workers)
     with tempfile.TemporaryDirectory(prefix="securechat-bench-") as tmp:
         try:
@@ -881,6 +894,11 @@ async def _run_all(s: Settings, results: dict, workdir: Path, builder: FrameBuil
         for n in s.rotation_sizes:
             log(f"rotation: N={n} saturated ({s.rotation_window} in flight), {s.repeats} repeats ...")
             results["rotation"].extend(await scenarios.run_rotation_size(n, s, workdir, builder))
+    if "rotation-open" in s.scenarios:
+        results["rotation_open"] = []
+        for n in s.rotation_sizes:
+            log(f"rotation at a fixed rate: N={n}, rotating and not, {s.repeats} repeats ...")
+            results["rotation_open"].extend(await scenarios.run_rotation_open(n, s, workdir, builder))
     if "storm" in s.scenarios and s.storm_size:
         results["storm"].extend(await scenarios.run_storm(s, workdir))
     return results

@@ -30,9 +30,12 @@ from .runner import (
     Room,
     calibrate,
     closed_loop,
+    launch_relay,
     log,
+    open_loop,
     saturated_repeat,
     start_relays,
+    wait_until_ready,
 )
 from .wsclient import WSClient, connect
 
@@ -117,6 +120,7 @@ async def run_rotation_size(n: int, s, workdir: Path, builder: FrameBuilder | No
                 "rotations": sum(r["rotations"] for r in repeats),
                 "clients_closed": max(r["clients_closed"] for r in repeats),
                 "built_live": sum(r["built_live"] for r in repeats),
+                "stalls": merge_stalls([r["stalls"] for r in repeats]),
                 "errors": dict(rooms[kind].errors),
                 "repeats": repeats,
             })
@@ -126,6 +130,112 @@ async def run_rotation_size(n: int, s, workdir: Path, builder: FrameBuilder | No
             room.close()
         await asyncio.sleep(0.1)
         for relay in relays.values():
+            relay.stop()
+        if own_builder:
+            builder.close()
+
+
+def merge_stalls(parts: list[dict]) -> dict:
+    """probe.attribute() results of several repeats as one."""
+    out = {"stalls": 0, "by_cause": {}, "unexplained": 0, "events": {}}
+    for part in parts:
+        if not part:
+            continue
+        out["stalls"] += part["stalls"]
+        out["unexplained"] += part["unexplained"]
+        for cause, count in part["by_cause"].items():
+            out["by_cause"][cause] = out["by_cause"].get(cause, 0) + count
+        for name, e in part["events"].items():
+            into = out["events"].setdefault(name, {"count": 0, "max_ms": 0.0, "total_ms": 0.0})
+            into["count"] += e["count"]
+            into["max_ms"] = max(into["max_ms"], e["max_ms"])
+            into["total_ms"] += e["total_ms"]
+    return out
+
+
+NO_ROTATION = str(2**40)  # log.max_bytes for "rotation off": a 10-second phase never fills it
+
+
+async def run_rotation_open(n: int, s, workdir: Path, builder: FrameBuilder | None = None) -> list[dict]:
+    """Rotation at a fixed offered rate well under capacity (open loop), rotating and not.
+
+    Saturated, the loop is never idle and its lag cannot tell a rotation's stall from the queue
+    in front of it. Here two securechat relays under the probe, one with the log at its size
+    (rotating every second or so) and one whose log never fills, get the same offered rate,
+    `rotation_open_share` of the rotating one's saturated msgs/s, in alternating repeats: any
+    difference in delivery latency and loop lag is the rotations', and the probe names what
+    overlapped each callback more than 10 ms late."""
+    members = bench_keys.members(n)
+    senders = min(s.senders, n)
+    size = str(s.rotation_log_bytes) if s.rotation_log_bytes else None
+    modes = {"on": {"SECURECHAT_LOG_MAX_BYTES": size} if size else {},
+             "off": {"SECURECHAT_LOG_MAX_BYTES": NO_ROTATION}}
+    launched = {mode: launch_relay("securechat", workdir, probe=True, env_extra=env) for mode, env in modes.items()}
+    relays: dict[str, Relay] = {}
+    rooms: dict[str, Room] = {}
+    own_builder = builder is None
+    builder = builder or FrameBuilder(s.build_workers)
+    runs: dict[str, list[dict]] = {mode: [] for mode in modes}
+    try:
+        for mode, relay in launched.items():
+            relays[mode] = wait_until_ready(relay)
+        for mode in modes:
+            rooms[mode] = Room(relays[mode], members, senders, s.text_bytes)
+            await rooms[mode].join_all()
+        saturated = s.expected_msg_rate / n
+        if s.calibrate:
+            saturated = await calibrate([rooms["on"]], builder, s.rotation_window, saturated)
+        rate = max(1.0, saturated * s.rotation_open_share)
+        total = int(rate * s.warmup) + int(rate * s.rotation_seconds)
+        for _ in range(s.repeats):
+            for mode in modes:
+                room = rooms[mode]
+                await builder.fill(room.factories, total // senders + 1)
+                before = rotated_stamps(room.relay)
+                seen: set[str] = set(before)
+                stop = asyncio.Event()
+                watcher = asyncio.create_task(_watch_rotations(room.relay, seen, stop))
+                m0 = time.monotonic()
+                result = await open_loop(room, rate, s.rotation_seconds, s.warmup)
+                m1 = time.monotonic()
+                await asyncio.sleep(max(s.settle, 0.2))  # the probe appends every 0.1 s
+                stop.set()
+                await watcher
+                result["rotations"] = len(seen - before)
+                result["lag"] = room.relay.lag(m0, m1)
+                result["stalls"] = room.relay.stalls(m0, m1)
+                result["built_live"] = sum(f.built_live for f in room.factories)
+                for factory in room.factories:
+                    factory.built_live = 0
+                    factory.pool.clear()
+                runs[mode].append(result)
+        out = []
+        for mode, repeats in runs.items():
+            out.append({
+                "relay": "securechat", "rotation": mode, "n": n, "offered_per_s": rate,
+                "saturated_per_s": saturated, "seconds": s.rotation_seconds,
+                "p50_ms": statistics.median(r["p50_ms"] for r in repeats),
+                "p99_ms": statistics.median(r["p99_ms"] for r in repeats),
+                "p99_ms_range": (min(r["p99_ms"] for r in repeats), max(r["p99_ms"] for r in repeats)),
+                "max_ms": max(r["max_ms"] for r in repeats),
+                "late_sends": sum(r["late_sends"] for r in repeats),
+                "missing_deliveries": sum(r["missing_deliveries"] for r in repeats),
+                "lag_p99_ms": statistics.median(r["lag"]["p99_ms"] for r in repeats),
+                "lag_max_ms": max(r["lag"]["max_ms"] for r in repeats),
+                "lag_over_10ms": sum(r["lag"]["over_10ms"] for r in repeats),
+                "lag_samples": sum(r["lag"]["samples"] for r in repeats),
+                "rotations": sum(r["rotations"] for r in repeats),
+                "built_live": sum(r["built_live"] for r in repeats),
+                "stalls": merge_stalls([r["stalls"] for r in repeats]),
+                "errors": dict(rooms[mode].errors),
+                "repeats": repeats,
+            })
+        return out
+    finally:
+        for room in rooms.values():
+            room.close()
+        await asyncio.sleep(0.1)
+        for relay in launched.values():
             relay.stop()
         if own_builder:
             builder.close()

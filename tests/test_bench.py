@@ -56,6 +56,21 @@ def test_tiny_benchmark_run_produces_sane_figures(monkeypatch):
         assert r["messages_per_s"] > 0 and r["lag_samples"] > 0
         assert 0 <= r["lag_p99_ms"] <= r["lag_max_ms"] and r["p50_ms"] <= r["p99_ms"]
 
+    # rotation at a fixed rate: securechat with its log rotating and not; the probe timed each
+    # rotation's part on the loop, and every late callback is accounted for by cause or as none
+    opened = {r["rotation"]: r for r in results["rotation_open"]}
+    assert set(opened) == {"on", "off"}
+    assert opened["on"]["rotations"] >= 1 and opened["off"]["rotations"] == 0
+    assert opened["on"]["stalls"]["events"]["rotation on the loop"]["count"] >= opened["on"]["rotations"]
+    assert "rotation on the loop" not in opened["off"]["stalls"]["events"]
+    for r in opened.values():
+        assert r["lag_samples"] > 0 and r["missing_deliveries"] == 0 and r["errors"] == {}
+        assert 0 < r["p50_ms"] <= r["p99_ms"] <= r["max_ms"]
+        st = r["stalls"]
+        assert st["stalls"] == r["lag_over_10ms"]
+        assert st["unexplained"] <= st["stalls"] <= st["unexplained"] + sum(st["by_cause"].values())
+    assert rotation["securechat"]["stalls"]["events"]["rotation on the loop"]["count"] >= 1
+
     # storm: a paced join and a storm on each relay; securechat's clients all end up with the
     # whole room in their roster, nobody was dropped as a stalled reader
     storm = {(r["relay"], r["mode"]): r for r in results["storm"]}
@@ -71,6 +86,7 @@ def test_tiny_benchmark_run_produces_sane_figures(monkeypatch):
     assert "securechat ÷ reference relay" in text
     assert "securechat's gc thresholds (10000, 10, 10)" in text
     assert "### Rotation during saturation" in text and "### Reconnect storm" in text
+    assert "### Rotation at a fixed offered rate" in text and "| on | 3 |" in text and "| off | 3 |" in text
 
 
 def test_cpu_ratio_shows_the_spread_of_back_to_back_pairs():
@@ -222,6 +238,26 @@ def test_a_phase_that_built_frames_live_is_reported_as_not_valid():
     text = report.markdown(results)
     assert "| 4,663 (**not valid**: 4,663 built live) |" in text and "| 0 (valid) |" in text
     assert "| not valid (frames built live) |" in text
+
+
+def test_the_lag_probe_names_what_overlapped_each_late_callback():
+    from bench import probe
+
+    # (fired at, lateness, CPU wait since the previous callback) and (start, seconds, kind)
+    timed = [
+        (1.000, 0.001, 0.0),    # on time
+        (2.030, 0.025, 0.0),    # stall 2.005-2.030: a 20 ms gen-2 collection inside it
+        (3.050, 0.040, 0.030),  # stall 3.010-3.050: the thread waited 30 ms for a CPU
+        (4.020, 0.015, 0.0),    # stall 4.005-4.020: a background gzip ran meanwhile
+        (5.020, 0.015, 0.0),    # stall: nothing known overlapped it
+        (6.020, 0.015, 0.0),    # stall: only a 0.2 ms append overlapped it (too short to count)
+    ]
+    events = [(2.008, 0.020, 2), (3.9, 0.3, 30), (6.010, 0.0002, 22), (7.0, 0.002, 20)]
+    result = probe.attribute(timed, events)
+    assert result["stalls"] == 5 and result["unexplained"] == 2
+    assert result["by_cause"] == {"gc gen 2": 1, probe.NO_CPU: 1, "rotation job (background)": 1}
+    assert result["events"]["gc gen 2"] == {"count": 1, "max_ms": pytest.approx(20.0), "total_ms": pytest.approx(20.0)}
+    assert result["events"]["rotation on the loop"]["count"] == 1
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
