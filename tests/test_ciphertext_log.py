@@ -644,3 +644,33 @@ def test_the_gzip_thread_runs_at_the_lowest_priority(tmp_path):
         log._schedule(lambda: seen.update(nice=os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
         log.wait_for_background()
     assert seen["nice"] == 19
+
+
+def test_a_rotated_file_is_gzipped_by_another_process_not_a_thread_of_the_server(tmp_path, monkeypatch):
+    """The compression's CPU must not share the event loop's GIL: in this process zlib is not
+    used at all (patched to fail), and the .gz still holds exactly the rotated records."""
+    from securechat.storage import ciphertext_log
+
+    def no_compression_here(*args, **kwargs):
+        raise AssertionError("compressed in the server's process")
+
+    monkeypatch.setattr(ciphertext_log.zlib, "compressobj", no_compression_here)
+    records = [{"id": i, "ct": base64.b64encode(os.urandom(3000)).decode()} for i in range(600)]
+    with CiphertextLog(tmp_path, gzip_in_background=False) as log:
+        for record in records:
+            log.append(record)
+        plain = log.path.read_bytes()
+        gz = log.rotate()
+    assert len(plain) > 1024 * 1024 and gz.exists()
+    assert gzip.decompress(gz.read_bytes()) == plain
+    assert len(gz.read_bytes()) < 0.8 * len(plain)  # Huffman-coded as before
+    assert oct(gz.stat().st_mode & 0o777) == "0o600"
+    assert [p.name for p in tmp_path.glob("*.tmp")] == []
+
+
+def test_without_an_interpreter_to_start_the_gzip_runs_in_this_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "executable", "")
+    with CiphertextLog(tmp_path, gzip_in_background=False) as log:
+        log.append(msg(1))
+        gz = log.rotate()
+    assert gzip.decompress(gz.read_bytes()) == (json.dumps(msg(1), separators=(",", ":")) + "\n").encode()
