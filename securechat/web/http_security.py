@@ -8,6 +8,7 @@ from the files at start-up, on every script and style the page references.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -23,6 +24,10 @@ PERMISSIONS_POLICY = ", ".join(
 )
 
 
+# Cached so that every response to one host shares one string: a WebSocket keeps its upgrade
+# response's headers for as long as it is open (~250 bytes per connection otherwise). Hosts
+# outside limits' allow-list are refused with 421 before this; the bound is for the rest.
+@functools.lru_cache(maxsize=64)
 def content_security_policy(host: str, secure: bool) -> str:
     """Same-origin everything; the WebSocket only to this very host, on the page's scheme."""
     ws = f"{'wss' if secure else 'ws'}://{host}"
