@@ -45,18 +45,35 @@ _ACCEPTS_PER_WAKEUP = 128  # Tornado's own bound, so one busy socket cannot star
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 1.0
 
 
-class _Counted:
-    """A stream that gives its connection slot back exactly once, when its descriptor closes."""
+class Slot:
+    """One accepted connection's place in the TCP pool, given back exactly once."""
 
-    _release: Callable[[], None] | None = None
+    __slots__ = ("_pool", "_keys")  # one per open connection: no __dict__
+
+    def __init__(self, pool: Pool, keys: tuple):
+        self._pool, self._keys = pool, keys
+        pool.take(keys)
+
+    def release(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.give_back(self._keys)
+
+
+class _Counted:
+    """A stream that gives its connection slot back when its descriptor closes."""
+
+    def __init__(self, *args: Any, slot: Slot, **kwargs: Any) -> None:
+        # Set before Tornado's own attributes, as every instance does, so the instances keep
+        # sharing one key table (an attribute added afterwards cost each stream ~300 bytes).
+        self._slot = slot
+        super().__init__(*args, **kwargs)
 
     def close_fd(self) -> None:
         try:
             super().close_fd()
         finally:
-            release, self._release = self._release, None
-            if release is not None:
-                release()
+            self._slot.release()
 
 
 class CountedIOStream(_Counted, IOStream):
@@ -152,21 +169,14 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
                                   "refusing connections from %s: over limits.max_connections_per_address",
                                   remote)
             return
-        self.tcp.take(keys)
-        released = [False]
-
-        def release() -> None:
-            if not released[0]:
-                released[0] = True
-                self.tcp.give_back(keys)
-
+        slot = Slot(self.tcp, keys)
         try:
-            self._serve(connection, address, release)
+            self._serve(connection, address, slot)
         except BaseException:
-            release()
+            slot.release()
             raise
 
-    def _serve(self, connection: socket.socket, address: Any, release: Callable[[], None]) -> None:
+    def _serve(self, connection: socket.socket, address: Any, slot: Slot) -> None:
         """tornado.tcpserver.TCPServer._handle_connection, with a counted stream."""
         if self.ssl_options is not None:
             try:
@@ -175,22 +185,21 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
             except ssl.SSLError as err:
                 if err.args[0] == ssl.SSL_ERROR_EOF:
                     connection.close()
-                    release()
+                    slot.release()
                     return
                 raise
             except OSError as err:
                 # A connection closed right after it was made (a port scan) fails here.
                 if errno_from_exception(err) in (errno.ECONNABORTED, errno.EINVAL):
                     connection.close()
-                    release()
+                    slot.release()
                     return
                 raise
-            stream: IOStream = CountedSSLIOStream(connection, max_buffer_size=self.max_buffer_size,
+            stream: IOStream = CountedSSLIOStream(connection, slot=slot, max_buffer_size=self.max_buffer_size,
                                                   read_chunk_size=self.read_chunk_size)
         else:
-            stream = CountedIOStream(connection, max_buffer_size=self.max_buffer_size,
+            stream = CountedIOStream(connection, slot=slot, max_buffer_size=self.max_buffer_size,
                                      read_chunk_size=self.read_chunk_size)
-        stream._release = release
         future = self.handle_stream(stream, address)
         if future is not None:
             IOLoop.current().add_future(gen.convert_yielded(future), lambda f: f.result())
