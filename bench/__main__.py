@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run (< 30 s on 2 quiet cores): N=10,50, 0.75 s phases, slow consumer at N=20, 200 idle")
-    parser.add_argument("--sizes", type=_ints, help="room sizes N, e.g. 10,50,100,250")
+    parser.add_argument("--sizes", type=_ints, help="room sizes N, e.g. 10,50,100,250 (0 skips the fan-out comparison)")
     parser.add_argument("--senders", type=int, help="senders per room (default 10)")
     parser.add_argument("--rate", type=float, help="open-loop offered messages/s (default 20)")
     parser.add_argument("--seconds", type=float, help="length of each measured phase")
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                      slow_size=20, slow_seconds=0.75, slow_rate=50.0, expected_msg_rate=20000, repeats=1,
                      settle=0.2, rotation_sizes=(10,), rotation_seconds=1.0,
                      rotation_log_bytes=256 * 1024, storm_size=100, storm_settle=0.5)
-    if args.sizes:
-        s.sizes = args.sizes
+    if args.sizes is not None:
+        s.sizes = tuple(n for n in args.sizes if n > 0)
     if args.senders:
         s.senders = args.senders
     if args.rate:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 
 def _f(value, digits=1) -> str:
@@ -80,21 +81,22 @@ def markdown(results: dict) -> str:
     out.append(f"Generator: {results['generator']}; relays pinned with taskset; "
                f"{s['senders']} senders (fewer if N is smaller); {s['text_bytes']}-character messages; "
                f"{gc_note}.\n")
-    out.append(f"### Throughput (closed loop, {s['window']} in flight per sender, {s['closed_seconds']} s) "
-               f"and latency (open loop, {s['rate']:g} msg/s offered, {s['open_seconds']} s)\n")
-    out.append("| relay | N | msgs/s | deliveries/s | server CPU ms/msg | CPU µs/delivery | egress B/msg "
-               "| p50 ms | p99 ms | closed-loop p99 ms | RSS MB (joined) | RSS MB (end) "
-               "| generator CPU | frames built live (closed loop) |")
-    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    for r in sorted(results["runs"], key=lambda r: (r["n"], r["relay"] != "securechat")):
-        c, o = r["closed"], r["open"]
-        out.append(
-            f"| {r['relay']} | {r['n']} | {_f(c['messages_per_s'], 0)} | {_f(c['deliveries_per_s'], 0)} "
-            f"| {_f(c['server_cpu_ms_per_msg'], 3)} | {_f(c['server_cpu_ms_per_msg'] * 1000 / r['n'], 1)} "
-            f"| {_f(c['egress_bytes_per_msg'], 0)} | {_f(o['p50_ms'], 2)} | {_f(o['p99_ms'], 2)} "
-            f"| {_f(c.get('p99_ms'), 2)} | {_f(r['rss_joined_mb'], 1)} | {_f(c['rss_mb'], 1)} "
-            f"| {_f(c.get('generator_cpu_util'), 2)} | {built_live(c):,} ({_validity(c)}) |"
-        )
+    if results["runs"]:  # none with --sizes 0
+        out.append(f"### Throughput (closed loop, {s['window']} in flight per sender, {s['closed_seconds']} s) "
+                   f"and latency (open loop, {s['rate']:g} msg/s offered, {s['open_seconds']} s)\n")
+        out.append("| relay | N | msgs/s | deliveries/s | server CPU ms/msg | CPU µs/delivery | egress B/msg "
+                   "| p50 ms | p99 ms | closed-loop p99 ms | RSS MB (joined) | RSS MB (end) "
+                   "| generator CPU | frames built live (closed loop) |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        for r in sorted(results["runs"], key=lambda r: (r["n"], r["relay"] != "securechat")):
+            c, o = r["closed"], r["open"]
+            out.append(
+                f"| {r['relay']} | {r['n']} | {_f(c['messages_per_s'], 0)} | {_f(c['deliveries_per_s'], 0)} "
+                f"| {_f(c['server_cpu_ms_per_msg'], 3)} | {_f(c['server_cpu_ms_per_msg'] * 1000 / r['n'], 1)} "
+                f"| {_f(c['egress_bytes_per_msg'], 0)} | {_f(o['p50_ms'], 2)} | {_f(o['p99_ms'], 2)} "
+                f"| {_f(c.get('p99_ms'), 2)} | {_f(r['rss_joined_mb'], 1)} | {_f(c['rss_mb'], 1)} "
+                f"| {_f(c.get('generator_cpu_util'), 2)} | {built_live(c):,} ({_validity(c)}) |"
+            )
     rows = ratios(results)
     if rows:
         out.append("\n### securechat ÷ reference relay\n")
@@ -126,6 +128,11 @@ def markdown(results: dict) -> str:
         for r in results["idle"]:
             out.append(f"| {r['relay']} | {r['connections']:,} | {r['open']:,} | {_f(r['rss_base_mb'])} "
                        f"| {_f(r['rss_mb'])} | {_f(r['kib_per_connection'])} |")
+        by_count = idle_ratios(results["idle"])
+        if by_count:
+            out.append("\n| connections | securechat ÷ reference, KiB per connection (medians; ≤ 1.2×) |")
+            out.append("|---:|---:|")
+            out.extend(f"| {count:,} | {_r(ratio)} |" for count, ratio in by_count.items())
     if results.get("rotation"):
         out.append(rotation_markdown(results))
     if results.get("rotation_open"):
@@ -138,6 +145,19 @@ def markdown(results: dict) -> str:
     if errors:
         out.append(f"\nError frames seen: {errors}")
     return "\n".join(out) + "\n"
+
+
+def idle_ratios(idle: list[dict]) -> dict[int, float]:
+    """Per connection count: the median KiB per connection of securechat over the reference's."""
+    out = {}
+    for count in sorted({r["connections"] for r in idle}):
+        per = {kind: statistics.median(r["kib_per_connection"] for r in idle
+                                       if r["connections"] == count and r["relay"] == kind)
+               for kind in ("securechat", "reference")
+               if any(r["connections"] == count and r["relay"] == kind for r in idle)}
+        if len(per) == 2:
+            out[count] = _ratio(per["securechat"], per["reference"])
+    return out
 
 
 def transports_markdown(results: dict) -> str:

@@ -287,3 +287,19 @@ def test_frames_built_live_are_counted_per_phase_not_since_the_room_began(monkey
 
     result = asyncio.run(main())
     assert result["messages_per_s"] > 0 and result["built_live"] == 0
+
+def test_idle_memory_is_compared_by_the_median_of_each_relay_per_connection_count():
+    from bench.report import idle_ratios, markdown
+
+    def run(relay, count, kib):
+        return {"relay": relay, "connections": count, "open": count, "rss_base_mb": 30.0,
+                "rss_mb": 30.0 + kib * count / 1024, "kib_per_connection": kib}
+
+    idle = [run("securechat", 1000, 18.0), run("reference", 1000, 16.0), run("reference", 1000, 15.0),
+            run("securechat", 1000, 30.0), run("securechat", 1000, 17.0), run("reference", 1000, 15.5),
+            run("securechat", 5000, 20.0)]  # no reference at 5,000: no ratio
+    assert idle_ratios(idle) == {1000: 18.0 / 15.5}
+    settings = Settings(sizes=(), idle=(1000, 5000), slow_size=0, repeats=3)
+    text = markdown({"settings": settings.__dict__.copy(), "generator": "unpinned", "runs": [], "idle": idle,
+                     "slow": [], "rotation": [], "storm": []})
+    assert "| 1,000 | 1.16× |" in text and "Throughput" not in text
