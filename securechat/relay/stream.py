@@ -58,6 +58,7 @@ _SECRET = re.compile(r"[A-Za-z0-9_-]{22}\Z")  # secrets.token_urlsafe(16): 128 r
 _COUNT = re.compile(r"(0|[1-9][0-9]{0,15})\Z")
 
 
+
 class RequestProblem(Exception):
     """A request refused before it reaches the session: an HTTP status and a §1.2 error code."""
 
@@ -80,6 +81,27 @@ def parse_count(text: str | None, what: str) -> int | None:
     if not _COUNT.match(text):
         raise RequestProblem(400, "bad_request", f"{what} must be a non-negative integer")
     return int(text)
+
+
+
+async def ask_holder(question):
+    """Await a question to the process holding a session (cluster): no such session anywhere
+    is 404, a holder that cannot be reached is 503, as the client's own answer."""
+    try:
+        return await question
+    except KeyError:
+        raise RequestProblem(404, "unknown_session", "no such session: it ended long ago, the server "
+                             "restarted, or it never existed") from None
+    except (ConnectionError, asyncio.TimeoutError):
+        raise RequestProblem(503, "unavailable", "the server process holding this session cannot be "
+                             "reached now (Redis is down or it is overloaded)") from None
+
+
+def refusal_of_holder(refusal: dict | None) -> None:
+    """The holding process's refusal, raised here as ours."""
+    if refusal is not None:
+        status, error, message = refusal.pop("status"), refusal.pop("error"), refusal.pop("message")
+        raise RequestProblem(status, error, message, **refusal)
 
 
 class StreamSession:
@@ -395,17 +417,7 @@ class StreamHandler(_Base):
         """The session is another process's (cluster/streams.py): it replays and carries on
         there, and every byte of its stream comes through Redis to be written here."""
         self.relay_buffer: list[bytes | None] | None = []  # what arrives before the response is open
-        try:
-            refusal = await self.hub.cluster.relays.resume(resume, last, self)
-        except KeyError:
-            raise RequestProblem(404, "unknown_session", "no such session: it ended long ago, the server "
-                                 "restarted, or it never existed") from None
-        except (ConnectionError, asyncio.TimeoutError):
-            raise RequestProblem(503, "unavailable", "the server process holding this session cannot be "
-                                 "reached now (Redis is down or it is overloaded)") from None
-        if refusal is not None:
-            status, error, message = refusal.pop("status"), refusal.pop("error"), refusal.pop("message")
-            raise RequestProblem(status, error, message, **refusal)
+        refusal_of_holder(await ask_holder(self.hub.cluster.relays.resume(resume, last, self)))
         self.ended = asyncio.get_running_loop().create_future()
         if self.request.connection.stream.closed():  # the client left while we asked
             self.stop_relay()
@@ -695,18 +707,9 @@ class _SessionPost(_Base):
     async def forward(self, body: bytes | None) -> None:
         """Have the process holding the session answer; raises its refusal as ours."""
         headers = {name: value for name in Post.HEADERS if (value := self.request.headers.get(name)) is not None}
-        try:
-            self.owner, refusal = await self.hub.cluster.forward_post(
-                self.action.kind, self.token, headers, body, owner=self.owner)
-        except KeyError:
-            raise RequestProblem(404, "unknown_session", "no such session: it ended long ago, the server "
-                                 "restarted, or it never existed") from None
-        except (ConnectionError, asyncio.TimeoutError):
-            raise RequestProblem(503, "unavailable", "the server process holding this session cannot be "
-                                 "reached now (Redis is down or it is overloaded)") from None
-        if refusal is not None:
-            status, error, message = refusal.pop("status"), refusal.pop("error"), refusal.pop("message")
-            raise RequestProblem(status, error, message, **refusal)
+        self.owner, refusal = await ask_holder(self.hub.cluster.forward_post(
+            self.action.kind, self.token, headers, body, owner=self.owner))
+        refusal_of_holder(refusal)
 
     def data_received(self, chunk: bytes) -> None:
         if not self._finished:
