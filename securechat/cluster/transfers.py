@@ -112,9 +112,7 @@ class Transfers:
         reading.add_done_callback(read)
 
     async def _upload(self, event: dict, body: bytes | None) -> None:
-        from tornado.httpclient import AsyncHTTPClient, HTTPRequest
-
-        from ..web.blobs import CLIENT_HEADER, CLUSTER_HEADER, MAX_PART_BYTES, PART_BODY_TIMEOUT, PASSED_BACK, PASSED_ON
+        from ..web.blobs import CLIENT_HEADER, CLUSTER_HEADER, PASSED_BACK, PASSED_ON, loopback_fetch
 
         cluster, asker, number = self.cluster, event["w"], event["r"]
         method, uri, headers = event.get("m"), event.get("u"), event.get("h")
@@ -127,14 +125,7 @@ class Transfers:
         sent = {name: str(value) for name, value in headers.items() if name in PASSED_ON and name != "Host"}
         sent[CLUSTER_HEADER] = cluster.secret
         sent[CLIENT_HEADER] = str(event.get("c", ""))
-        request = HTTPRequest(f"http://127.0.0.1:{port}{uri}", method=method, headers=sent,
-                              body=body if method != "DELETE" else None, allow_nonstandard_methods=True,
-                              follow_redirects=False, decompress_response=False, request_timeout=PART_BODY_TIMEOUT)
-        client = AsyncHTTPClient(force_instance=True, max_body_size=MAX_PART_BYTES + 1024 * 1024)
-        try:
-            response = await client.fetch(request, raise_error=False)
-        finally:
-            client.close()
+        response = await loopback_fetch(port, method, uri, sent, body if method != "DELETE" else None)
         if response.code == 599:
             cluster.answer(asker, number, True, {"status": 503, "error": "unavailable",
                                                  "message": "the upload's process did not answer"})

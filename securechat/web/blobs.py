@@ -59,6 +59,20 @@ STATUS = {"unavailable": 503, "too_large": 413, "quota_exceeded": 507, "no_space
           "length_required": 411, "bad_request": 400, "attachments_off": 404, "server_error": 500}
 
 
+
+async def loopback_fetch(port: int, method: str, uri: str, headers: dict, body: bytes | None):
+    """Run an attachment request on a process of this machine, by its loopback port (the
+    cluster's proxies: another worker here, or the process Redis passed a request to). Errors
+    come back as responses (599: it did not answer)."""
+    request = HTTPRequest(f"http://127.0.0.1:{port}{uri}", method=method, headers=headers, body=body,
+                          allow_nonstandard_methods=True, follow_redirects=False,
+                          decompress_response=False, request_timeout=PART_BODY_TIMEOUT)
+    client = AsyncHTTPClient(force_instance=True, max_body_size=MAX_PART_BYTES + 1024 * 1024)
+    try:
+        return await client.fetch(request, raise_error=False)
+    finally:
+        client.close()
+
 class BlobApi:
     """What the handlers share: the hub (capabilities), the store, the per-address limit."""
 
@@ -178,15 +192,7 @@ class BlobHandler(SecureHeadersMixin, tornado.web.RequestHandler):
         headers[CLUSTER_HEADER] = cluster.secret
         headers[CLIENT_HEADER] = self.client_address()
         cluster.proxied += 1
-        request = HTTPRequest(f"http://127.0.0.1:{port}{self.request.uri}", method=self.request.method,
-                              headers=headers, body=body if body is not None else None,
-                              allow_nonstandard_methods=True, follow_redirects=False,
-                              decompress_response=False, request_timeout=PART_BODY_TIMEOUT)
-        client = AsyncHTTPClient(force_instance=True, max_body_size=MAX_PART_BYTES + 1024 * 1024)
-        try:
-            response = await client.fetch(request, raise_error=False)
-        finally:
-            client.close()
+        response = await loopback_fetch(port, self.request.method, self.request.uri, headers, body)
         if response.code == 599:
             raise ApiError("unavailable", "the server process holding your session did not answer")
         self.set_status(response.code)
