@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from . import keys as bench_keys
-from .runner import (BENCH_ENV, CLK_TCK, HOST, NOFILE, PAGE, REPO, Relay, Room, Settings, _median_run, closed_loop,
+from .runner import (BENCH_ENV, CLK_TCK, HOST, NOFILE, PAGE, REPO, Relay, Room, Settings, _median_run, close_all, closed_loop,
                      cpus, free_port, log, open_loop, pin_generator, raise_nofile, start_relay)
 
 
@@ -146,11 +146,7 @@ async def run_size(n: int, s: Settings, workers: int, workdir: Path) -> dict:
         out["added_p99_ms"] = cluster["open"]["p99_ms"] - single["open"]["p99_ms"]
         return out
     finally:
-        for room in rooms.values():
-            room.close()
-        await asyncio.sleep(0.1)
-        for relay in relays.values():
-            relay.stop()
+        await close_all(rooms, relays)
 
 
 def report(result: dict) -> str:

@@ -776,13 +776,19 @@ async def run_size(n: int, s: Settings, workdir: Path, builder: FrameBuilder | N
             results[kind]["errors"] = dict(rooms[kind].errors)
         return [results[kind] for kind in s.relays]
     finally:
-        for room in rooms.values():
-            room.close()
-        await asyncio.sleep(0.1)
-        for relay in relays.values():
-            relay.stop()
-        if own_builder:
-            builder.close()
+        await close_all(rooms, relays, builder if own_builder else None)
+
+
+async def close_all(rooms: dict, relays: dict, builder: "FrameBuilder | None" = None) -> None:
+    """A measurement's end: its rooms' clients first, then, once their closes are out, its relays
+    (and the frame builder it made for itself)."""
+    for room in rooms.values():
+        room.close()
+    await asyncio.sleep(0.1)
+    for relay in relays.values():
+        relay.stop()
+    if builder is not None:
+        builder.close()
 
 
 async def run_slow(relay: Relay, s: Settings) -> dict:

@@ -28,6 +28,7 @@ from .runner import (
     FrameBuilder,
     Relay,
     Room,
+    close_all,
     calibrate,
     closed_loop,
     launch_relay,
@@ -110,29 +111,31 @@ async def run_rotation_size(n: int, s, workdir: Path, builder: FrameBuilder | No
                 "relay": kind, "n": n, "window": s.rotation_window, "seconds": s.rotation_seconds,
                 "messages_per_s": statistics.median(r["messages_per_s"] for r in repeats),
                 "server_cpu_ms_per_msg": statistics.median(r["server_cpu_ms_per_msg"] for r in repeats),
-                "p50_ms": statistics.median(r["p50_ms"] for r in repeats),
-                "p99_ms": statistics.median(r["p99_ms"] for r in repeats),
-                "p99_ms_range": (min(r["p99_ms"] for r in repeats), max(r["p99_ms"] for r in repeats)),
-                "lag_p99_ms": statistics.median(r["lag"]["p99_ms"] for r in repeats),
-                "lag_max_ms": max(r["lag"]["max_ms"] for r in repeats),
-                "lag_over_10ms": sum(r["lag"]["over_10ms"] for r in repeats),
-                "lag_samples": sum(r["lag"]["samples"] for r in repeats),
-                "rotations": sum(r["rotations"] for r in repeats),
                 "clients_closed": max(r["clients_closed"] for r in repeats),
-                "built_live": sum(r["built_live"] for r in repeats),
-                "stalls": merge_stalls([r["stalls"] for r in repeats]),
+                **over_repeats(repeats),
                 "errors": dict(rooms[kind].errors),
-                "repeats": repeats,
             })
         return out
     finally:
-        for room in rooms.values():
-            room.close()
-        await asyncio.sleep(0.1)
-        for relay in relays.values():
-            relay.stop()
-        if own_builder:
-            builder.close()
+        await close_all(rooms, relays, builder if own_builder else None)
+
+
+def over_repeats(repeats: list[dict]) -> dict:
+    """What both rotation scenarios report of their repeats: latency medians, the loop's lag
+    (the worst of any repeat, counts summed), rotations, frames built live, the stalls' causes."""
+    return {
+        "p50_ms": statistics.median(r["p50_ms"] for r in repeats),
+        "p99_ms": statistics.median(r["p99_ms"] for r in repeats),
+        "p99_ms_range": (min(r["p99_ms"] for r in repeats), max(r["p99_ms"] for r in repeats)),
+        "lag_p99_ms": statistics.median(r["lag"]["p99_ms"] for r in repeats),
+        "lag_max_ms": max(r["lag"]["max_ms"] for r in repeats),
+        "lag_over_10ms": sum(r["lag"]["over_10ms"] for r in repeats),
+        "lag_samples": sum(r["lag"]["samples"] for r in repeats),
+        "rotations": sum(r["rotations"] for r in repeats),
+        "built_live": sum(r["built_live"] for r in repeats),
+        "stalls": merge_stalls([r["stalls"] for r in repeats]),
+        "repeats": repeats,
+    }
 
 
 def merge_stalls(parts: list[dict]) -> dict:
@@ -214,31 +217,15 @@ async def run_rotation_open(n: int, s, workdir: Path, builder: FrameBuilder | No
             out.append({
                 "relay": "securechat", "rotation": mode, "n": n, "offered_per_s": rate,
                 "saturated_per_s": saturated, "seconds": s.rotation_seconds,
-                "p50_ms": statistics.median(r["p50_ms"] for r in repeats),
-                "p99_ms": statistics.median(r["p99_ms"] for r in repeats),
-                "p99_ms_range": (min(r["p99_ms"] for r in repeats), max(r["p99_ms"] for r in repeats)),
                 "max_ms": max(r["max_ms"] for r in repeats),
                 "late_sends": sum(r["late_sends"] for r in repeats),
                 "missing_deliveries": sum(r["missing_deliveries"] for r in repeats),
-                "lag_p99_ms": statistics.median(r["lag"]["p99_ms"] for r in repeats),
-                "lag_max_ms": max(r["lag"]["max_ms"] for r in repeats),
-                "lag_over_10ms": sum(r["lag"]["over_10ms"] for r in repeats),
-                "lag_samples": sum(r["lag"]["samples"] for r in repeats),
-                "rotations": sum(r["rotations"] for r in repeats),
-                "built_live": sum(r["built_live"] for r in repeats),
-                "stalls": merge_stalls([r["stalls"] for r in repeats]),
+                **over_repeats(repeats),
                 "errors": dict(rooms[mode].errors),
-                "repeats": repeats,
             })
         return out
     finally:
-        for room in rooms.values():
-            room.close()
-        await asyncio.sleep(0.1)
-        for relay in launched.values():
-            relay.stop()
-        if own_builder:
-            builder.close()
+        await close_all(rooms, launched, builder if own_builder else None)
 
 
 # -- reconnect storm -----------------------------------------------------------------------------

@@ -9,11 +9,10 @@ machine; the figure that matters is their ratio, server CPU per delivered frame,
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from . import keys as bench_keys
-from .runner import Room, Settings, _median_run, closed_loop, open_loop, start_relay
+from .runner import Room, Settings, _median_run, close_all, closed_loop, open_loop, start_relay
 
 TRANSPORTS = ("websocket", "http")
 
@@ -55,11 +54,7 @@ async def run_transport_size(n: int, s: Settings, workdir: Path) -> list[dict]:
             results[t]["http_errors"] = http_errors
         return [results[t] for t in TRANSPORTS]
     finally:
-        for room in rooms.values():
-            room.close()
-        await asyncio.sleep(0.1)
-        for relay in relays.values():
-            relay.stop()
+        await close_all(rooms, relays)
 
 
 def ratios(runs: list[dict]) -> list[dict]:
