@@ -668,6 +668,36 @@ def test_a_rotated_file_is_gzipped_by_another_process_not_a_thread_of_the_server
     assert [p.name for p in tmp_path.glob("*.tmp")] == []
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="no idle scheduling class on this OS")
+def test_the_gzip_process_is_in_the_idle_class_from_its_first_line(tmp_path, monkeypatch):
+    """Its interpreter start-up (~10 ms of CPU) must not take turns with the event loop: the
+    class is the child's before its own code runs (it does not set it itself)."""
+    from securechat.storage import ciphertext_log
+
+    monkeypatch.setattr(ciphertext_log, "_GZIP_CHILD",
+                        "import os; os.write(1, b'%d %d' % (os.sched_getscheduler(0), os.nice(0)))")
+    with CiphertextLog(tmp_path, gzip_in_background=False) as log:
+        log.append(msg(1))
+        gz = log.rotate()
+    policy, _ = map(int, gz.read_bytes().split())
+    assert policy == os.SCHED_IDLE
+
+
+def test_a_failing_gzip_process_is_an_error_and_keeps_the_rotated_file(tmp_path, monkeypatch):
+    from securechat.storage import ciphertext_log
+
+    monkeypatch.setattr(ciphertext_log, "_GZIP_CHILD", "import sys; sys.exit('disk on fire')")
+    with pytest.raises(OSError, match="exited with 1: .*disk on fire"):
+        ciphertext_log._gzip_file(*_plain_and_targets(tmp_path))
+    assert (tmp_path / "plain.log").read_bytes() == b"records\n"
+
+
+def _plain_and_targets(tmp_path):
+    source = tmp_path / "plain.log"
+    source.write_bytes(b"records\n")
+    return source, tmp_path / "plain.log.gz", tmp_path / "plain.log.gz.tmp"
+
+
 def test_without_an_interpreter_to_start_the_gzip_runs_in_this_process(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "executable", "")
     with CiphertextLog(tmp_path, gzip_in_background=False) as log:

@@ -202,10 +202,13 @@ def _huffman_gzip():
     return zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 9, zlib.Z_HUFFMAN_ONLY)
 
 
-# _huffman_gzip() in a child process, from its stdin to its stdout, at nice 19. In a thread of
-# the server, the ~100 ms of CPU per 10 MiB shared the event loop's GIL: each time the
-# thread came back from zlib it made the loop hand the GIL over (every 5 ms, sys.getswitchinterval),
-# and at nice 19 on a busy machine it could be kept off the CPU while the loop waited for it.
+# _huffman_gzip() in a child process, from its stdin to its stdout. In a thread of the server,
+# the ~100 ms of CPU per 10 MiB shared the event loop's GIL: each time the thread came back from
+# zlib it made the loop hand the GIL over (every 5 ms, sys.getswitchinterval), and at nice 19 on
+# a busy machine it could be kept off the CPU while the loop waited for it. The child runs in
+# the idle scheduling class where the OS has one (Linux SCHED_IDLE), so that even its
+# interpreter start-up (~10 ms of CPU) runs only when the loop does not want the core: at nice 0
+# until its first line called os.nice, that start-up took turns with the loop on its core.
 _GZIP_CHILD = """\
 import os, zlib
 try:
@@ -223,18 +226,35 @@ put(deflate.flush())
 """
 
 
+def _run_idle(argv: list[str], stdin_fd: int, stdout_fd: int) -> tuple[int, bytes]:
+    """Run argv with the given stdin/stdout in the idle scheduling class; its exit status and
+    the end of its stderr. OSError if it could not be started.
+
+    The class is set from here the moment the child exists (Popen returns once it has exec'd,
+    before the interpreter's start-up has done anything much): a scheduling class cannot be
+    given to subprocess itself, and preexec_fn is unsafe in a threaded server.
+    """
+    with subprocess.Popen(argv, stdin=stdin_fd, stdout=stdout_fd, stderr=subprocess.PIPE) as child:
+        if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+            try:
+                os.sched_setscheduler(child.pid, os.SCHED_IDLE, os.sched_param(0))
+            except OSError:
+                pass  # not allowed here: the child's own nice 19 still applies
+        stderr = child.stderr.read()
+    return child.returncode, stderr[-500:]
+
+
 def _compress_in_child(source_fd: int, target_fd: int) -> bool:
     """Compress source_fd into target_fd in another process; False if none could be started
     (no interpreter to run: the caller compresses in this process instead)."""
     if not sys.executable:
         return False
     try:
-        done = subprocess.run([sys.executable, "-I", "-S", "-c", _GZIP_CHILD], stdin=source_fd,
-                              stdout=target_fd, stderr=subprocess.PIPE, check=False)
+        returncode, stderr = _run_idle([sys.executable, "-I", "-S", "-c", _GZIP_CHILD], source_fd, target_fd)
     except OSError:
         return False
-    if done.returncode != 0:
-        raise OSError(f"the gzip process exited with {done.returncode}: {done.stderr[-500:]!r}")
+    if returncode != 0:
+        raise OSError(f"the gzip process exited with {returncode}: {stderr!r}")
     return True
 
 
