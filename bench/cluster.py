@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from . import keys as bench_keys
-from .runner import (BENCH_ENV, CLK_TCK, HOST, NOFILE, PAGE, REPO, Relay, Room, Settings, _median_run, close_all, closed_loop,
+from .runner import (BENCH_ENV, _syscw, CLK_TCK, HOST, NOFILE, PAGE, REPO, Relay, Room, Settings, _median_run, close_all, closed_loop,
                      cpus, free_port, log, open_loop, pin_generator, raise_nofile, start_relay)
 
 
@@ -47,7 +47,9 @@ class ClusterRelay(Relay):
         reading = {}
         for pid in self.members():
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            reading[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+            # utime + stime + cutime + cstime, as Relay.cpu_seconds counts the one process: a
+            # worker's waited-for children are the gzip of its rotated log segments.
+            reading[pid] = sum(int(f) for f in fields[11:15]) / CLK_TCK
         self.readings = [*self.readings[-1:], reading]
         return sum(reading.values())
 
@@ -59,6 +61,9 @@ class ClusterRelay(Relay):
         redis = after[self.redis.pid] - before[self.redis.pid]
         return redis / total if total > 0 else float("nan")
 
+    def write_calls(self) -> int:
+        return sum(_syscw(pid) for pid in self.members())
+
     def rss_bytes(self) -> int:
         return sum(int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE for pid in self.members())
 
@@ -69,7 +74,7 @@ class ClusterRelay(Relay):
             self.redis.wait(10)
 
 
-def start_cluster(workdir: Path, workers: int) -> ClusterRelay:
+def start_cluster(workdir: Path, workers: int, env_extra: dict[str, str]) -> ClusterRelay:
     redis_dir = Path(tempfile.mkdtemp(prefix="redis-", dir=workdir))
     sock = redis_dir / "redis.sock"
     taskset = ["taskset", "-c", str(cpus()[0])] if shutil.which("taskset") and len(cpus()) >= 2 else []
@@ -80,7 +85,7 @@ def start_cluster(workdir: Path, workers: int) -> ClusterRelay:
     while not sock.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     port = free_port()
-    env = dict(os.environ, **BENCH_ENV, SECURECHAT_CLUSTER_REDIS_URL=f"unix://{sock}")
+    env = dict(os.environ, **BENCH_ENV, **env_extra, SECURECHAT_CLUSTER_REDIS_URL=f"unix://{sock}")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     data_dir = Path(tempfile.mkdtemp(prefix="data-", dir=workdir))
     argv = [*taskset, sys.executable, "-m", "cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
@@ -105,10 +110,12 @@ def start_cluster(workdir: Path, workers: int) -> ClusterRelay:
     return relay
 
 
-async def run_size(n: int, s: Settings, workers: int, workdir: Path) -> dict:
+async def run_size(n: int, s: Settings, workers: int, workdir: Path, log_max_bytes: int | None) -> dict:
     members = bench_keys.members(n)
     senders = min(s.senders, n)
-    relays = {"single": start_relay("securechat", workdir), "cluster": start_cluster(workdir, workers)}
+    env = {"SECURECHAT_LOG_MAX_BYTES": str(log_max_bytes)} if log_max_bytes else {}
+    relays = {"single": start_relay("securechat", workdir, env_extra=env),
+              "cluster": start_cluster(workdir, workers, env)}
     rooms = {}
     try:
         for kind, relay in relays.items():
@@ -151,9 +158,9 @@ async def run_size(n: int, s: Settings, workers: int, workdir: Path) -> dict:
 
 def report(result: dict) -> str:
     lines = ["| N | workers | msgs/s, one process / cluster | CPU ms/msg, one process | "
-             "CPU ms/msg, workers + Redis | Redis's share | ratio (repeats) | "
+             "CPU ms/msg, workers + Redis | Redis's share | ratio (repeats) | write calls per msg, one / cluster | "
              "p50 / p99 ms, one process | p50 / p99 ms, cluster | added p50 / p99 ms |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in result["runs"]:
         single, cluster = run["single"], run["cluster"]
         ratios = ", ".join(f"{r:.2f}" for r in run["cpu_ratios"])
@@ -163,6 +170,7 @@ def report(result: dict) -> str:
             f"{single['closed']['server_cpu_ms_per_msg']:.3f} | "
             f"{cluster['closed']['server_cpu_ms_per_msg']:.3f} | {cluster['closed']['redis_cpu_share']:.0%} | "
             f"**{run['cpu_ratio']:.2f}** ({ratios}) | "
+            f"{single['closed'].get('write_calls_per_msg', 0):.1f} / {cluster['closed'].get('write_calls_per_msg', 0):.1f} | "
             f"{single['open']['p50_ms']:.2f} / {single['open']['p99_ms']:.2f} | "
             f"{cluster['open']['p50_ms']:.2f} / {cluster['open']['p99_ms']:.2f} | "
             f"{run['added_p50_ms']:+.2f} / {run['added_p99_ms']:+.2f} |")
@@ -175,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", help="room sizes, e.g. 50,250")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int)
+    parser.add_argument("--log-max-bytes", type=int, metavar="BYTES",
+                        help="both sides' log.max_bytes (default: the shipped 10 MiB, so the log rotates "
+                             "during the closed loops; 1099511627776 keeps rotation out of the run)")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
     s = Settings(sizes=(10, 50, 250))
@@ -191,11 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     raise_nofile(NOFILE)
     bench_keys.members(max(s.sizes))
     started = time.monotonic()
-    result = {"generator": pin_generator(), "runs": []}
+    result = {"generator": pin_generator(), "log_max_bytes": args.log_max_bytes, "runs": []}
     with tempfile.TemporaryDirectory(prefix="securechat-bench-cluster-") as tmp:
         for n in s.sizes:
             log(f"N = {n}: one process vs {args.workers} workers + Redis ...")
-            result["runs"].append(asyncio.run(run_size(n, s, args.workers, Path(tmp))))
+            result["runs"].append(asyncio.run(run_size(n, s, args.workers, Path(tmp), args.log_max_bytes)))
     result["wall_seconds"] = time.monotonic() - started
     result["load_average"] = os.getloadavg()
     if args.json:
