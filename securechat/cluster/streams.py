@@ -20,7 +20,8 @@ Events (each a header line and raw bytes, events.with_body):
                                          relay r of the asker; answered like a post (`answer`)
   frames   {r} + bytes                   holder -> asker: write these to relay r's response
   end      {r} + bytes                   holder -> asker: write these, then end the response
-  detach   {r}                           asker -> holder: relay r's client went away
+  detach   {r, slow}                     asker -> holder: relay r's client went away, or (slow)
+                                         filled the asker's write buffer: drop it as too slow
 """
 
 from __future__ import annotations
@@ -104,12 +105,13 @@ class StreamRelays:
             self.holders[number] = holder
         return None
 
-    def detach(self, number: int) -> None:
-        """Our client of relay `number` went away: tell its holder (the session stays there)."""
+    def detach(self, number: int, too_slow: bool = False) -> None:
+        """Our client of relay `number` went away: tell its holder (the session stays there),
+        or it stopped reading (`too_slow`: the holder drops the session as a slow reader)."""
         self.incoming.pop(number, None)
         holder = self.holders.pop(number, None)
         if holder is not None:
-            data = events.with_body(self.cluster.id, "detach", r=number)
+            data = events.with_body(self.cluster.id, "detach", r=number, slow=too_slow)
             self.cluster._send(lambda pipe: pipe.publish(events.inbox(holder), data))
 
     def _relayed(self, event: dict, body: bytes | None, end: bool) -> None:
@@ -166,8 +168,14 @@ class StreamRelays:
 
     def _detach(self, event: dict) -> None:
         relay = self.outgoing.get((event["w"], event["r"]))
-        if relay is not None:
-            relay.lost()
+        if relay is None:
+            return
+        session = relay.session
+        relay.lost()
+        if event.get("slow") is True and session is not None and session.stream is None:
+            # Its client stopped reading the asker's response, whose write buffer is capped at
+            # max_outbound_bytes like our own streams': the same end as a slow reader of ours.
+            session.drop_slow_reader()
 
     # -- both ----------------------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ ACK_HEADER = "Securechat-Ack"
 CLIENT_CLOSED = 1000
 FRAME_TOO_LARGE = 1009
 ACK_BYTES_SHARE = 16  # clients ack every max_outbound_bytes / 16 received (256 KiB by default)
+TOO_SLOW_REASON = "too slow: stopped reading messages"
 TIMED_OUT = 4004  # (4003 is the Hub's: did not join in time)
 # ack and close carry no frame: their body is `{}`, and anything much larger is not a client.
 SMALL_BODY_BYTES = 1024
@@ -139,7 +140,7 @@ class StreamSession:
         self.unacked.append((self.seq, event))
         self.unacked_bytes += len(event)
         if self.unacked_bytes > self.limit:
-            self._drop_slow_reader()
+            self.drop_slow_reader()
         elif self.stream is not None:
             self._queue(event)
 
@@ -228,16 +229,16 @@ class StreamSession:
         try:
             stream.write_raw(data)
         except StreamBufferFullError:
-            self._drop_slow_reader()
+            self.drop_slow_reader()
 
-    def _drop_slow_reader(self) -> None:
+    def drop_slow_reader(self) -> None:
         """Unacknowledged frames past max_outbound_bytes: the reader stopped (or lies in its
         acks and stopped reading the socket): free the memory instead of growing it."""
         self.pending.clear()
         self.pipeline.stalled()
         if self.stream is not None:
             self.stream.unlimit()  # room for the close event
-        self.close(TOO_SLOW, "too slow: stopped reading messages")
+        self.close(TOO_SLOW, TOO_SLOW_REASON)
 
 
 class StreamSessions:
@@ -444,16 +445,23 @@ class StreamHandler(_Base):
             try:
                 self.write_raw(data)
             except StreamBufferFullError:
-                # Our client stopped reading: end this response; the session waits for a resume.
-                end = True
-                self.stop_relay()
+                self.unlimit()  # room for the last bytes of this response
+                if end:
+                    self.write_raw(data)  # the holder's own last words (its close event)
+                else:
+                    # Our client stopped reading the socket (acking what it never read, or its
+                    # acks still on the way): a slow reader, dropped as one of the holder's own
+                    # would be. The holder closes the session; its close event is written here.
+                    end = True
+                    self.stop_relay(too_slow=True)
+                    self.write_raw(close_event(TOO_SLOW, TOO_SLOW_REASON))
         if end:
             self.ended.set_result(None)
 
-    def stop_relay(self) -> None:
+    def stop_relay(self, too_slow: bool = False) -> None:
         number, self.relay_number = self.relay_number, None
         if number is not None:
-            self.hub.cluster.relays.detach(number)
+            self.hub.cluster.relays.detach(number, too_slow)
 
     def open_stream(self) -> None:
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
