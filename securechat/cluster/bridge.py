@@ -793,6 +793,7 @@ class Cluster:
 
     async def _beat(self, client) -> None:
         now = now_ms()
+        relays = self.relays.known()  # before Redis says who is alive: newer relays are not judged
         async with client.pipeline(transaction=False) as pipe:
             pipe.zadd(events.WORKERS, {self.id: now})
             pipe.hset(events.info_key(self.id), mapping=self._info())
@@ -808,6 +809,7 @@ class Cluster:
         for worker, score in list(self.peers.items()):
             if score < limit:
                 await self._reap(client, worker)
+        self.relays.keep_only(self.peers, relays)
         for worker in list(self.remote):
             last = self.peers.get(worker)
             if last is None:

@@ -197,6 +197,23 @@ class StreamRelays:
         for key in [key for key in self.outgoing if key[0] == worker]:
             self.outgoing[key].lost()
 
+    def known(self) -> tuple[set, set]:
+        """The relays of the moment, for keep_only: (asker's (r, holder) pairs, holder's keys)."""
+        return set(self.holders.items()), set(self.outgoing)
+
+    def keep_only(self, live, known: tuple[set, set]) -> None:
+        """After a heartbeat: of the relays `known` before it, end those whose other process is
+        not among the `live` ones any more. Whichever process reaped a dead one (or it said bye
+        and we missed it), ours end too, even for a session that had not joined: with no member
+        record, nothing else here would notice its holder is gone."""
+        incoming, outgoing = known
+        for number, holder in incoming:
+            if holder not in live and self.holders.get(number) == holder:
+                self._end_incoming(number)
+        for key in outgoing:
+            if key[0] not in live and key in self.outgoing:
+                self.outgoing[key].lost()
+
     def all_gone(self) -> None:
         """Redis went away: no relay can carry on; the clients resume when it is back."""
         for number in list(self.incoming):
