@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rotation-sizes", type=_ints, help="room sizes of the rotation scenario (default 10,100)")
     parser.add_argument("--rotation-seconds", type=float, help="length of each rotation phase (default 10)")
     parser.add_argument("--storm-size", type=int, help="participants in the reconnect storm (default 256, a full room)")
+    parser.add_argument("--storm-rooms", type=int,
+                        help="rooms the storm's participants are spread over, sizes as even as possible "
+                        "(default: as many as --storm-size needs at 256 a room, so 1000 means 4 rooms of 250)")
     parser.add_argument("--json", metavar="FILE", help="also write the raw results as JSON")
     args = parser.parse_args(argv)
 
@@ -96,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         s.rotation_open_share = args.rotation_share
     if args.storm_size is not None:
         s.storm_size = args.storm_size
+    if args.storm_rooms is not None:
+        if args.storm_rooms < 1:
+            parser.error("--storm-rooms must be at least 1")
+        s.storm_rooms = args.storm_rooms
     if args.no_scenarios:
         s.scenarios = ()
     if args.scenario:

@@ -724,8 +724,10 @@ class Settings:
     # rotation-open: offered rate as a share of the rotating relay's saturated msgs/s
     rotation_open_share: float = 0.3
     # A room holds at most 256 (limits.max_participants, capped by protocol v2's MAX_RECIPIENTS:
-    # the Merkle path must fit in the wrapped key, PROTOCOL.md §7.3), so the storm fills one room.
+    # the Merkle path must fit in the wrapped key, PROTOCOL.md §7.3): a storm of more fills
+    # several rooms at once, as a restart does (bench/scenarios.py storm_layout).
     storm_size: int = 256
+    storm_rooms: int | None = None  # None: as many as storm_size needs at max_participants each
     storm_concurrency: int = 200  # TCP handshakes outstanding at once
     storm_timeout: float = 90.0
     storm_settle: float = 2.0  # seconds after completion before RSS is read again

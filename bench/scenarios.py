@@ -24,6 +24,7 @@ from pathlib import Path
 
 from . import keys as bench_keys
 from .runner import (
+    BENCH_ENV,
     HOST,
     FrameBuilder,
     Relay,
@@ -231,23 +232,50 @@ async def run_rotation_open(n: int, s, workdir: Path, builder: FrameBuilder | No
 # -- reconnect storm -----------------------------------------------------------------------------
 
 
-class StormRoom:
-    """M clients of one relay that each count the members they know of.
+DEFAULT_ROOM = "lobby"  # securechat's default room (server.room): /ws without ?room=
 
-    A client knows the members its welcome lists, plus every participant a later `joined` or
-    `joins` carries, minus each `left`: counted as `"sid":` occurrences, without parsing the frames
-    (a complete storm of 1,000 is ~10^6 roster entries; json.loads on all of them would make
-    the generator, not the relay, the bottleneck). `you` in the welcome is not counted.
+
+def storm_layout(size: int, rooms: int | None = None, cap: int | None = None) -> list[tuple[str, int]]:
+    """The rooms a storm of `size` fills, as (name, members): `rooms` of them (None: as many as
+    `size` needs at `cap` each, the relay's max_participants), sizes as even as possible. Room 0
+    is the default room; the others are storm-1, storm-2, ... (names per relay/roomname.py)."""
+    if cap is None:
+        cap = int(BENCH_ENV.get("SECURECHAT_MAX_PARTICIPANTS", "256"))
+    count = rooms if rooms else max(1, -(-size // cap))
+    count = max(1, min(count, size))
+    base, extra = divmod(size, count)
+    return [(DEFAULT_ROOM if r == 0 else f"storm-{r}", base + (1 if r < extra else 0)) for r in range(count)]
+
+
+class StormRoom:
+    """M clients of one relay, spread over rooms, that each count the members they know of.
+
+    Member i belongs to one room (`layout`: consecutive blocks of members), connects to
+    /ws?room=<its room> and signs that room into its join. A client knows the members its
+    welcome lists, plus every participant a later `joined` or `joins` carries, minus each `left`:
+    counted as `"sid":` occurrences, without parsing the frames (a complete storm of 1,000 is
+    ~10^6 roster entries; json.loads on all of them would make the generator, not the relay, the
+    bottleneck). `you` in the welcome is not counted. A client is complete when it knows every
+    member of its own room; a refused join (an `error` frame instead of a welcome), a hello
+    naming another room, or a connection that never opened is counted, settles that client and
+    shrinks what its room's others can know, so the run ends without waiting for its deadline
+    and reports the refusals instead of a time.
     """
 
-    def __init__(self, relay: Relay, members: list[bench_keys.BenchMember], roster_frames: bool):
+    def __init__(self, relay: Relay, members: list[bench_keys.BenchMember], roster_frames: bool,
+                 layout: list[tuple[str, int]] | None = None):
         self.relay = relay
         self.members = members
         self.roster_frames = roster_frames  # the reference relay sends no roster at all
+        self.layout = layout or [(DEFAULT_ROOM, len(members))]
+        assert sum(size for _, size in self.layout) == len(members)
+        self.room_of = [r for r, (_, size) in enumerate(self.layout) for _ in range(size)]
+        self.gone = [0] * len(self.layout)  # per room: members refused or never connected
         self.clients: list[WSClient] = []
         self.index: dict[WSClient, int] = {}
         self.known = [0] * len(members)
         self.welcomed = [False] * len(members)
+        self.refused = [False] * len(members)
         self.done_at: list[float | None] = [None] * len(members)
         self.errors: dict[str, int] = {}
         self.frames = 0
@@ -257,16 +285,25 @@ class StormRoom:
         self.remaining = len(members)
         self.connect_failed = 0
 
-    def _on_open(self, client: WSClient) -> None:
-        self.index[client] = len(self.clients)
+    def expected(self, i: int) -> int:
+        """How many members client i's room has (its own included), refused ones not counted."""
+        r = self.room_of[i]
+        return self.layout[r][1] - self.gone[r]
+
+    def _on_open(self, client: WSClient, i: int) -> None:
+        self.index[client] = i
         self.clients.append(client)
 
     def _on_text(self, client: WSClient, payload: bytes, now: int) -> None:
         i = self.index[client]
         self.frames += 1
         if payload.startswith(_HELLO):
-            challenge = json.loads(payload)["challenge"]
-            client.send_text(json.dumps(self.members[i].join_frame(challenge=challenge)))
+            hello = json.loads(payload)
+            room = self.layout[self.room_of[i]][0]
+            if self.roster_frames and hello.get("room") != room:  # the reference names no rooms
+                self._refuse(i, "hello_names_another_room")
+                return
+            client.send_text(json.dumps(self.members[i].join_frame(room=room, challenge=hello["challenge"])))
             return
         if payload.startswith(_WELCOME):
             self.welcomed[i] = True
@@ -281,50 +318,103 @@ class StormRoom:
         elif payload.startswith(_LEFT):
             self.known[i] -= 1
         elif payload.startswith(_ERROR):
-            code = json.loads(payload).get("code", "?")
-            self.errors[code] = self.errors.get(code, 0) + 1
-            future = self.welcome_futures.get(i)
-            if future is not None and not future.done():
-                future.set_exception(RuntimeError(f"join refused: {payload[:200]!r}"))
+            if not self.welcomed[i]:
+                self._refuse(i, json.loads(payload).get("code", "?"))
+            else:
+                code = json.loads(payload).get("code", "?")
+                self.errors[code] = self.errors.get(code, 0) + 1
+            return
         else:
             return
         self._check(i)
 
+    def _refuse(self, i: int, code: str | None) -> None:
+        """Client i will not be a member: count why (None: its connection never opened, counted
+        in connect_failed), settle it, and tell its room's others."""
+        if code is not None:
+            self.errors[code] = self.errors.get(code, 0) + 1
+        self._gone(i)
+        self.refused[i] = True
+        future = self.welcome_futures.get(i)
+        if future is not None and not future.done():
+            future.set_result(False)
+
+    def _gone(self, i: int) -> None:
+        if self.refused[i] or self.done_at[i] is not None:
+            return
+        r = self.room_of[i]
+        self.gone[r] += 1
+        self._settle(i)
+        for j, room in enumerate(self.room_of):  # its room's others now have one fewer to know
+            if room == r:
+                self._check(j)
+
     def _check(self, i: int) -> None:
-        if self.done_at[i] is not None or not self.welcomed[i]:
+        if self.done_at[i] is not None or not self.welcomed[i] or self.refused[i]:
             return
-        if self.roster_frames and self.known[i] < len(self.members):
+        if self.roster_frames and self.known[i] < self.expected(i):
             return
+        self._settle(i)
+
+    def _settle(self, i: int) -> None:
         self.done_at[i] = time.monotonic()
         self.remaining -= 1
         if self.remaining == 0 and not self.all_done.done():
             self.all_done.set_result(self.done_at[i])
 
-    async def open_one(self) -> WSClient:
-        return await connect(HOST, self.relay.port, on_text=self._on_text, on_open=self._on_open, timeout=30)
+    def refusals(self) -> int:
+        return sum(self.gone)
+
+    def wrong_rosters(self) -> int:
+        """Admitted clients whose count of members is not their own room's size: fewer is an
+        incomplete roster, more is a member of another room (or a duplicate) in it."""
+        if not self.roster_frames:
+            return 0
+        return sum(1 for i in range(len(self.members))
+                   if self.welcomed[i] and not self.refused[i] and self.known[i] != self.expected(i))
+
+    async def open_one(self, i: int) -> WSClient:
+        name = self.layout[self.room_of[i]][0]
+        path = "/ws" if name == DEFAULT_ROOM else f"/ws?room={name}"
+        return await connect(HOST, self.relay.port, path=path, on_text=self._on_text,
+                             on_open=lambda client: self._on_open(client, i), timeout=30)
 
     async def paced(self, timeout: float) -> None:
-        """One at a time: the next client connects once the previous one's welcome arrived."""
+        """One at a time: the next client connects once the previous one's welcome (or refusal)
+        arrived."""
         deadline = time.monotonic() + timeout
         loop = asyncio.get_running_loop()
         for i in range(len(self.members)):
             self.welcome_futures[i] = loop.create_future()
-            await self.open_one()
+            try:
+                await self.open_one(i)
+            except (OSError, asyncio.TimeoutError):
+                self.connect_failed += 1
+                self._refuse(i, None)
+                continue
             await asyncio.wait_for(self.welcome_futures[i], max(0.1, deadline - time.monotonic()))
 
     async def storm(self, concurrency: int) -> None:
-        """Everyone at once; at most `concurrency` TCP handshakes outstanding (the generator's
-        accept queue, not a pacing: with 1,000 they all start within a fraction of a second)."""
+        """Everyone at once, every room interleaved (member i of each room before member i + 1 of
+        any); at most `concurrency` TCP handshakes outstanding (the generator's accept queue, not a
+        pacing: with 1,000 they all start within a fraction of a second)."""
         gate = asyncio.Semaphore(concurrency)
 
-        async def one():
+        async def one(i: int):
             async with gate:
                 try:
-                    await self.open_one()
+                    await self.open_one(i)
                 except (OSError, asyncio.TimeoutError):
                     self.connect_failed += 1  # the relay did not complete the upgrade in 30 s
+                    self._refuse(i, None)
 
-        await asyncio.gather(*(one() for _ in self.members))
+        starts, at = [], 0
+        for _, size in self.layout:
+            starts.append(at)
+            at += size
+        order = [starts[r] + k for k in range(max(size for _, size in self.layout))
+                 for r, (_, size) in enumerate(self.layout) if k < size]
+        await asyncio.gather(*(one(i) for i in order))
 
     def dropped_slow(self) -> int:
         return sum(1 for c in self.clients if c.close_code == TOO_SLOW)
@@ -346,8 +436,8 @@ async def _rss_peak(relay: Relay, peak: list[int], stop: asyncio.Event) -> None:
             pass
 
 
-async def storm_once(relay: Relay, members, mode: str, s) -> dict:
-    room = StormRoom(relay, members, roster_frames=relay.kind == "securechat")
+async def storm_once(relay: Relay, members, mode: str, s, layout: list[tuple[str, int]] | None = None) -> dict:
+    room = StormRoom(relay, members, roster_frames=relay.kind == "securechat", layout=layout)
     await asyncio.sleep(0.3)
     rss0 = relay.rss_bytes()
     peak = [rss0]
@@ -355,7 +445,7 @@ async def storm_once(relay: Relay, members, mode: str, s) -> dict:
     watcher = asyncio.create_task(_rss_peak(relay, peak, stop))
     c0 = relay.cpu_seconds()
     t0 = time.monotonic()
-    complete = None
+    settled = None
     try:
         if mode == "paced":
             await room.paced(timeout=s.storm_timeout)
@@ -364,7 +454,7 @@ async def storm_once(relay: Relay, members, mode: str, s) -> dict:
         connected_in = time.monotonic() - t0
         try:
             done = await asyncio.wait_for(asyncio.shield(room.all_done), max(0.1, t0 + s.storm_timeout - time.monotonic()))
-            complete = done - t0
+            settled = done - t0
         except asyncio.TimeoutError:
             pass
         t1 = time.monotonic()
@@ -374,11 +464,20 @@ async def storm_once(relay: Relay, members, mode: str, s) -> dict:
         await watcher
         rss1 = relay.rss_bytes()
         m = len(members)
+        refused = room.refusals()
+        wrong = room.wrong_rosters()
         return {
             "relay": relay.kind, "mode": mode, "participants": m,
+            "rooms": [size for _, size in room.layout], "room_names": [name for name, _ in room.layout],
             "connected_s": connected_in,
-            "complete_s": complete,  # None: not every client knew the whole room by the deadline
-            "complete_clients": m - room.remaining,
+            # None: not every client knew every member of its own room by the deadline, or some
+            # joins were refused or never connected (then the run is not a complete storm)
+            "complete_s": settled if settled is not None and refused == 0 and wrong == 0 else None,
+            "settled_s": settled,  # every client either complete or refused
+            "complete_clients": sum(1 for i in range(m) if room.done_at[i] is not None and not room.refused[i]),
+            "refused": refused,
+            "wrong_rosters": wrong,
+            "known": list(room.known), "room_of": list(room.room_of),
             "server_cpu_s": cpu,
             "rss_before_mb": rss0 / 2**20, "rss_peak_mb": peak[0] / 2**20, "rss_after_mb": rss1 / 2**20,
             "kib_per_participant": (rss1 - rss0) / 1024 / m,
@@ -395,16 +494,25 @@ async def storm_once(relay: Relay, members, mode: str, s) -> dict:
 
 
 async def run_storm(s, workdir: Path) -> list[dict]:
-    """For each relay: a paced join of M on one fresh relay, then a storm of M on another."""
+    """For each relay and repeat: a paced join of M on one fresh relay, then a storm of M on
+    another, the M spread over `storm_rooms` rooms (None: as many as M needs at the relay's
+    max_participants each; 1,000 -> 4 rooms of 250)."""
     members = bench_keys.members(s.storm_size)
+    layout = storm_layout(s.storm_size, s.storm_rooms)
+    # Every client comes from 127.0.0.1: that address is in len(layout) rooms at once.
+    env = {"SECURECHAT_MAX_ROOMS_PER_ADDRESS": str(max(16, len(layout)))}
     out = []
-    for mode in ("paced", "storm"):
-        relays = start_relays(s.relays, workdir, reference_gc=s.reference_gc, probe=True)
-        try:
-            for kind in s.relays:
-                log(f"{kind}: {mode} join of {s.storm_size} ...")
-                out.append(await storm_once(relays[kind], members, mode, s))
-        finally:
-            for relay in relays.values():
-                relay.stop()
+    for repeat in range(s.repeats):
+        for mode in ("paced", "storm"):
+            relays = start_relays(s.relays, workdir, reference_gc=s.reference_gc, probe=True, env_extra=env)
+            try:
+                for kind in s.relays:
+                    log(f"{kind}: {mode} join of {s.storm_size} into {len(layout)} room(s) "
+                        f"({repeat + 1}/{s.repeats}) ...")
+                    row = await storm_once(relays[kind], members, mode, s, layout)
+                    row["repeat"] = repeat
+                    out.append(row)
+            finally:
+                for relay in relays.values():
+                    relay.stop()
     return out

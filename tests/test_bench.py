@@ -89,6 +89,66 @@ def test_tiny_benchmark_run_produces_sane_figures(monkeypatch):
     assert "### Rotation at a fixed offered rate" in text and "| on | 3 |" in text and "| off | 3 |" in text
 
 
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_a_storm_bigger_than_a_room_fills_several_rooms_and_each_client_knows_its_own(monkeypatch):
+    """A restart reconnects everyone in every room at once. With rooms of at most 4 (the
+    relay's max_participants, from the environment), a storm of 12 fills 3 rooms of 4 by
+    default: every client's roster must list exactly the 4 of its own room (a member of another
+    room in it would make it 5 or more), in the paced join and in the storm. Into one room, 8 of
+    the 12 would be refused (room_full) and the run would not be complete."""
+    from bench import runner, scenarios
+
+    monkeypatch.setenv("BENCH_KEY_CACHE", "off")
+    monkeypatch.setitem(runner.BENCH_ENV, "SECURECHAT_MAX_PARTICIPANTS", "4")
+    assert scenarios.storm_layout(12) == [("lobby", 4), ("storm-1", 4), ("storm-2", 4)]
+    assert scenarios.storm_layout(1000, cap=256) == [("lobby", 250), ("storm-1", 250), ("storm-2", 250),
+                                                     ("storm-3", 250)]
+    assert [n for _, n in scenarios.storm_layout(10, 3)] == [4, 3, 3]
+    assert scenarios.storm_layout(256, cap=256) == [("lobby", 256)]
+    settings = Settings(sizes=(), idle=(), slow_size=0, repeats=1, pin=False, scenarios=("storm",),
+                        storm_size=12, storm_settle=0.2, storm_timeout=20.0)
+    results = asyncio.run(run_all(settings))
+
+    storm = {(r["relay"], r["mode"]): r for r in results["storm"]}
+    assert set(storm) == {(k, m) for k in ("securechat", "reference") for m in ("paced", "storm")}
+    for r in storm.values():
+        assert r["rooms"] == [4, 4, 4] and r["room_names"] == ["lobby", "storm-1", "storm-2"]
+        assert r["complete_s"] > 0 and r["complete_clients"] == 12
+        assert r["refused"] == 0 and r["errors"] == {} and r["connect_failed"] == 0 and r["dropped_4002"] == 0
+    for mode in ("paced", "storm"):
+        r = storm[("securechat", mode)]
+        assert r["wrong_rosters"] == 0
+        assert r["known"] == [4] * 12 and r["room_of"] == [0] * 4 + [1] * 4 + [2] * 4
+    text = report.markdown(results)
+    assert "| securechat | storm 12 | 3 rooms of 4 |" in text and "(welcomes only)" in text
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_refused_storm_joins_are_reported_not_passed(monkeypatch):
+    """Rooms of 6 where the relay allows 4: 2 joins per room are refused. The run must end
+    (without waiting for its deadline), count the refusals by code and not report a time."""
+    from bench import runner
+
+    monkeypatch.setenv("BENCH_KEY_CACHE", "off")
+    monkeypatch.setitem(runner.BENCH_ENV, "SECURECHAT_MAX_PARTICIPANTS", "4")
+    settings = Settings(sizes=(), idle=(), slow_size=0, repeats=1, pin=False, scenarios=("storm",),
+                        relays=("securechat",), storm_size=12, storm_rooms=2, storm_settle=0.2,
+                        storm_timeout=60.0)
+    results = asyncio.run(run_all(settings))
+
+    for r in results["storm"]:
+        assert r["rooms"] == [6, 6]
+        assert r["errors"] == {"room_full": 4} and r["refused"] == 4
+        assert r["complete_s"] is None and r["settled_s"] is not None and r["settled_s"] < 60.0
+        assert r["complete_clients"] == 8 and r["wrong_rosters"] == 0
+        assert sorted(r["known"]) == [0] * 4 + [4] * 8  # the refused know nobody, the others their 4
+    text = report.markdown(results)
+    assert text.count("**not complete**: 4 of 12 refused or never connected") == 2
+    assert "| room_full 4 |" in text
+
 def test_cpu_ratio_shows_the_spread_of_back_to_back_pairs():
     def run(relay, cpus):
         closed = [{"server_cpu_ms_per_msg": c, "messages_per_s": 1.0, "egress_bytes_per_msg": 1.0}
