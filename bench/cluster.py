@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from . import keys as bench_keys
-from .runner import (BENCH_ENV, _syscw, CLK_TCK, HOST, NOFILE, PAGE, REPO, Relay, Room, Settings, _median_run, close_all, closed_loop,
+from .runner import (BENCH_ENV, CLK_TCK, HOST, NOFILE, PAGE, REPO, Relay, Room, Settings, _median_run, close_all, closed_loop,
                      cpus, free_port, log, open_loop, pin_generator, raise_nofile, start_relay)
 
 
@@ -60,9 +60,6 @@ class ClusterRelay(Relay):
         total = sum(after[pid] - before.get(pid, 0.0) for pid in after)
         redis = after[self.redis.pid] - before[self.redis.pid]
         return redis / total if total > 0 else float("nan")
-
-    def write_calls(self) -> int:
-        return sum(_syscw(pid) for pid in self.members())
 
     def rss_bytes(self) -> int:
         return sum(int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE for pid in self.members())
@@ -158,9 +155,9 @@ async def run_size(n: int, s: Settings, workers: int, workdir: Path, log_max_byt
 
 def report(result: dict) -> str:
     lines = ["| N | workers | msgs/s, one process / cluster | CPU ms/msg, one process | "
-             "CPU ms/msg, workers + Redis | Redis's share | ratio (repeats) | write calls per msg, one / cluster | "
+             "CPU ms/msg, workers + Redis | Redis's share | ratio (repeats) | "
              "p50 / p99 ms, one process | p50 / p99 ms, cluster | added p50 / p99 ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for run in result["runs"]:
         single, cluster = run["single"], run["cluster"]
         ratios = ", ".join(f"{r:.2f}" for r in run["cpu_ratios"])
@@ -170,7 +167,6 @@ def report(result: dict) -> str:
             f"{single['closed']['server_cpu_ms_per_msg']:.3f} | "
             f"{cluster['closed']['server_cpu_ms_per_msg']:.3f} | {cluster['closed']['redis_cpu_share']:.0%} | "
             f"**{run['cpu_ratio']:.2f}** ({ratios}) | "
-            f"{single['closed'].get('write_calls_per_msg', 0):.1f} / {cluster['closed'].get('write_calls_per_msg', 0):.1f} | "
             f"{single['open']['p50_ms']:.2f} / {single['open']['p99_ms']:.2f} | "
             f"{cluster['open']['p50_ms']:.2f} / {cluster['open']['p99_ms']:.2f} | "
             f"{run['added_p50_ms']:+.2f} / {run['added_p99_ms']:+.2f} |")

@@ -101,16 +101,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _syscw(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-            if line.startswith("syscw:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 @dataclass
 class Relay:
     kind: str  # "securechat" or "reference"
@@ -147,11 +137,6 @@ class Relay:
 
     def rss_bytes(self) -> int:
         return int(Path(f"/proc/{self.pid}/statm").read_text().split()[1]) * PAGE
-
-    def write_calls(self) -> int:
-        """write-type system calls so far (/proc/PID/io syscw): how well the relay coalesces its
-        frames into socket writes; 0 where /proc/PID/io cannot be read."""
-        return _syscw(self.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -559,10 +544,10 @@ async def closed_loop(room: Room, duration: float, warmup: float, window: int, s
     await asyncio.sleep(warmup)
     room.record = True  # saturated latency: every delivery of the measured window
     a0, d0, b0, c0, t0 = room.acks, room.deliveries, room.received_bytes(), relay.cpu_seconds(), time.perf_counter()
-    g0, m0, w0 = time.process_time(), time.monotonic(), relay.write_calls()
+    g0, m0 = time.process_time(), time.monotonic()
     await asyncio.sleep(duration)
     a1, d1, b1, c1, t1 = room.acks, room.deliveries, room.received_bytes(), relay.cpu_seconds(), time.perf_counter()
-    g1, m1, w1 = time.process_time(), time.monotonic(), relay.write_calls()
+    g1, m1 = time.process_time(), time.monotonic()
     room.record = False
     rss = relay.rss_bytes()
     running = False
@@ -588,7 +573,6 @@ async def closed_loop(room: Room, duration: float, warmup: float, window: int, s
         "server_cpu_us_per_delivery": (c1 - c0) * 1e6 / (messages * len(room.members)),
         "clients_closed": sum(1 for c in room.clients if c.closed.done()),
         "server_cpu_util": (c1 - c0) / elapsed,
-        "write_calls_per_msg": (w1 - w0) / messages,
         "generator_cpu_util": (g1 - g0) / elapsed,
         "egress_bytes_per_msg": (b1 - b0) / messages,
         "rss_mb": rss / 2**20,
