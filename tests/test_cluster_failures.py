@@ -415,6 +415,29 @@ async def test_a_relayed_download_whose_reader_goes_away_stops_reading_on_the_st
     assert tracebacks(caplog) == []
 
 
+async def test_a_relayed_download_is_cut_off_when_redis_goes_away_and_refused_while_it_is_down(
+        tmp_path, redis_server, opened, caplog):
+    async with own_data_dirs(tmp_path, redis_server.url, 2) as (storing, asking):
+        alice = await joined(ws(storing), "alice", opened)
+        bob = await joined(ws(asking), "bob", opened)
+        await settle(alice, bob, members=2)
+        ref = await shared_file(alice, bob, 16 * 1024 * 1024)
+        download = await in_thread(RawDownload, asking.port, ref.id, bob.attachments["token"])
+        try:
+            assert download.status == 200
+            await in_thread(download.read, 1)
+            redis_server.stop()
+            await in_thread(download.read_to_end)
+            assert download.eof and len(download.body) < download.length
+            await until(lambda: relays_of(asking) == NO_RELAYS, "the asking process stopped asking")
+        finally:
+            download.close()
+        with pytest.raises(AttachmentError) as refused:
+            await bob.fetch_blob(ref.id)
+        assert (refused.value.code, refused.value.status) == ("unavailable", 503)
+    assert tracebacks(caplog) == []
+
+
 # -- 4. the upload quota with Redis down -----------------------------------------------------
 
 
