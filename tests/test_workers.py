@@ -21,6 +21,11 @@ from securechat.storage.ciphertext_log import LogRecord, read_log
 
 pytestmark = pytest.mark.gen_test(timeout=90)
 
+# on_distinct_workers opens connections from one address until the kernel has spread the names
+# over the workers (a dozen tries is not rare): those are not the joins these tests are about,
+# and the default 20 joins a minute per address refused some of them as rate_limited.
+PLACING = {"SECURECHAT_JOINS_PER_MINUTE": "1000"}
+
 
 def holders(redis_url: str) -> dict[str, dict]:
     """sid -> the worker's info (pid, worker number) holding that member, read from Redis."""
@@ -94,7 +99,7 @@ def test_workers_above_one_without_redis_say_what_is_missing_in_one_line(tmp_pat
 
 async def test_three_workers_share_the_port_and_a_killed_worker_leaves_everywhere(
         tmp_path, redis_server, server, opened):
-    served = server("--workers", "3", SECURECHAT_CLUSTER_REDIS_URL=redis_server.url)
+    served = server("--workers", "3", **PLACING, SECURECHAT_CLUSTER_REDIS_URL=redis_server.url)
     for _ in range(200):  # every worker registered
         if len(redis.Redis.from_url(redis_server.url).zrange("securechat:workers", 0, -1)) == 3:
             break
@@ -161,7 +166,7 @@ async def test_three_workers_share_the_port_and_a_killed_worker_leaves_everywher
 
 async def test_rotation_across_workers_loses_and_duplicates_nothing(tmp_path, redis_server, server, opened):
     token = "workers-test-admin-token-0123456789"
-    served = server("--workers", "2", SECURECHAT_CLUSTER_REDIS_URL=redis_server.url, SECURECHAT_TOKEN=token)
+    served = server("--workers", "2", **PLACING, SECURECHAT_CLUSTER_REDIS_URL=redis_server.url, SECURECHAT_TOKEN=token)
     alice, bob = await on_distinct_workers(served.ws, redis_server.url, ["alice", "bob"], opened)
     sent = []
     for round_ in range(4):
@@ -223,7 +228,7 @@ async def test_rotation_across_workers_loses_and_duplicates_nothing(tmp_path, re
 
 async def test_status_roster_and_rooms_while_redis_is_down_say_so_in_one_line(tmp_path, server, redis_server,
                                                                               opened):
-    served = server("--workers", "2", SECURECHAT_CLUSTER_REDIS_URL=redis_server.url)
+    served = server("--workers", "2", **PLACING, SECURECHAT_CLUSTER_REDIS_URL=redis_server.url)
     alice, bob = await on_distinct_workers(served.ws, redis_server.url, ["alice", "bob"], opened)
     run = asyncio.get_running_loop().run_in_executor
 
@@ -289,7 +294,7 @@ async def test_an_http_fallback_client_and_a_websocket_client_on_different_worke
         tmp_path, redis_server, server, opened):
     """Every POST of the HTTP transport is a new request the kernel gives to any worker: those
     that land on the worker not holding the session are run by the one that does."""
-    served = server("--workers", "2", SECURECHAT_CLUSTER_REDIS_URL=redis_server.url)
+    served = server("--workers", "2", **PLACING, SECURECHAT_CLUSTER_REDIS_URL=redis_server.url)
     for _ in range(200):
         if len(redis.Redis.from_url(redis_server.url).zrange("securechat:workers", 0, -1)) == 2:
             break
@@ -353,7 +358,7 @@ async def test_an_http_fallback_client_and_a_websocket_client_on_different_worke
 
 async def test_attachments_work_across_workers(tmp_path, redis_server, server, opened):
     """Whichever worker each request of an upload or a download reaches (the kernel picks)."""
-    served = server("--workers", "2", SECURECHAT_CLUSTER_REDIS_URL=redis_server.url)
+    served = server("--workers", "2", **PLACING, SECURECHAT_CLUSTER_REDIS_URL=redis_server.url)
     alice, bob = await on_distinct_workers(served.ws, redis_server.url, ["alice", "bob"], opened)
     assert alice.attachments is not None and bob.attachments is not None
     sent = {}
