@@ -502,11 +502,15 @@ class Cluster:
 
     async def _listen(self, pubsub) -> None:
         channel = events.CHANNEL.encode()
+        # Redis sends our own publications back to us; each msg event holds a whole record.
+        mine = events.own_prefix(self.id)
         async for message in pubsub.listen():
             if message.get("type") != "message":
                 continue
             if message["channel"] != channel:
                 self._http(message["data"])
+                continue
+            if message["data"].startswith(mine):
                 continue
             event = events.decode(message["data"])
             if event is None or event["w"] == self.id:

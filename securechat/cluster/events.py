@@ -107,6 +107,12 @@ def event(worker: str, kind: str, **fields) -> str:
     return encode({"w": worker, "e": kind, **fields})
 
 
+def own_prefix(worker: str) -> bytes:
+    """How every event a worker publishes begins (`event` and `msg_event` both start so): the
+    listener drops its own by comparing bytes, before paying for a JSON parse of a whole record."""
+    return f'{{"w":"{worker}",'.encode()
+
+
 def msg_event(worker: str, log_line: str) -> str:
     """The message event carries the log record as it was written, not re-encoded."""
     return f'{{"w":"{worker}","e":"msg","line":{log_line}}}'
