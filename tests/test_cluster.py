@@ -101,6 +101,33 @@ async def test_three_people_on_three_servers_chat(tmp_path, redis_server, opened
             assert joins == [sender.username]
 
 
+async def test_a_message_crossing_servers_is_not_formatted_into_a_redis_debug_line(tmp_path, redis_server, opened):
+    """redis-py's RESP3 parser builds "Push response: ..." for every pushed message whether
+    anyone logs it or not; the subscriber speaks RESP2, which has no such line to build."""
+    import logging
+
+    heard: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            heard.append(record)
+
+    logger, handler = logging.getLogger("push_response"), Keep()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        async with cluster(tmp_path, redis_server.url, 2) as servers:
+            alice, bob = [await joined(ws(s), name, opened) for s, name in zip(servers, ("alice", "bob"))]
+            await settle(alice, bob, members=2)
+            msg_id = await alice.send("across")
+            assert (await bob.next_message()).id == msg_id
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert [r.getMessage()[:40] for r in heard] == []
+
+
 async def test_a_late_joiner_on_another_server_cannot_read_earlier_messages(tmp_path, redis_server, opened):
     async with cluster(tmp_path, redis_server.url, 2) as (one, two):
         alice = await joined(ws(one), "alice", opened)
