@@ -22,6 +22,7 @@ from ..refusals import Throttled
 from . import protocol
 from .admission import Pool, address_keys
 from .announce import JoinAnnouncer
+from .heap import HeapTrimmer
 from .limits import SlidingWindow, TokenBucket
 from .protocol import Join, Msg, ProtocolError, Rekey
 from .room import Participant, Room, Rooms
@@ -115,6 +116,8 @@ class Hub:
         self.closing = False  # set by shutdown(): frames that still arrive are dropped
         # `joined` frames, coalesced; flushed before any other frame reaches a room (announce.py).
         self.announcer = JoinAnnouncer(guard=self._fanning_out)
+        # What a burst of joins allocated goes back to the OS once it is over (heap.py).
+        self.heap = HeapTrimmer()
         self.started = now_ms()
         # The link to the cluster's other processes (securechat.cluster.bridge.Cluster sets it
         # when [cluster] redis_url is configured); None is a single process.
@@ -263,6 +266,7 @@ class Hub:
                 self._tell_left(room, replaced, skip=participant)
             self.announcer.joined(room, participant)  # to the others, with this moment's other joins
             log_membership("joined", participant)
+            self.heap.joined()
             if self.cluster is not None:
                 self.cluster.joined(participant, replaced)
         return participant
@@ -349,6 +353,7 @@ class Hub:
         the closed log and ended in "Uncaught exception GET /ws ... the ciphertext log is closed".
         """
         self.closing = True
+        self.heap.stop()
         for participant in self.rooms.participants():
             if self.cluster is None or self.cluster.holds(participant):  # not those of other processes
                 self.leave(participant)
