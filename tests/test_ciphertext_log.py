@@ -646,28 +646,6 @@ def test_the_gzip_thread_runs_at_the_lowest_priority(tmp_path):
     assert seen["nice"] == 19
 
 
-@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="no idle scheduling class on this OS")
-def test_the_maintenance_thread_and_what_it_starts_are_in_the_idle_class(tmp_path):
-    """The thread that fsyncs and closes a rotated file and starts its gzip gives the core up the
-    moment the event loop wants it; a process it starts is idle before its first instruction."""
-    import subprocess
-    import sys
-
-    seen = {}
-
-    def look():
-        seen["thread"] = os.sched_getscheduler(0)
-        seen["child"] = int(subprocess.run([sys.executable, "-I", "-S", "-c",
-                                            "import os; print(os.sched_getscheduler(0))"],
-                                           capture_output=True, text=True, check=True).stdout)
-
-    with CiphertextLog(tmp_path, max_bytes=1024, fsync="never") as log:
-        log._schedule(look)
-        log.wait_for_background()
-    assert seen == {"thread": os.SCHED_IDLE, "child": os.SCHED_IDLE}
-    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's thread is left alone
-
-
 def test_a_rotated_file_is_gzipped_by_another_process_not_a_thread_of_the_server(tmp_path, monkeypatch):
     """The compression's CPU must not share the event loop's GIL: in this process zlib is not
     used at all (patched to fail), and the .gz still holds exactly the rotated records."""
