@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,6 +108,21 @@ def start_cluster(workdir: Path, workers: int, env_extra: dict[str, str]) -> Clu
     return relay
 
 
+async def paced_cpu(room: Room, relay: Relay, rate: float, seconds: float) -> dict:
+    """CPU per message at a fixed offered rate. The closed loop runs each side at its own rate
+    (the cluster's acks wait for Redis), and CPU per message falls with the rate (relay/ws.py
+    coalesces a socket's frames per loop turn), so this compares both at the same load."""
+    senders = len(room.factories)
+    for factory in room.factories:
+        factory.pool.clear()
+        await factory.prebuild_async(int(rate * seconds) // senders + 2)
+    before = relay.cpu_seconds()
+    run = await open_loop(room, rate, seconds, 0.0)
+    cpu = relay.cpu_seconds() - before
+    return {"rate": rate, "messages": run["messages"], "cpu_ms_per_msg": cpu * 1000 / max(1, run["messages"]),
+            "p50_ms": run["p50_ms"], "late_sends": run["late_sends"], "missing": run["missing_deliveries"]}
+
+
 async def run_size(n: int, s: Settings, workers: int, workdir: Path, log_max_bytes: int | None) -> dict:
     members = bench_keys.members(n)
     senders = min(s.senders, n)
@@ -138,7 +154,18 @@ async def run_size(n: int, s: Settings, workers: int, workdir: Path, log_max_byt
                                        f"{dict(rooms[kind].errors)})")
                 for factory in rooms[kind].factories:
                     factory.pool.clear()
+        # The same load for both: half the slower side's closed-loop rate.
+        rate = 0.5 * min(statistics.median(c["messages_per_s"] for c in closeds[kind]) for kind in relays)
+        paceds = {kind: [] for kind in relays}
+        for _ in range(s.repeats):
+            for kind in relays:
+                paceds[kind].append(await paced_cpu(rooms[kind], relays[kind], rate, s.closed_seconds))
         out = {"n": n, "workers": workers, "senders": senders}
+        out["paced"] = {kind: paceds[kind] for kind in relays}
+        out["paced_rate"] = rate
+        out["paced_ratios"] = [c["cpu_ms_per_msg"] / o["cpu_ms_per_msg"]
+                               for c, o in zip(paceds["cluster"], paceds["single"])]
+        out["paced_ratio"] = statistics.median(out["paced_ratios"])
         for kind in relays:
             out[kind] = {"open": _median_run(opens[kind]), "closed": _median_run(closeds[kind]),
                          "errors": dict(rooms[kind].errors)}
@@ -156,8 +183,9 @@ async def run_size(n: int, s: Settings, workers: int, workdir: Path, log_max_byt
 def report(result: dict) -> str:
     lines = ["| N | workers | msgs/s, one process / cluster | CPU ms/msg, one process | "
              "CPU ms/msg, workers + Redis | Redis's share | ratio (repeats) | "
-             "p50 / p99 ms, one process | p50 / p99 ms, cluster | added p50 / p99 ms |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "p50 / p99 ms, one process | p50 / p99 ms, cluster | added p50 / p99 ms | "
+             "same offered rate: msgs/s, CPU ms/msg one / cluster, ratio (repeats) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in result["runs"]:
         single, cluster = run["single"], run["cluster"]
         ratios = ", ".join(f"{r:.2f}" for r in run["cpu_ratios"])
@@ -169,7 +197,10 @@ def report(result: dict) -> str:
             f"**{run['cpu_ratio']:.2f}** ({ratios}) | "
             f"{single['open']['p50_ms']:.2f} / {single['open']['p99_ms']:.2f} | "
             f"{cluster['open']['p50_ms']:.2f} / {cluster['open']['p99_ms']:.2f} | "
-            f"{run['added_p50_ms']:+.2f} / {run['added_p99_ms']:+.2f} |")
+            f"{run['added_p50_ms']:+.2f} / {run['added_p99_ms']:+.2f} | "
+            f"{run['paced_rate']:.0f}: {statistics.median(p['cpu_ms_per_msg'] for p in run['paced']['single']):.3f} / "
+            f"{statistics.median(p['cpu_ms_per_msg'] for p in run['paced']['cluster']):.3f}, "
+            f"**{run['paced_ratio']:.2f}** ({', '.join(f'{r:.2f}' for r in run['paced_ratios'])}) |")
     return "\n".join(lines)
 
 
@@ -210,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(result, fh, indent=1)
     print(report(result))
     print(f"\n{time.monotonic() - started:.0f} s; load average {os.getloadavg()[0]:.2f}; "
-          f"ratios: " + ", ".join(f"N={r['n']} {r['cpu_ratio']:.2f}" for r in result["runs"]))
+          f"ratios: " + ", ".join(f"N={r['n']} {r['cpu_ratio']:.2f} (same rate {r['paced_ratio']:.2f})"
+                                  for r in result["runs"]))
     return 0
 
 
