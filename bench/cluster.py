@@ -113,6 +113,8 @@ async def paced_cpu(room: Room, relay: Relay, rate: float, seconds: float) -> di
     (the cluster's acks wait for Redis), and CPU per message falls with the rate (relay/ws.py
     coalesces a socket's frames per loop turn), so this compares both at the same load."""
     senders = len(room.factories)
+    # Every frame built before the CPU window opens (open_loop would build what is missing
+    # itself, inside it, while the server idles and its idle CPU counts against the messages).
     for factory in room.factories:
         factory.pool.clear()
         await factory.prebuild_async(int(rate * seconds) // senders + 2)

@@ -107,15 +107,19 @@ def event(worker: str, kind: str, **fields) -> str:
     return encode({"w": worker, "e": kind, **fields})
 
 
+def _head(worker: str) -> str:
+    return f'{{"w":"{worker}",'
+
+
 def own_prefix(worker: str) -> bytes:
     """How every event a worker publishes begins (`event` and `msg_event` both start so): the
     listener drops its own by comparing bytes, before paying for a JSON parse of a whole record."""
-    return f'{{"w":"{worker}",'.encode()
+    return _head(worker).encode()
 
 
 def msg_event(worker: str, log_line: str) -> str:
     """The message event carries the log record as it was written, not re-encoded."""
-    return f'{{"w":"{worker}","e":"msg","line":{log_line}}}'
+    return f'{_head(worker)}"e":"msg","line":{log_line}}}'
 
 
 def decode(data: bytes | str) -> dict[str, Any] | None:

@@ -37,7 +37,7 @@ class HeapTrimmer:
         self._joins = 0
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self.trims = 0  # how many ran (the tests and the bench read it)
+        self.trims = 0  # how many ran
 
     @property
     def available(self) -> bool:
