@@ -27,8 +27,9 @@ import urllib.request
 from pathlib import Path
 
 from . import keys as bench_keys
-from .runner import (BENCH_ENV, CLK_TCK, HOST, NOFILE, PAGE, REPO, Relay, Room, Settings, _median_run, close_all, closed_loop,
-                     cpus, free_port, log, open_loop, pin_generator, raise_nofile, start_relay)
+from .runner import (BENCH_ENV, CLK_TCK, HOST, NOFILE, PAGE, REPO, FrameBuilder, Relay, Room, Settings, _median_run,
+                     calibrate, close_all, closed_loop, cpus, free_port, log, open_loop, pin_generator, raise_nofile,
+                     saturated_repeat, start_relay)
 
 
 class ClusterRelay(Relay):
@@ -125,7 +126,33 @@ async def paced_cpu(room: Room, relay: Relay, rate: float, seconds: float) -> di
             "p50_ms": run["p50_ms"], "late_sends": run["late_sends"], "missing": run["missing_deliveries"]}
 
 
-async def run_size(n: int, s: Settings, workers: int, workdir: Path, log_max_bytes: int | None) -> dict:
+async def saturated(rooms: dict, relays: dict, n: int, s: Settings, window: int) -> dict:
+    """Both sides saturated: `window` messages in flight per sender, on frames prebuilt in other
+    processes (FrameBuilder) so the generator is never the limit; a repeat that had to build a
+    frame live is run again with a larger pool. Scaling is about this case: with k free cores k
+    workers at full load, where each wake-up carries many messages on both sides, instead of the
+    one or two per wake-up of a light load, where a cluster's extra wake-ups per message (the
+    PUBLISH, its reply, the other worker's read) weigh the most."""
+    builder = FrameBuilder(s.build_workers)
+    try:
+        rate = await calibrate(list(rooms.values()), builder, window, s.expected_msg_rate / n)
+        runs = {kind: [] for kind in relays}
+        for _ in range(s.repeats):
+            repeat, rate, _ = await saturated_repeat(
+                rooms, builder, rate, s.warmup + s.closed_seconds + 0.3, window,
+                lambda room: closed_loop(room, s.closed_seconds, s.warmup, window, s.settle), adapt=True)
+            for kind in relays:
+                runs[kind].append(repeat[kind])
+    finally:
+        builder.close()
+    ratios = [c["server_cpu_ms_per_msg"] / o["server_cpu_ms_per_msg"] for c, o in zip(runs["cluster"], runs["single"])]
+    return {"window": window, "ratios": ratios, "ratio": statistics.median(ratios),
+            "built_live": sum(r["built_live"] for kind in relays for r in runs[kind]),
+            **{kind: _median_run(runs[kind]) for kind in relays}}
+
+
+async def run_size(n: int, s: Settings, workers: int, workdir: Path, log_max_bytes: int | None,
+                   saturated_window: int = 0) -> dict:
     members = bench_keys.members(n)
     senders = min(s.senders, n)
     env = {"SECURECHAT_LOG_MAX_BYTES": str(log_max_bytes)} if log_max_bytes else {}
@@ -168,6 +195,8 @@ async def run_size(n: int, s: Settings, workers: int, workdir: Path, log_max_byt
         out["paced_ratios"] = [c["cpu_ms_per_msg"] / o["cpu_ms_per_msg"]
                                for c, o in zip(paceds["cluster"], paceds["single"])]
         out["paced_ratio"] = statistics.median(out["paced_ratios"])
+        if saturated_window:
+            out["saturated"] = await saturated(rooms, relays, n, s, saturated_window)
         for kind in relays:
             out[kind] = {"open": _median_run(opens[kind]), "closed": _median_run(closeds[kind]),
                          "errors": dict(rooms[kind].errors)}
@@ -203,6 +232,19 @@ def report(result: dict) -> str:
             f"{run['paced_rate']:.0f}: {statistics.median(p['cpu_ms_per_msg'] for p in run['paced']['single']):.3f} / "
             f"{statistics.median(p['cpu_ms_per_msg'] for p in run['paced']['cluster']):.3f}, "
             f"**{run['paced_ratio']:.2f}** ({', '.join(f'{r:.2f}' for r in run['paced_ratios'])}) |")
+    saturated_runs = [run for run in result["runs"] if run.get("saturated")]
+    if saturated_runs:
+        lines += ["", "| N | saturated: in flight per sender | msgs/s, one process / cluster | "
+                      "CPU ms/msg, one process / workers + Redis | ratio (repeats) | frames built live |",
+                  "|---|---|---|---|---|---|"]
+        for run in saturated_runs:
+            sat = run["saturated"]
+            lines.append(
+                f"| {run['n']} | {sat['window']} | {sat['single']['messages_per_s']:.0f} / "
+                f"{sat['cluster']['messages_per_s']:.0f} | {sat['single']['server_cpu_ms_per_msg']:.3f} / "
+                f"{sat['cluster']['server_cpu_ms_per_msg']:.3f} | **{sat['ratio']:.2f}** "
+                f"({', '.join(f'{r:.2f}' for r in sat['ratios'])}) | "
+                f"{sat['built_live']}{'' if sat['built_live'] == 0 else ' (not valid: the generator was the limit)'} |")
     return "\n".join(lines)
 
 
@@ -215,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-max-bytes", type=int, metavar="BYTES",
                         help="both sides' log.max_bytes (default: the shipped 10 MiB, so the log rotates "
                              "during the closed loops; 1099511627776 keeps rotation out of the run)")
+    parser.add_argument("--saturated-window", type=int, default=16, metavar="K",
+                        help="after the other phases, both sides saturated with K messages in flight per "
+                             "sender (default 16; 0 skips it)")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
     s = Settings(sizes=(10, 50, 250))
@@ -235,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="securechat-bench-cluster-") as tmp:
         for n in s.sizes:
             log(f"N = {n}: one process vs {args.workers} workers + Redis ...")
-            result["runs"].append(asyncio.run(run_size(n, s, args.workers, Path(tmp), args.log_max_bytes)))
+            result["runs"].append(asyncio.run(run_size(n, s, args.workers, Path(tmp), args.log_max_bytes,
+                                                         args.saturated_window)))
     result["wall_seconds"] = time.monotonic() - started
     result["load_average"] = os.getloadavg()
     if args.json:
