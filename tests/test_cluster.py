@@ -128,6 +128,56 @@ async def test_a_message_crossing_servers_is_not_formatted_into_a_redis_debug_li
     assert [r.getMessage()[:40] for r in heard] == []
 
 
+async def test_a_command_redis_refuses_fails_alone_and_the_link_stays_up(tmp_path, redis_server, opened):
+    """Commands leave for Redis in batches on one connection: one that Redis answers with an
+    error settles its own future with that error, the commands around it in the same batch get
+    their own replies, and messages still cross."""
+    from redis.exceptions import ResponseError
+
+    async with cluster(tmp_path, redis_server.url, 2) as servers:
+        alice, bob = [await joined(ws(s), name, opened) for s, name in zip(servers, ("alice", "bob"))]
+        await settle(alice, bob, members=2)
+        link = servers[0].hub.cluster
+        loop = asyncio.get_running_loop()
+        before, refused, after = (loop.create_future() for _ in range(3))
+        link._send(("PUBLISH", "securechat:nobody", "before"), before)
+        link._send(("EVAL", "return redis.error_reply('refused here')", 0), refused)
+        link._send(("PUBLISH", "securechat:nobody", "after"), after)
+        assert await before == 0
+        with pytest.raises(ResponseError, match="refused here"):
+            await refused
+        assert await after == 0
+        assert link.up
+        msg_id = await alice.send("still crossing")
+        assert (await bob.next_message()).id == msg_id
+        assert (await alice.expect("ack"))["recipients"] == 2
+
+
+async def test_publishing_waits_while_redis_holds_too_much_of_ours_unread(tmp_path, redis_server, opened, monkeypatch):
+    """Redis closes a subscriber that falls 32 MB behind, and what it held is lost for that
+    process's members. Our own subscription is sent the same stream, so while our echo is more
+    than ECHO_LAG_BYTES behind nothing more is published, and acks wait instead of messages being
+    dropped; once it catches up, everything queued goes out in order."""
+    from securechat.cluster import bridge
+
+    async with cluster(tmp_path, redis_server.url, 2) as servers:
+        alice, bob = [await joined(ws(s), name, opened) for s, name in zip(servers, ("alice", "bob"))]
+        await settle(alice, bob, members=2)
+        link = servers[0].hub.cluster
+        link._unechoed = bridge.ECHO_LAG_BYTES + 1  # as if Redis still held that much for us
+        held = [await alice.send(f"held {n}") for n in range(3)]
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(bob.next_message(), 0.5)
+        link._unechoed = 0
+        link._echoed.set()
+        assert [(await bob.next_message()).id for _ in held] == held
+        # The bound counted in bytes, each event waiting for the one before it to come back.
+        monkeypatch.setattr(bridge, "ECHO_LAG_BYTES", 0)
+        sent = [await alice.send(f"one at a time {n}") for n in range(5)]
+        assert [(await bob.next_message()).id for _ in sent] == sent
+        assert link._unechoed == 0 and link.up
+
+
 async def test_a_late_joiner_on_another_server_cannot_read_earlier_messages(tmp_path, redis_server, opened):
     async with cluster(tmp_path, redis_server.url, 2) as (one, two):
         alice = await joined(ws(one), "alice", opened)

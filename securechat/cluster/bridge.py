@@ -27,7 +27,9 @@ import time
 from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry
 
 from ..relay import protocol
 from ..relay.protocol import Msg, ProtocolError
@@ -41,7 +43,14 @@ log = logging.getLogger("securechat")
 HEARTBEAT = 2.0  # seconds between heartbeats (and checks for dead processes)
 DEAD_AFTER = 10.0  # a process silent this long is gone: with HEARTBEAT, gone everywhere within 12 s
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0  # reconnect delays, doubling, with jitter
-BATCH = 256  # queued Redis commands sent in one pipeline
+BATCH = 256  # queued Redis commands sent in one write
+# Events of ours on CHANNEL that Redis may still be holding for its subscribers, in bytes. Redis
+# closes a subscriber whose unread output passes 32 MB (or 8 MB for a minute: the default
+# client-output-buffer-limit for pubsub), and what it held is lost for that process's members.
+# Every subscriber is sent the same stream as our own, so while our echo is this far behind the
+# publisher waits; acks wait with it, which slows senders down instead of dropping messages.
+ECHO_LAG_BYTES = 1 << 20
+BATCH_BYTES = 256 << 10  # a batch stops growing here: the lag stays under the two added
 FORWARD_TIMEOUT = 10.0  # seconds a POST passed on to the process holding its session may take
 
 
@@ -152,6 +161,8 @@ class Cluster:
         self._inner: dict[str, int | None] = {}  # worker -> its loopback port, if on this machine
         self.peers: dict[str, float] = {}  # worker -> last heartbeat (ms), as of our last check
         self._queue: asyncio.Queue | None = None
+        self._unechoed = 0  # bytes of our CHANNEL events published and not yet heard back
+        self._echoed = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._client = None
         self._calls: dict[int, _Call] = {}  # POSTs passed on to the process holding their session
@@ -247,8 +258,10 @@ class Cluster:
         # debug log line, logged or not: str() of a 17 KB record, 125 us a message at N = 50.
         listener = aioredis.from_url(self.url, socket_connect_timeout=3, socket_timeout=None, protocol=2)
         pubsub = listener.pubsub(ignore_subscribe_messages=True)
+        publisher = _publisher_connection(self.url)
         tasks: list[asyncio.Task] = []
         try:
+            await publisher.connect()
             await pubsub.subscribe(events.CHANNEL, events.HTTP_CHANNEL, events.inbox(self.id))
             # Subscribed first, then registered and read: an event sent meanwhile is not lost
             # (applying one twice is harmless).
@@ -259,7 +272,7 @@ class Cluster:
                 log.warning("cluster: Redis is back; members re-announced")
             self.state, self.down_since, self.problem = "up", None, ""
             loop = asyncio.get_running_loop()
-            tasks = [loop.create_task(self._listen(pubsub)), loop.create_task(self._publish(client)),
+            tasks = [loop.create_task(self._listen(pubsub)), loop.create_task(self._publish(publisher)),
                      loop.create_task(self._heartbeat(client))]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -273,7 +286,7 @@ class Cluster:
                     await task
                 except BaseException:
                     pass
-            for closing in (pubsub.aclose(), listener.aclose(), client.aclose()):
+            for closing in (pubsub.aclose(), listener.aclose(), client.aclose(), publisher.disconnect()):
                 try:
                     await asyncio.wait_for(closing, 1.0)
                 except BaseException:
@@ -322,8 +335,9 @@ class Cluster:
 
     # -- out: the Hub's events ------------------------------------------------------------------
 
-    def _send(self, command, future: asyncio.Future | None = None) -> None:
-        """Queue one Redis command (a function of a pipeline) for the publisher, in order."""
+    def _send(self, command: tuple, future: asyncio.Future | None = None) -> None:
+        """Queue one Redis command, as its arguments ("PUBLISH", channel, data), for the
+        publisher, in order."""
         if self.state != "up" or self._queue is None:
             if future is not None:
                 future.set_exception(ConnectionError("Redis is unreachable"))
@@ -363,7 +377,7 @@ class Cluster:
     def release_name(self, room: str, username: str, claim: str | None) -> None:
         if claim:
             key, fields = events.names_key(room), events.name_fields(username)
-            self._send(lambda pipe: pipe.eval(RELEASE_NAME, 1, key, claim, *fields))
+            self._send(("EVAL", RELEASE_NAME, 1, key, claim, *fields))
 
     async def reserve_upload(self, upload) -> int | None:
         """Reserve an upload's bytes for the whole cluster: what the other processes' uploads in
@@ -383,7 +397,7 @@ class Cluster:
         store = self.hub.blobs
         if store is not None:
             key, field = events.uploads_key(store.scope), f"{self.id} {upload.id}"
-            self._send(lambda pipe: pipe.hdel(key, field))
+            self._send(("HDEL", key, field))
 
     def remote_grant(self, token: str) -> Participant | None:
         """The member of another process whose attachment capability this is, if any."""
@@ -412,11 +426,11 @@ class Cluster:
         if replaced is not None and self.local.get(replaced.sid) is replaced:
             del self.local[replaced.sid]
             if replaced.sid != participant.sid:
-                self._send(lambda pipe, sid=replaced.sid: pipe.hdel(events.members_key(self.id), sid))
+                self._send(("HDEL", events.members_key(self.id), replaced.sid))
         self.local[participant.sid] = participant
         data = self._member(participant)
-        self._send(lambda pipe: pipe.hset(events.members_key(self.id), participant.sid, json.dumps(data)))
-        self._send(lambda pipe: pipe.publish(events.CHANNEL, events.event(
+        self._send(("HSET", events.members_key(self.id), participant.sid, json.dumps(data)))
+        self._send(("PUBLISH", events.CHANNEL, events.event(
             self.id, "joined", room=data["room"], m=data)))
 
     def left(self, participant: Participant, removed: bool) -> None:
@@ -424,21 +438,21 @@ class Cluster:
         if self.local.get(participant.sid) is not participant:
             return
         del self.local[participant.sid]
-        self._send(lambda pipe, sid=participant.sid: pipe.hdel(events.members_key(self.id), sid))
+        self._send(("HDEL", events.members_key(self.id), participant.sid))
         self.release_name(participant.room, participant.username, getattr(participant, "claim", None))
         if removed:
             room = getattr(participant, "room", "")
-            self._send(lambda pipe, sid=participant.sid: pipe.publish(events.CHANNEL, events.event(
-                self.id, "left", room=room, sid=sid)))
+            self._send(("PUBLISH", events.CHANNEL, events.event(
+                self.id, "left", room=room, sid=participant.sid)))
 
     def rekeyed(self, old: str, participant: Participant) -> None:
         if self.local.get(old) is participant:
             del self.local[old]
         self.local[participant.sid] = participant
         data = self._member(participant)
-        self._send(lambda pipe: pipe.hdel(events.members_key(self.id), old))
-        self._send(lambda pipe: pipe.hset(events.members_key(self.id), participant.sid, json.dumps(data)))
-        self._send(lambda pipe: pipe.publish(events.CHANNEL, events.event(
+        self._send(("HDEL", events.members_key(self.id), old))
+        self._send(("HSET", events.members_key(self.id), participant.sid, json.dumps(data)))
+        self._send(("PUBLISH", events.CHANNEL, events.event(
             self.id, "rekeyed", room=data["room"], old=old, m=data)))
 
     def check_relay(self, relay: Relay) -> None:
@@ -461,7 +475,7 @@ class Cluster:
             sender.connection.send(ack)
             return
         future = asyncio.get_running_loop().create_future()
-        self._send(lambda pipe: pipe.publish(events.CHANNEL, events.msg_event(self.id, relay.log_line)), future)
+        self._send(("PUBLISH", events.CHANNEL, events.msg_event(self.id, relay.log_line)), future)
 
         def acknowledge(done: asyncio.Future) -> None:
             if done.cancelled() or done.exception() is not None:
@@ -476,29 +490,43 @@ class Cluster:
     async def rotate_everywhere(self, keep: int | None) -> int:
         """Ask every other process to rotate its log now (`logs rotate`); how many heard it."""
         future = asyncio.get_running_loop().create_future()
-        self._send(lambda pipe: pipe.publish(events.CHANNEL, events.event(self.id, "rotate", keep=keep)), future)
+        self._send(("PUBLISH", events.CHANNEL, events.event(self.id, "rotate", keep=keep)), future)
         heard = await future
         return max(0, int(heard) - 1)  # PUBLISH counts our own subscription too
 
-    async def _publish(self, client) -> None:
+    async def _publish(self, connection) -> None:
+        """Send the queued commands in batches, in order, and settle each one's future with its
+        reply (ResponseError for an error reply; ConnectionError for all when the link fails)."""
         queue = self._queue
+        self._unechoed = 0  # a new subscription: nothing of ours is waiting in Redis for it
         while True:
-            batch = [await queue.get()]
-            while not queue.empty() and len(batch) < BATCH:
-                batch.append(queue.get_nowait())
+            batch = [_counted(await queue.get())]
+            size = batch[0][2]
+            while not queue.empty() and len(batch) < BATCH and size < BATCH_BYTES:
+                batch.append(_counted(queue.get_nowait()))
+                size += batch[-1][2]
+            replies: list[Any] = []
             try:
-                async with client.pipeline(transaction=False) as pipe:
-                    for command, _ in batch:
-                        command(pipe)  # exactly one Redis command each: results line up
-                    results = await pipe.execute()
+                while self._unechoed > ECHO_LAG_BYTES:
+                    self._echoed.clear()
+                    await self._echoed.wait()
+                self._unechoed += size
+                await connection.send_packed_command(connection.pack_commands([args for args, _, _ in batch]),
+                                                     check_health=False)
+                for _ in batch:
+                    try:
+                        replies.append(await connection.read_response())
+                    except ResponseError as refused:  # read whole: the next reply is still in step
+                        replies.append(refused)
             except BaseException as exc:
-                for _, future in batch:
+                for _, future, _ in batch[len(replies):]:
                     if future is not None and not future.done():
                         future.set_exception(ConnectionError(str(exc) or type(exc).__name__))
+                for (_, future, _), reply in zip(batch, replies):
+                    _settle(future, reply)
                 raise
-            for (_, future), result in zip(batch, results):
-                if future is not None and not future.done():
-                    future.set_result(result)
+            for (_, future, _), reply in zip(batch, replies):
+                _settle(future, reply)
 
     # -- in: the others' events -----------------------------------------------------------------
 
@@ -513,6 +541,9 @@ class Cluster:
                 self._http(message["data"])
                 continue
             if message["data"].startswith(mine):
+                self._unechoed -= len(message["data"])
+                if self._unechoed <= ECHO_LAG_BYTES:
+                    self._echoed.set()
                 continue
             event = events.decode(message["data"])
             if event is None or event["w"] == self.id:
@@ -639,7 +670,7 @@ class Cluster:
         else:
             if self.local.get(holder.sid) is holder:
                 del self.local[holder.sid]
-                self._send(lambda pipe, sid=holder.sid: pipe.hdel(events.members_key(self.id), sid))
+                self._send(("HDEL", events.members_key(self.id), holder.sid))
             self.hub.revoke(holder)
             holder.connection.close(4001, "replaced by a newer session")
         self.hub.announcer.flush()
@@ -742,7 +773,7 @@ class Cluster:
         data = events.with_body(self.id, kind, body, r=number, **fields)
         channel = events.HTTP_CHANNEL if owner is None else events.inbox(owner)
         published = loop.create_future()
-        self._send(lambda pipe: pipe.publish(channel, data), published)
+        self._send(("PUBLISH", channel, data), published)
         try:
             heard = int(await published)
             # On the shared channel our own subscription is among those that heard it.
@@ -755,7 +786,7 @@ class Cluster:
                **fields) -> None:
         """The answer to one of ask()'s questions, to the asker's inbox."""
         answer = events.with_body(self.id, "answer", body, r=number, mine=mine, refusal=refusal, **fields)
-        self._send(lambda pipe: pipe.publish(events.inbox(asker), answer))
+        self._send(("PUBLISH", events.inbox(asker), answer))
 
     def _http(self, data: bytes) -> None:
         decoded = events.decode_with_body(data)
@@ -873,6 +904,39 @@ class Cluster:
     def this_process(self) -> dict[str, Any]:
         """This process's entry of workers(), its figures as of now (known without Redis too)."""
         return {"id": self.id, **{key: json.loads(value) for key, value in self._info().items()}}
+
+
+def _publisher_connection(url: str):
+    """The connection _publish sends on, used directly rather than through a pipeline.
+
+    A pipeline per batch took a pooled connection, ran the batch under redis-py's retry policy
+    and its observability hooks, and wrapped each write in asyncio.wait_for (a task and a timer):
+    ~150 us of CPU for one PUBLISH at a light load, where every message is a batch of its own
+    (docs/PERFORMANCE.md). The retry was also wrong here: a batch whose reply was lost would be
+    sent again, and every PUBLISH in it delivered twice. No socket timeout either: the heartbeat's
+    own connection has one, and its failure ends the session, which fails everything queued.
+    """
+    pool = aioredis.ConnectionPool.from_url(url, socket_connect_timeout=3, socket_timeout=None, protocol=2,
+                                            retry=Retry(NoBackoff(), 0))
+    return pool.make_connection()
+
+
+def _counted(queued: tuple) -> tuple:
+    """(args, future, bytes of it that will come back to our own subscription)."""
+    args, future = queued
+    if args[0] == "PUBLISH" and args[1] == events.CHANNEL:
+        data = args[2].encode() if isinstance(args[2], str) else args[2]
+        return (*args[:2], data), future, len(data)
+    return args, future, 0
+
+
+def _settle(future: asyncio.Future | None, reply: Any) -> None:
+    if future is None or future.done():
+        return
+    if isinstance(reply, BaseException):
+        future.set_exception(reply)
+    else:
+        future.set_result(reply)
 
 
 class Answer(NamedTuple):

@@ -112,7 +112,7 @@ class StreamRelays:
         holder = self.holders.pop(number, None)
         if holder is not None:
             data = events.with_body(self.cluster.id, "detach", r=number, slow=too_slow)
-            self.cluster._send(lambda pipe: pipe.publish(events.inbox(holder), data))
+            self.cluster._send(("PUBLISH", events.inbox(holder), data))
 
     def _relayed(self, event: dict, body: bytes | None, end: bool) -> None:
         number = event["r"]
@@ -120,7 +120,7 @@ class StreamRelays:
         if handler is None or self.holders.get(number, event["w"]) != event["w"]:
             if not end:  # its client is gone (or it never was ours): the holder stops sending
                 data = events.with_body(self.cluster.id, "detach", r=number)
-                self.cluster._send(lambda pipe: pipe.publish(events.inbox(event["w"]), data))
+                self.cluster._send(("PUBLISH", events.inbox(event["w"]), data))
             return
         if end:
             self.incoming.pop(number, None)
@@ -157,7 +157,7 @@ class StreamRelays:
         cluster = self.cluster
         message = events.with_body(cluster.id, kind, data, r=relay.number)
         future = asyncio.get_running_loop().create_future()
-        cluster._send(lambda pipe: pipe.publish(events.inbox(relay.asker), message), future)
+        cluster._send(("PUBLISH", events.inbox(relay.asker), message), future)
 
         def delivered(done: asyncio.Future) -> None:
             # Redis down, or nobody subscribed to the asker's inbox any more (it is gone).
