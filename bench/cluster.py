@@ -28,8 +28,8 @@ from pathlib import Path
 
 from . import keys as bench_keys
 from .runner import (BENCH_ENV, CLK_TCK, HOST, NOFILE, PAGE, REPO, FrameBuilder, Relay, Room, Settings, _median_run,
-                     calibrate, close_all, closed_loop, cpus, free_port, log, open_loop, pin_generator, raise_nofile,
-                     saturated_repeat, start_relay)
+                     close_all, closed_loop, cpus, free_port, log, open_loop, pin_generator, raise_nofile,
+                     saturated_phase, start_relay)
 
 
 class ClusterRelay(Relay):
@@ -126,7 +126,7 @@ async def paced_cpu(room: Room, relay: Relay, rate: float, seconds: float) -> di
             "p50_ms": run["p50_ms"], "late_sends": run["late_sends"], "missing": run["missing_deliveries"]}
 
 
-async def saturated(rooms: dict, relays: dict, n: int, s: Settings, window: int) -> dict:
+async def saturated(rooms: dict, n: int, s: Settings, window: int) -> dict:
     """Both sides saturated: `window` messages in flight per sender, on frames prebuilt in other
     processes (FrameBuilder) so the generator is never the limit; a repeat that had to build a
     frame live is run again with a larger pool. Scaling is about this case: with k free cores k
@@ -135,20 +135,13 @@ async def saturated(rooms: dict, relays: dict, n: int, s: Settings, window: int)
     PUBLISH, its reply, the other worker's read) weigh the most."""
     builder = FrameBuilder(s.build_workers)
     try:
-        rate = await calibrate(list(rooms.values()), builder, window, s.expected_msg_rate / n)
-        runs = {kind: [] for kind in relays}
-        for _ in range(s.repeats):
-            repeat, rate, _ = await saturated_repeat(
-                rooms, builder, rate, s.warmup + s.closed_seconds + 0.3, window,
-                lambda room: closed_loop(room, s.closed_seconds, s.warmup, window, s.settle), adapt=True)
-            for kind in relays:
-                runs[kind].append(repeat[kind])
+        runs, _, _ = await saturated_phase(rooms, builder, s, n, window)
     finally:
         builder.close()
     ratios = [c["server_cpu_ms_per_msg"] / o["server_cpu_ms_per_msg"] for c, o in zip(runs["cluster"], runs["single"])]
     return {"window": window, "ratios": ratios, "ratio": statistics.median(ratios),
-            "built_live": sum(r["built_live"] for kind in relays for r in runs[kind]),
-            **{kind: _median_run(runs[kind]) for kind in relays}}
+            "built_live": sum(r["built_live"] for kind in runs for r in runs[kind]),
+            **{kind: _median_run(runs[kind]) for kind in runs}}
 
 
 async def run_size(n: int, s: Settings, workers: int, workdir: Path, log_max_bytes: int | None,
@@ -196,7 +189,7 @@ async def run_size(n: int, s: Settings, workers: int, workdir: Path, log_max_byt
                                for c, o in zip(paceds["cluster"], paceds["single"])]
         out["paced_ratio"] = statistics.median(out["paced_ratios"])
         if saturated_window:
-            out["saturated"] = await saturated(rooms, relays, n, s, saturated_window)
+            out["saturated"] = await saturated(rooms, n, s, saturated_window)
         for kind in relays:
             out[kind] = {"open": _median_run(opens[kind]), "closed": _median_run(closeds[kind]),
                          "errors": dict(rooms[kind].errors)}

@@ -676,6 +676,28 @@ async def saturated_repeat(rooms: dict, builder: FrameBuilder, rate: float, seco
         log(f"  {live} frames were built live: the pool ran dry; again with pools for {rate:,.0f} msgs/s")
 
 
+async def saturated_phase(rooms: dict, builder: FrameBuilder, s: "Settings", n: int,
+                          window: int) -> tuple[dict[str, list], float, int]:
+    """`s.repeats` closed loops of `window` in flight per sender on every room's relay, each
+    repeat on the same prebuilt frames, the pools sized by calibrate() (with `s.calibrate`).
+    Returns ({kind: [one result per repeat]}, the rate the pools were sized for, the runs thrown
+    away because a pool ran dry)."""
+    rate = s.expected_msg_rate / n
+    if s.calibrate:
+        rate = await calibrate(list(rooms.values()), builder, window, rate)
+        log(f"  calibrated: {rate:,.0f} msgs/s saturates the faster relay")
+    runs: dict[str, list] = {kind: [] for kind in rooms}
+    thrown = 0
+    for _ in range(s.repeats):
+        repeat, rate, redone = await saturated_repeat(
+            rooms, builder, rate, s.warmup + s.closed_seconds + 0.3, window,
+            lambda room: closed_loop(room, s.closed_seconds, s.warmup, window, s.settle), adapt=s.calibrate)
+        thrown += redone
+        for kind in rooms:
+            runs[kind].append(repeat[kind])
+    return runs, rate, thrown
+
+
 @dataclass
 class Settings:
     sizes: tuple[int, ...] = (10, 50, 100, 250)
@@ -751,22 +773,10 @@ async def run_size(n: int, s: Settings, workdir: Path, builder: FrameBuilder | N
         results = {kind: {"relay": kind, "n": n, "senders": senders, "pinned": relays[kind].pinned,
                           "rss_joined_mb": relays[kind].rss_bytes() / 2**20} for kind in s.relays}
         opens: dict[str, list] = {kind: [] for kind in s.relays}
-        closeds: dict[str, list] = {kind: [] for kind in s.relays}
         for _ in range(s.repeats):
             for kind in s.relays:
                 opens[kind].append(await open_loop(rooms[kind], s.rate, s.open_seconds, s.warmup, builder=builder))
-        rate = s.expected_msg_rate / n
-        if s.calibrate:
-            rate = await calibrate([rooms[kind] for kind in s.relays], builder, s.window, rate)
-            log(f"  calibrated: {rate:,.0f} msgs/s saturates the faster relay")
-        thrown = 0
-        for _ in range(s.repeats):
-            repeat, rate, redone = await saturated_repeat(
-                rooms, builder, rate, s.warmup + s.closed_seconds + 0.3, s.window,
-                lambda room: closed_loop(room, s.closed_seconds, s.warmup, s.window, s.settle), adapt=s.calibrate)
-            thrown += redone
-            for kind in s.relays:
-                closeds[kind].append(repeat[kind])
+        closeds, rate, thrown = await saturated_phase(rooms, builder, s, n, s.window)
         for kind in s.relays:
             results[kind]["open"] = _median_run(opens[kind])
             results[kind]["closed"] = _median_run(closeds[kind])
