@@ -519,14 +519,12 @@ class Cluster:
                     except ResponseError as refused:  # read whole: the next reply is still in step
                         replies.append(refused)
             except BaseException as exc:
-                for _, future, _ in batch[len(replies):]:
-                    if future is not None and not future.done():
-                        future.set_exception(ConnectionError(str(exc) or type(exc).__name__))
+                # The commands whose replies were read keep them; the rest failed with the link.
+                replies.extend(ConnectionError(str(exc) or type(exc).__name__) for _ in batch[len(replies):])
+                raise
+            finally:
                 for (_, future, _), reply in zip(batch, replies):
                     _settle(future, reply)
-                raise
-            for (_, future, _), reply in zip(batch, replies):
-                _settle(future, reply)
 
     # -- in: the others' events -----------------------------------------------------------------
 
@@ -911,9 +909,10 @@ def _publisher_connection(url: str):
 
     A pipeline per batch took a pooled connection, ran the batch under redis-py's retry policy
     and its observability hooks, and wrapped each write in asyncio.wait_for (a task and a timer):
-    ~150 us of CPU for one PUBLISH at a light load, where every message is a batch of its own
-    (docs/PERFORMANCE.md). The retry was also wrong here: a batch whose reply was lost would be
-    sent again, and every PUBLISH in it delivered twice. No socket timeout either: the heartbeat's
+    157-340 us of CPU for one PUBLISH round trip at a light load, where every message is a batch
+    of its own, against 159-167 us on the connection itself (docs/PERFORMANCE.md). The retry was
+    also wrong here: a batch whose reply was lost would be sent again, and every PUBLISH in it
+    delivered twice. No socket timeout either: the heartbeat's
     own connection has one, and its failure ends the session, which fails everything queued.
     """
     pool = aioredis.ConnectionPool.from_url(url, socket_connect_timeout=3, socket_timeout=None, protocol=2,
