@@ -28,7 +28,7 @@ from pathlib import Path
 
 from . import keys as bench_keys
 from .runner import (BENCH_ENV, CLK_TCK, HOST, NOFILE, PAGE, REPO, FrameBuilder, Relay, Room, Settings, _median_run,
-                     close_all, closed_loop, cpus, free_port, log, open_loop, pin_generator, raise_nofile,
+                     close_all, closed_loop, free_port, log, open_loop, pin_generator, raise_nofile, relay_pinning,
                      saturated_phase, start_relay)
 
 
@@ -76,7 +76,7 @@ class ClusterRelay(Relay):
 def start_cluster(workdir: Path, workers: int, env_extra: dict[str, str]) -> ClusterRelay:
     redis_dir = Path(tempfile.mkdtemp(prefix="redis-", dir=workdir))
     sock = redis_dir / "redis.sock"
-    taskset = ["taskset", "-c", str(cpus()[0])] if shutil.which("taskset") and len(cpus()) >= 2 else []
+    taskset, pinned = relay_pinning()
     redis = subprocess.Popen([*taskset, "redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "",
                               "--appendonly", "no", "--dir", str(redis_dir)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -91,7 +91,7 @@ def start_cluster(workdir: Path, workers: int, env_extra: dict[str, str]) -> Clu
             "--workers", str(workers)]
     proc = subprocess.Popen(argv, cwd=str(REPO), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             preexec_fn=lambda: raise_nofile(NOFILE))
-    relay = ClusterRelay(proc, port, data_dir, "core 0" if taskset else "unpinned", redis)
+    relay = ClusterRelay(proc, port, data_dir, pinned, redis)
     deadline = time.monotonic() + 30
     healthy = 0
     while time.monotonic() < deadline and healthy < 3 * workers:
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     raise_nofile(NOFILE)
     bench_keys.members(max(s.sizes))
     started = time.monotonic()
-    result = {"generator": pin_generator(), "log_max_bytes": args.log_max_bytes, "runs": []}
+    result = {"generator": pin_generator(), "servers": relay_pinning()[1], "log_max_bytes": args.log_max_bytes, "runs": []}
     with tempfile.TemporaryDirectory(prefix="securechat-bench-cluster-") as tmp:
         for n in s.sizes:
             log(f"N = {n}: one process vs {args.workers} workers + Redis ...")

@@ -71,14 +71,14 @@ def ratios(results: dict) -> list[dict]:
 def markdown(results: dict) -> str:
     if results.get("transports") is not None and not results.get("runs"):
         s = results["settings"]
-        return (f"Generator: {results['generator']}; servers pinned with taskset; {s['senders']} senders "
+        return (f"Generator: {results['generator']}; servers: {results.get('relays', 'not recorded')}; {s['senders']} senders "
                 f"(fewer if N is smaller); {s['text_bytes']}-character messages.\n\n" + transports_markdown(results))
     s = results["settings"]
     out = []
     reference_gc = s.get("reference_gc")
     gc_note = (f"the reference relay runs with securechat's gc thresholds {tuple(reference_gc)}"
                if reference_gc else "the reference relay runs with Python's default gc thresholds")
-    out.append(f"Generator: {results['generator']}; relays pinned with taskset; "
+    out.append(f"Generator: {results['generator']}; relays: {results.get('relays', 'not recorded')}; "
                f"{s['senders']} senders (fewer if N is smaller); {s['text_bytes']}-character messages; "
                f"{gc_note}.\n")
     if results["runs"]:  # none with --sizes 0

@@ -77,22 +77,30 @@ def raise_nofile(target: int = NOFILE) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def cpus() -> list[int]:
-    return sorted(os.sched_getaffinity(0))
-
-
 # Every core this process may use, read before pin_generator() narrows it to one: the frame
 # builders (FrameBuilder) run on all of them while no phase is measured.
 ALL_CPUS = sorted(os.sched_getaffinity(0))
 
 
 def pin_generator() -> str:
-    """Put the generator on the second core; the relay gets the first."""
-    available = cpus()
-    if len(available) >= 2:
-        os.sched_setaffinity(0, {available[1]})
-        return f"core {available[1]}"
+    """Put the generator on the second core; the relay gets the first (relay_pinning)."""
+    if len(ALL_CPUS) >= 2:
+        os.sched_setaffinity(0, {ALL_CPUS[1]})
+        return f"core {ALL_CPUS[1]}"
     return "unpinned (one core)"
+
+
+def relay_pinning() -> tuple[list[str], str]:
+    """The taskset prefix that puts a server on the first core, and how to report it.
+
+    Read from ALL_CPUS, not cpus(): by the time a relay starts, pin_generator() has narrowed
+    this process's affinity to the generator's core, and a relay started without taskset
+    inherits it, sharing one core with the generator while the other stays idle. Until
+    2026-12-03 every bench run did exactly that (docs/PERFORMANCE.md).
+    """
+    if shutil.which("taskset") and len(ALL_CPUS) >= 2:
+        return ["taskset", "-c", str(ALL_CPUS[0])], f"core {ALL_CPUS[0]}"
+    return [], "unpinned"
 
 
 def free_port() -> int:
@@ -194,11 +202,8 @@ def launch_relay(kind: str, workdir: Path, log_fsync: str | None = None,
         argv = [sys.executable, "-m", "bench.probe", str(probe_path), *argv]
     else:
         argv = [sys.executable, "-m", *argv]
-    core = cpus()[0]
-    pinned = "unpinned"
-    if shutil.which("taskset") and len(cpus()) >= 2:
-        argv = ["taskset", "-c", str(core), *argv]
-        pinned = f"core {core}"
+    taskset, pinned = relay_pinning()
+    argv = [*taskset, *argv]
     proc = subprocess.Popen(
         argv, cwd=str(REPO), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         preexec_fn=lambda: raise_nofile(NOFILE),
@@ -868,7 +873,7 @@ async def run_all(s: Settings) -> dict:
     log(f"generating keys for {most} members ...")
     bench_keys.members(most)
     pinned = pin_generator() if s.pin else "unpinned"
-    results: dict = {"settings": s.__dict__.copy(), "generator": pinned, "runs": [], "idle": [], "slow": [],
+    results: dict = {"settings": s.__dict__.copy(), "generator": pinned, "relays": relay_pinning()[1], "runs": [], "idle": [], "slow": [],
                      "rotation": [], "rotation_open": [], "storm": []}
     builder = FrameBuilder(s.build_workers)
     with tempfile.TemporaryDirectory(prefix="securechat-bench-") as tmp:

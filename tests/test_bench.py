@@ -363,3 +363,26 @@ def test_idle_memory_is_compared_by_the_median_of_each_relay_per_connection_coun
     text = markdown({"settings": settings.__dict__.copy(), "generator": "unpinned", "runs": [], "idle": idle,
                      "slow": [], "rotation": [], "storm": []})
     assert "| 1,000 | 1.16× |" in text and "Throughput" not in text
+
+
+def test_the_relay_runs_on_a_core_of_its_own_not_on_the_generators(tmp_path):
+    # A relay started after pin_generator() used to inherit the generator's one core (its
+    # affinity) and share it, while the other core stayed idle.
+    import os
+    import shutil
+
+    from bench import runner
+    if len(runner.ALL_CPUS) < 2 or shutil.which("taskset") is None:
+        pytest.skip("needs two cores and taskset")
+    before = os.sched_getaffinity(0)
+    try:
+        runner.pin_generator()
+        relay = runner.start_relay("reference", tmp_path)
+        try:
+            assert os.sched_getaffinity(0) == {runner.ALL_CPUS[1]}
+            assert os.sched_getaffinity(relay.proc.pid) == {runner.ALL_CPUS[0]}
+            assert relay.pinned == f"core {runner.ALL_CPUS[0]}"
+        finally:
+            relay.stop()
+    finally:
+        os.sched_setaffinity(0, before)
