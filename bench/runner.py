@@ -93,8 +93,8 @@ def pin_generator() -> str:
 def relay_pinning() -> tuple[list[str], str]:
     """The taskset prefix that puts a server on the first core, and how to report it.
 
-    Read from ALL_CPUS, not cpus(): by the time a relay starts, pin_generator() has narrowed
-    this process's affinity to the generator's core, and a relay started without taskset
+    Read from ALL_CPUS, not os.sched_getaffinity(0): by the time a relay starts, pin_generator()
+    has narrowed this process's affinity to the generator's core, and a relay started without taskset
     inherits it, sharing one core with the generator while the other stays idle. Until
     2026-12-03 every bench run did exactly that (docs/PERFORMANCE.md).
     """
@@ -681,7 +681,7 @@ async def saturated_repeat(rooms: dict, builder: FrameBuilder, rate: float, seco
         log(f"  {live} frames were built live: the pool ran dry; again with pools for {rate:,.0f} msgs/s")
 
 
-async def saturated_phase(rooms: dict, builder: FrameBuilder, s: "Settings", n: int,
+async def saturated_phase(rooms: dict, builder: FrameBuilder, s: Settings, n: int,
                           window: int) -> tuple[dict[str, list], float, int]:
     """`s.repeats` closed loops of `window` in flight per sender on every room's relay, each
     repeat on the same prebuilt frames, the pools sized by calibrate() (with `s.calibrate`).

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import shutil
 
 import pytest
 
-from bench import report
+from bench import report, runner
 from bench.runner import Settings, run_all
 
 
@@ -368,10 +370,6 @@ def test_idle_memory_is_compared_by_the_median_of_each_relay_per_connection_coun
 def test_the_relay_runs_on_a_core_of_its_own_not_on_the_generators(tmp_path):
     # A relay started after pin_generator() used to inherit the generator's one core (its
     # affinity) and share it, while the other core stayed idle.
-    import os
-    import shutil
-
-    from bench import runner
     if len(runner.ALL_CPUS) < 2 or shutil.which("taskset") is None:
         pytest.skip("needs two cores and taskset")
     before = os.sched_getaffinity(0)
