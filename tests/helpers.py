@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -32,6 +33,11 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 20, cont
         try:
             with urllib.request.urlopen(url, timeout=1, context=context) as response:
                 return response.read()
+        except urllib.error.HTTPError as refused:
+            # Not ready yet (a 503 while Redis connects). The error holds the open response:
+            # closed here, not left to the garbage collector to find in some later test.
+            refused.close()
+            time.sleep(0.1)
         except OSError:
             time.sleep(0.1)
     raise AssertionError(f"{url} did not answer within {timeout}s")
