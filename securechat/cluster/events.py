@@ -6,7 +6,8 @@ worker that sent it (`w`) and its kind (`e`):
   joined   {room, m: member}         a member joined that worker
   left     {room, sid}               a member of that worker left
   rekeyed  {room, old, m: member}    a member of that worker rotated its session key
-  msg      {line: <log record>}      a message that worker validated and logged (§8 record)
+  msgs     {lines: [<log record>]}   messages that worker validated and logged (§8 records), in
+                                    order: all it relayed since its last PUBLISH, in one event
   hello    {}                        that worker (re)wrote its members: read them again
   rotate   {keep}                    rotate your ciphertext log now (`securechat logs rotate`)
   bye      {}                        that worker stops: its remaining members are gone
@@ -112,14 +113,14 @@ def _head(worker: str) -> str:
 
 
 def own_prefix(worker: str) -> bytes:
-    """How every event a worker publishes begins (`event` and `msg_event` both start so): the
+    """How every event a worker publishes begins (`event` and `msgs_event` both start so): the
     listener drops its own by comparing bytes, before paying for a JSON parse of a whole record."""
     return _head(worker).encode()
 
 
-def msg_event(worker: str, log_line: str) -> str:
-    """The message event carries the log record as it was written, not re-encoded."""
-    return f'{_head(worker)}"e":"msg","line":{log_line}}}'
+def msgs_event(worker: str, log_lines: list[str]) -> str:
+    """The messages event carries the log records as they were written, not re-encoded."""
+    return f'{_head(worker)}"e":"msgs","lines":[{",".join(log_lines)}]}}'
 
 
 def decode(data: bytes | str) -> dict[str, Any] | None:

@@ -72,14 +72,15 @@ class Relay:
     targets: list[tuple[Participant, str]]  # (recipient, its wrapped key)
     recipients_json: str  # the sorted sids as a JSON array: what a `recipients` request gets
 
-    def deliveries(self):
-        """(recipient, frame) pairs, each frame built just before it is needed.
+    def deliveries(self, targets: list[tuple[Participant, str]] | None = None):
+        """(recipient, frame) pairs, each frame built just before it is needed, for every
+        target or for those of `targets` (a cluster builds none for members it does not hold).
 
         Building all N frames first would put N copies of the shared part in memory at once
         (2 MB at N = 250), evicting each from the CPU cache before the socket write reads it.
         """
         head = self.head
-        for recipient, wrapped in self.targets:
+        for recipient, wrapped in self.targets if targets is None else targets:
             # protocol.parse_frame admitted each wrapped key only as canonical base64, whose
             # alphabet needs no JSON escaping: quoting it is exactly what json.dumps would do.
             yield recipient, head + wrapped + '"}'
