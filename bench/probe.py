@@ -8,7 +8,8 @@ fan-out, a garbage collection) or the process had no CPU; that lateness is the s
 message arriving meanwhile waited for too.
 
 Samples go to OUT as packed (time.monotonic() seconds, lateness seconds, seconds the loop's
-thread waited for a CPU since the previous callback, from /proc's schedstat) doubles, appended a
+thread waited for a CPU since the previous callback, seconds it ran on one, both from /proc's
+schedstat) doubles, appended a
 few times a second, so the benchmark can cut out the samples of one phase by time (the clock is
 the system-wide CLOCK_MONOTONIC, the same in every process). Costs one tiny callback per
 interval (2 ms: ~0.3 % of a core), which is why the CPU comparison runs without it.
@@ -19,7 +20,10 @@ generation, and whether the loop's thread ran it or another thread, which holds 
 same), and in securechat the ciphertext log's work: a rotation's part on the appending thread
 (rename and open), any fsync on the loop's thread, appends that took over 0.5 ms, and each
 background rotation job (fsync, gzip, retention) from start to end. attribute() then names, for
-every callback more than 10 ms late, the events that overlapped its stall.
+every callback more than 10 ms late, the events that overlapped its stall, and where the loop's
+thread spent it: running (its own code and system calls: a long loop turn), waiting for a CPU
+(another process or thread had it) or asleep (the GIL held by another thread, or a system call
+waiting in the kernel). Only the last two can be another thread's doing, a rotation's among them.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from pathlib import Path
 
 INTERVAL = float(os.environ.get("BENCH_PROBE_INTERVAL", "0.002"))
 FLUSH_EVERY = 0.1  # seconds between appends to the file (read samples this much later)
-SAMPLE = struct.Struct("=ddd")
+SAMPLE = struct.Struct("=dddd")
 EVENT = struct.Struct("=ddd")
 # kind -> name; a collection by another thread than the loop's is 10 + its generation
 EVENT_NAMES = {0: "gc gen 0", 1: "gc gen 1", 2: "gc gen 2", 10: "gc gen 0 (other thread)",
@@ -114,21 +118,22 @@ class LagProbe:
             self.schedstat = os.open(f"/proc/self/task/{threading.get_native_id()}/schedstat", os.O_RDONLY)
         except OSError:
             self.schedstat = None  # not Linux: the CPU wait is recorded as 0
-        self.waited = self.run_delay()
+        self.ran, self.waited = self.cpu_times()
         self.due = loop.time() + interval
         loop.call_at(self.due, self.tick)
 
-    def run_delay(self) -> float:
-        """Seconds this thread has spent runnable but waiting for a CPU (other processes had it)."""
+    def cpu_times(self) -> tuple[float, float]:
+        """Seconds this thread has run on a CPU, and spent runnable but waiting for one."""
         if self.schedstat is None:
-            return 0.0
-        return int(os.pread(self.schedstat, 128, 0).split()[1]) / 1e9
+            return 0.0, 0.0
+        ran, waited = os.pread(self.schedstat, 128, 0).split()[:2]
+        return int(ran) / 1e9, int(waited) / 1e9
 
     def tick(self) -> None:
         now = self.loop.time()  # the loop's clock is time.monotonic()
-        waited = self.run_delay()
-        self.samples.extend((now, now - self.due, waited - self.waited))
-        self.waited = waited
+        ran, waited = self.cpu_times()
+        self.samples.extend((now, now - self.due, waited - self.waited, ran - self.ran))
+        self.ran, self.waited = ran, waited
         # The next one is due one interval after it was planned, not after it ran: a stall shows
         # once, at its full length, and later callbacks are not pushed back by it.
         self.due = max(self.due + self.interval, now)
@@ -156,17 +161,17 @@ def _records(path: Path, width: int) -> array:
 
 
 def read_timed(path: Path, since: float | None = None,
-               until: float | None = None) -> list[tuple[float, float, float]]:
-    """(fired at, lateness, CPU wait since the previous callback) in seconds of every probe
-    callback that fired within [since, until]."""
-    values = _records(path, 3)
-    return [(values[i], values[i + 1], values[i + 2]) for i in range(0, len(values), 3)
+               until: float | None = None) -> list[tuple[float, float, float, float]]:
+    """(fired at, lateness, CPU wait and CPU time since the previous callback) in seconds of every
+    probe callback that fired within [since, until]."""
+    values = _records(path, 4)
+    return [tuple(values[i:i + 4]) for i in range(0, len(values), 4)
             if (since is None or values[i] >= since) and (until is None or values[i] <= until)]
 
 
 def read_samples(path: Path, since: float | None = None, until: float | None = None) -> list[float]:
     """Lateness in seconds of every probe callback that fired within [since, until]."""
-    return [late for _, late, _ in read_timed(path, since, until)]
+    return [late for _, late, _, _ in read_timed(path, since, until)]
 
 
 def events_path(path: Path) -> Path:
@@ -185,34 +190,58 @@ def read_events(path: Path, since: float | None = None, until: float | None = No
 
 
 NO_CPU = "no CPU (other processes ran)"
+RAN = "the loop's own work (its thread ran)"
+ASLEEP = "the loop's thread asleep (GIL or kernel)"
+LOG_KINDS = (20, 21, 22)  # the ciphertext log's work on the loop's thread
+ROTATION_JOB = 30
 
 
-def attribute(timed: list[tuple[float, float, float]], events: list[tuple[float, float, int]],
+def attribute(timed: list[tuple[float, float, float, float]], events: list[tuple[float, float, int]],
               over: float = 0.010, least: float = 0.001) -> dict:
     """For every callback more than `over` late: which events (of at least `least` seconds, or
-    any background job) overlapped its stall, [fired - lateness, fired], and whether the loop's
-    thread spent at least half of it waiting for a CPU (NO_CPU). Returns the count of such
-    stalls, per cause how many it overlapped, how many had none, and per event name the count,
-    longest and total duration over the whole window."""
-    stalls = [(fired - late, fired, waited >= late / 2) for fired, late, waited in timed if late > over]
+    any background job) overlapped its stall, [fired - lateness, fired], and where the loop's
+    thread spent at least half of it: running (RAN), runnable but without a CPU (NO_CPU), or
+    else asleep (ASLEEP).
+
+    A stall is the log's ("from_log") when the log's own work on the loop overlapped it, or when
+    the loop was kept from running (NO_CPU or ASLEEP) while a rotation job ran: the job's thread
+    holding the GIL, the gzip process or the job's kernel work having the core, or a write()
+    waiting for the journal the job's fsync commits. A loop that ran its own code for most of a
+    stall was handling messages, which a log that never rotates does as well.
+
+    Returns the count of such stalls, per cause how many it overlapped, how many had none, how
+    many were the log's and the longest of those, and per event name the count, longest and
+    total duration over the whole window."""
+    stalls = []
+    for fired, late, waited, ran in timed:
+        if late > over:
+            # ran and waited cover the interval since the previous callback, the stall and a
+            # little more; asleep is what is left of it
+            state = RAN if ran >= late / 2 else NO_CPU if waited >= late / 2 else ASLEEP
+            stalls.append((fired - late, fired, late, state))
     relevant = [(start, start + took, kind) for start, took, kind in events
                 if took >= least or kind not in ON_LOOP_KINDS]
     by_cause: dict[str, int] = {}
-    unexplained = 0
-    for lo, hi, no_cpu in stalls:
-        causes = {EVENT_NAMES.get(kind, str(kind)) for start, end, kind in relevant if start < hi and end > lo}
-        if no_cpu:
-            causes.add(NO_CPU)
+    unexplained = from_log = 0
+    longest_from_log = 0.0
+    for lo, hi, late, state in stalls:
+        kinds = {kind for start, end, kind in relevant if start < hi and end > lo}
+        causes = {EVENT_NAMES.get(kind, str(kind)) for kind in kinds}
+        causes.add(state)
         for cause in causes:
             by_cause[cause] = by_cause.get(cause, 0) + 1
-        unexplained += not causes
+        unexplained += len(causes) == 1  # only where the thread was: no event overlapped it
+        if kinds & set(LOG_KINDS) or (ROTATION_JOB in kinds and state != RAN):
+            from_log += 1
+            longest_from_log = max(longest_from_log, late * 1000)
     seen: dict[str, dict] = {}
     for start, took, kind in events:
         entry = seen.setdefault(EVENT_NAMES.get(kind, str(kind)), {"count": 0, "max_ms": 0.0, "total_ms": 0.0})
         entry["count"] += 1
         entry["max_ms"] = max(entry["max_ms"], took * 1000)
         entry["total_ms"] += took * 1000
-    return {"stalls": len(stalls), "by_cause": by_cause, "unexplained": unexplained, "events": seen}
+    return {"stalls": len(stalls), "by_cause": by_cause, "unexplained": unexplained,
+            "from_log": from_log, "from_log_max_ms": longest_from_log, "events": seen}
 
 
 def summary(lateness: list[float]) -> dict:

@@ -222,13 +222,21 @@ def rotation_markdown(results: dict) -> str:
 
 
 def stalls_text(stalls: dict | None) -> str:
-    """'3: 2 gc gen 2, 1 no CPU ...' for the callbacks more than 10 ms late, by what overlapped them."""
+    """'3: 2 gc gen 2, 1 no CPU ...' for the callbacks more than 10 ms late, by what overlapped them
+    and where the loop's thread was (bench/probe.py attribute(): each stall counts once for each)."""
     if not stalls:
         return "–"
     parts = [f"{count} {cause}" for cause, count in sorted(stalls["by_cause"].items(), key=lambda kv: -kv[1])]
-    if stalls["unexplained"]:
-        parts.append(f"{stalls['unexplained']} none of these")
     return f"{stalls['stalls']}" + (f": {', '.join(parts)}" if parts else "")
+
+
+def from_log_text(stalls: dict | None) -> str:
+    """'2 (max 14.1 ms)': the late callbacks that were the log's (rotation, gzip, fsync, appends)."""
+    if not stalls or "from_log" not in stalls:
+        return "–"
+    if not stalls["from_log"]:
+        return "0"
+    return f"{stalls['from_log']} (max {stalls['from_log_max_ms']:.1f} ms)"
 
 
 def _event_max(stalls: dict | None, name: str) -> str:
@@ -244,21 +252,21 @@ def rotation_open_markdown(results: dict) -> str:
            f"rotating relay's saturated msgs/s, {s['rotation_seconds']:g} s × {s['repeats']}; securechat with the log "
            f"rotating at {size}, and not rotating)\n",
            "| rotation | N | offered msg/s | p50 ms | p99 ms (range) | max ms | loop lag p99 ms | loop lag max ms "
-           "| callbacks > 10 ms late, by what overlapped them | rotations | rotation on the loop, max ms (count) "
-           "| gc gen 2 max ms (count) | fsync on the loop, max ms (count) |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+           "| callbacks > 10 ms late, by what overlapped them | of them the log's | rotations "
+           "| rotation on the loop, max ms (count) | gc gen 2 max ms (count) | fsync on the loop, max ms (count) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["n"], r["rotation"] != "on")):
         lo, hi = r["p99_ms_range"]
         st = r.get("stalls")
         out.append(f"| {r['rotation']} | {r['n']} | {_f(r['offered_per_s'], 0)} | {_f(r['p50_ms'], 2)} "
                    f"| {_f(r['p99_ms'], 2)} ({_f(lo, 1)}–{_f(hi, 1)}) | {_f(r['max_ms'], 1)} "
-                   f"| {_f(r['lag_p99_ms'], 2)} | {_f(r['lag_max_ms'], 1)} | {stalls_text(st)} | {r['rotations']} "
+                   f"| {_f(r['lag_p99_ms'], 2)} | {_f(r['lag_max_ms'], 1)} | {stalls_text(st)} | {from_log_text(st)} | {r['rotations']} "
                    f"| {_event_max(st, 'rotation on the loop')} | {_event_max(st, 'gc gen 2')} "
                    f"| {_event_max(st, 'fsync on the loop')} |")
         if r.get("late_sends") or r.get("missing_deliveries") or r.get("built_live"):
             out.append(f"| ⚠ N={r['n']} rotation {r['rotation']}: {r.get('late_sends', 0):,} sends more than 5 ms "
                        f"late, {r.get('missing_deliveries', 0):,} deliveries missing, {r.get('built_live', 0):,} "
-                       "frames built live | | | | | | | | | | | | |")
+                       "frames built live | | | | | | | | | | | | | |")
     return "\n".join(out) + "\n"
 
 

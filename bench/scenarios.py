@@ -141,12 +141,14 @@ def over_repeats(repeats: list[dict]) -> dict:
 
 def merge_stalls(parts: list[dict]) -> dict:
     """probe.attribute() results of several repeats as one."""
-    out = {"stalls": 0, "by_cause": {}, "unexplained": 0, "events": {}}
+    out = {"stalls": 0, "by_cause": {}, "unexplained": 0, "from_log": 0, "from_log_max_ms": 0.0, "events": {}}
     for part in parts:
         if not part:
             continue
         out["stalls"] += part["stalls"]
         out["unexplained"] += part["unexplained"]
+        out["from_log"] += part.get("from_log", 0)
+        out["from_log_max_ms"] = max(out["from_log_max_ms"], part.get("from_log_max_ms", 0.0))
         for cause, count in part["by_cause"].items():
             out["by_cause"][cause] = out["by_cause"].get(cause, 0) + count
         for name, e in part["events"].items():

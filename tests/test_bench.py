@@ -305,19 +305,26 @@ def test_a_phase_that_built_frames_live_is_reported_as_not_valid():
 def test_the_lag_probe_names_what_overlapped_each_late_callback():
     from bench import probe
 
-    # (fired at, lateness, CPU wait since the previous callback) and (start, seconds, kind)
+    # (fired at, lateness, CPU wait and CPU time since the previous callback) and
+    # (start, seconds, kind); each stall is also put where the loop's thread spent it
     timed = [
-        (1.000, 0.001, 0.0),    # on time
-        (2.030, 0.025, 0.0),    # stall 2.005-2.030: a 20 ms gen-2 collection inside it
-        (3.050, 0.040, 0.030),  # stall 3.010-3.050: the thread waited 30 ms for a CPU
-        (4.020, 0.015, 0.0),    # stall 4.005-4.020: a background gzip ran meanwhile
-        (5.020, 0.015, 0.0),    # stall: nothing known overlapped it
-        (6.020, 0.015, 0.0),    # stall: only a 0.2 ms append overlapped it (too short to count)
+        (1.000, 0.001, 0.0, 0.001),     # on time
+        (2.030, 0.025, 0.0, 0.026),     # stall 2.005-2.030: a 20 ms gen-2 collection, the loop ran
+        (3.050, 0.040, 0.030, 0.005),   # stall 3.010-3.050: the thread waited 30 ms for a CPU
+        (4.020, 0.015, 0.0, 0.001),     # stall 4.005-4.020: asleep while a background gzip ran
+        (5.020, 0.015, 0.0, 0.016),     # stall: nothing overlapped it, the loop ran its own code
+        (6.020, 0.015, 0.0, 0.016),     # stall: only a 0.2 ms append overlapped it (too short to count)
+        (7.020, 0.015, 0.0, 0.016),     # stall: the loop ran, a rotation job alongside: not the log's
+        (8.030, 0.025, 0.0, 0.026),     # stall: a 12 ms fsync on the loop inside it
     ]
-    events = [(2.008, 0.020, 2), (3.9, 0.3, 30), (6.010, 0.0002, 22), (7.0, 0.002, 20)]
+    events = [(2.008, 0.020, 2), (3.9, 0.3, 30), (6.010, 0.0002, 22), (6.9, 0.2, 30), (8.01, 0.012, 21),
+              (9.0, 0.002, 20)]
     result = probe.attribute(timed, events)
-    assert result["stalls"] == 5 and result["unexplained"] == 2
-    assert result["by_cause"] == {"gc gen 2": 1, probe.NO_CPU: 1, "rotation job (background)": 1}
+    assert result["stalls"] == 7 and result["unexplained"] == 3  # no event overlapped 3.0, 5.0, 6.0
+    assert result["by_cause"] == {"gc gen 2": 1, probe.NO_CPU: 1, "rotation job (background)": 2,
+                                  probe.RAN: 5, probe.ASLEEP: 1, "fsync on the loop": 1}
+    # the log's: the gzip while the loop slept, and the fsync on the loop (the longest, 25 ms)
+    assert result["from_log"] == 2 and result["from_log_max_ms"] == pytest.approx(25.0)
     assert result["events"]["gc gen 2"] == {"count": 1, "max_ms": pytest.approx(20.0), "total_ms": pytest.approx(20.0)}
     assert result["events"]["rotation on the loop"]["count"] == 1
 
