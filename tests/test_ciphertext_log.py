@@ -454,6 +454,42 @@ def test_filter_still_reports_problems(tmp_path):
     assert [p.line_no for p in problems(got)] == [2]
 
 
+def test_containing_yields_exactly_the_matching_records_with_their_line_numbers(tmp_path, monkeypatch):
+    """A scan for a few records (attachment references) reads the same records, at the same
+    line numbers, as a full read filtered afterwards: across gzipped and live files, across the
+    scanner's megabyte reads, with a bad matching line a problem and other bad lines unread."""
+    import securechat.storage.ciphertext_log as ciphertext_log
+
+    monkeypatch.setattr(ciphertext_log, "_SCAN_BYTES", 97)  # lines straddle every read
+    with CiphertextLog(tmp_path, max_bytes=4096, fsync="never", gzip_in_background=False) as log:
+        for i in range(300):
+            rec = msg(i, pad=i % 23)
+            if i % 7 == 0:
+                rec["attachments"] = [{"id": i}]
+            log.append(rec)
+    assert log_files(tmp_path)[0].name.endswith(".gz") and len(log_files(tmp_path)) > 3
+    with open(tmp_path / "ciphertext.jsonl", "ab") as f:
+        f.write(b'not json\n{"attachments": oops}\n{"id": 300, "attachments": []}\n{"attachments": torn')
+
+    everything = list(read_log(tmp_path))
+    expected = [(i.path, i.line_no, i.record) for i in records(everything) if '"attachments"' in i.raw]
+    got = list(read_log(tmp_path, containing=b'"attachments"'))
+    assert [(i.path, i.line_no, i.record) for i in records(got)] == expected
+    assert [r["id"] for _, _, r in expected] == list(range(0, 300, 7)) + [300]
+    live_problems = [(p.line_no, p.reason) for p in problems(got)]
+    assert [reason.split(":")[0] for _, reason in live_problems] == ["invalid JSON", "torn last line (no newline)"]
+    full = {(p.line_no, p.reason.split(":")[0]) for p in problems(everything)}
+    assert {(n, r.split(":")[0]) for n, r in live_problems} <= full
+    assert (live_problems[0][0] - 1, "invalid JSON") in full  # "not json" has no match: unread
+
+
+def test_containing_must_be_a_needle_of_one_line(tmp_path):
+    (tmp_path / "ciphertext.jsonl").write_bytes(b'{"id":1}\n')
+    for needle in (b"", b"a\nb"):
+        with pytest.raises(ValueError, match="containing must be"):
+            list(read_log(tmp_path, containing=needle))
+
+
 # ---------------------------------------------------------------- validation
 
 

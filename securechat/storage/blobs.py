@@ -472,8 +472,10 @@ def referenced_blobs(log_dir: Path | list[Path]) -> set[str]:
         for one in log_dir:
             found |= referenced_blobs(one)
         return found
-    for item in read_log(log_dir):
-        if not isinstance(item, LogRecord) or '"attachments"' not in item.raw:
+    # The server writes every record itself (compact JSON, keys unescaped): a msg with
+    # attachments holds these bytes, and most lines, which do not, are never parsed.
+    for item in read_log(log_dir, containing=b'"attachments"'):
+        if not isinstance(item, LogRecord):
             continue
         for ref in item.record.get("attachments") or ():
             if isinstance(ref, dict) and is_blob_id(ref.get("id")):

@@ -764,8 +764,8 @@ def log_files(directory: Path) -> list[Path]:
     return files
 
 
-def read_log(directory: Path, *, since: float | None = None,
-             until: float | None = None) -> Iterator[LogRecord | LogProblem]:
+def read_log(directory: Path, *, since: float | None = None, until: float | None = None,
+             containing: bytes | None = None) -> Iterator[LogRecord | LogProblem]:
     """Yield every record in chronological order, and a LogProblem for each bad line.
 
     since/until are epoch seconds (since inclusive, until exclusive) compared
@@ -773,6 +773,11 @@ def read_log(directory: Path, *, since: float | None = None,
     without a numeric "t" are skipped; problems are always yielded.  Files are
     streamed line by line; a rotation happening while reading is followed
     (the directory is re-listed after each file).
+
+    With `containing`, only the lines holding those bytes are parsed and yielded (with their
+    true line numbers); the rest, problems included, are skipped unread. A scan for the few
+    records that matter (attachment references) then costs a search through each megabyte
+    instead of a JSON parse per line (see _read_lines_containing).
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -781,7 +786,7 @@ def read_log(directory: Path, *, since: float | None = None,
     while True:
         stamp = _next_rotated_stamp(directory, after=done)
         if stamp is not None:
-            yield from _filter(_read_rotated(directory, stamp), since, until)
+            yield from _filter(_read_rotated(directory, stamp, containing), since, until)
             done = stamp
             continue
         live = directory / LIVE_NAME
@@ -796,7 +801,7 @@ def read_log(directory: Path, *, since: float | None = None,
             # file; nothing has been read yet, so just go round again.
             if _next_rotated_stamp(directory, after=done) is not None:
                 continue
-            yield from _filter(_read_lines(live, f), since, until)
+            yield from _filter(_read_lines(live, f, containing), since, until)
         return
 
 
@@ -822,7 +827,7 @@ def _next_rotated_stamp(directory: Path, after: str | None) -> str | None:
     return min(later) if later else None
 
 
-def _read_rotated(directory: Path, stamp: str) -> Iterator[LogRecord | LogProblem]:
+def _read_rotated(directory: Path, stamp: str, containing: bytes | None = None) -> Iterator[LogRecord | LogProblem]:
     # Prefer the plain file; if the gzip thread removed it meanwhile, the
     # .gz is complete by then.  If both are gone, retention deleted them.
     plain = _plain_path(directory, stamp)
@@ -839,12 +844,15 @@ def _read_rotated(directory: Path, stamp: str) -> Iterator[LogRecord | LogProble
         yield LogProblem(plain, 0, f"cannot open: {exc}")
         return
     with f:
-        yield from _read_lines(path, f)
+        yield from _read_lines(path, f, containing)
 
 
-def _read_lines(path: Path, f: BinaryIO) -> Iterator[LogRecord | LogProblem]:
+def _read_lines(path: Path, f: BinaryIO, containing: bytes | None = None) -> Iterator[LogRecord | LogProblem]:
     # Binary lines split only on "\n" (text mode would also split on "\r"),
     # and decoding per line turns invalid UTF-8 into a problem for that line.
+    if containing is not None:
+        yield from _read_lines_containing(path, f, containing)
+        return
     line_no = 0
     try:
         for raw in f:
@@ -855,6 +863,42 @@ def _read_lines(path: Path, f: BinaryIO) -> Iterator[LogRecord | LogProblem]:
             yield _parse_line(path, line_no, raw[:-1])
     except (OSError, EOFError, zlib.error) as exc:
         # gzip.BadGzipFile is an OSError; EOFError is a truncated .gz.
+        yield LogProblem(path, line_no + 1, f"unreadable file: {exc or type(exc).__name__}")
+
+
+_SCAN_BYTES = 1024 * 1024
+
+
+def _read_lines_containing(path: Path, f: BinaryIO, needle: bytes) -> Iterator[LogRecord | LogProblem]:
+    """The lines of f that hold needle, parsed, with their line numbers.
+
+    It reads a megabyte at a time and searches it with bytes.find, so the interpreter runs a
+    few statements per megabyte instead of a json.loads per line: attachment retention's scan
+    of 77 MiB of kept log took 1.07 s of CPU parsing every line and takes 0.81 s this way, most
+    of it gzip's inflate, which runs without the GIL (docs/PERFORMANCE.md).
+    """
+    if not needle or b"\n" in needle:
+        raise ValueError("containing must be non-empty bytes without a newline")
+    line_no = 0  # lines wholly before `data`
+    rest = b""
+    try:
+        while chunk := f.read(_SCAN_BYTES):
+            data = rest + chunk if rest else chunk
+            end = data.rfind(b"\n") + 1  # data[:end] is whole lines
+            counted = 0  # newlines of data[:counted] are in line_no
+            at = data.find(needle, 0, end)
+            while at != -1:
+                start = data.rfind(b"\n", 0, at) + 1
+                stop = data.index(b"\n", at)
+                line_no += data.count(b"\n", counted, start) + 1
+                counted = stop + 1
+                yield _parse_line(path, line_no, data[start:stop])
+                at = data.find(needle, counted, end)
+            line_no += data.count(b"\n", counted, end)
+            rest = data[end:]
+        if needle in rest:
+            yield LogProblem(path, line_no + 1, "torn last line (no newline)")
+    except (OSError, EOFError, zlib.error) as exc:
         yield LogProblem(path, line_no + 1, f"unreadable file: {exc or type(exc).__name__}")
 
 
