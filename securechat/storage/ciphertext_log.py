@@ -41,6 +41,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from .background import maintenance_executor
+
 __all__ = [
     "CiphertextLog",
     "LogError",
@@ -278,19 +280,6 @@ def _gzip_file(source: Path, target: Path, tmp: Path) -> None:
     _fsync_dir(target.parent)
     _unlink_quietly(source)
     _fsync_dir(source.parent)
-
-
-def _lower_priority() -> None:
-    """Run this (maintenance) thread at the lowest CPU priority, where the OS allows it.
-
-    Gzip of a rotated file is ~100 ms of CPU per 10 MiB. On Linux a thread's nice value is its
-    own, so at nice 19 the gzip takes the CPU only when the event loop does not want it, instead
-    of half of it while messages queue. It still runs whenever the server has a moment.
-    """
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):
-        pass  # not Linux, or not allowed: compress at normal priority
 
 
 def _apply_retention(directory: Path, keep: int) -> None:
@@ -622,8 +611,7 @@ class CiphertextLog:
             return
         with self._lock:
             if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix="ciphertext-gzip", initializer=_lower_priority)
+                self._executor = maintenance_executor("ciphertext-gzip")
             self._pending = [f for f in self._pending if not f.done()]
             self._pending.append(self._executor.submit(self._logged, job))
 
