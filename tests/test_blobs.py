@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 
 import pytest
@@ -221,3 +222,28 @@ def test_a_disk_that_fills_mid_upload_refuses_the_upload_cleanly(tiny_filesystem
     assert list((tiny_filesystem / "blobs" / "uploads").iterdir()) == []
     assert put(store, b"small file still fits").size == 21
     store.close()
+
+
+@pytest.mark.gen_test
+async def test_hourly_retention_scans_at_the_lowest_priority_and_not_at_all_without_blobs(app, blob_store):
+    api = app.settings["blob_api"]
+    scans = []  # the nice value of the thread each retention ran on
+    real = api.retention
+
+    def retention(*args, **kwargs):
+        scans.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return real(*args, **kwargs)
+
+    api.retention = retention
+    await api.housekeeping()  # the first tick is retention's: with nothing stored, no scan
+    assert scans == []
+
+    loose = put(blob_store, b"nobody refers to me")
+    blob_store._blobs[loose.id] = type(loose)(loose.id, loose.size, int(NOW * 1000) - 2 * DAY_MS, loose.rooms)
+    await api.housekeeping()
+    assert scans == [] and [b.id for b in blob_store.blobs()] == [loose.id], "retention waits for the hour"
+
+    api._last_prune -= 3600
+    await api.housekeeping()
+    assert scans == [19]
+    assert blob_store.blobs() == [] and not (blob_store.directory / loose.id).exists()

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..filecrypto import BLOB_ID, BlobHasher
+from .background import maintenance_executor
 from .ciphertext_log import LogRecord, read_log
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ class BlobStore:
         self._uploads: dict[str, Upload] = {}
         self._referenced_lately: set[str] = set()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._maintenance: concurrent.futures.ThreadPoolExecutor | None = None
         # Called with each upload that stops holding its reservation (finished or aborted), on
         # whichever thread did it: the cluster's reservation in Redis goes with it.
         self.released: Callable[[Upload], None] | None = None
@@ -228,6 +230,15 @@ class BlobStore:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=2, thread_name_prefix="blob-io")
         return self._executor
+
+    @property
+    def maintenance(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The thread for retention's scan of the log, at the lowest CPU priority: the scan is
+        ~1 s of CPU per 80 MiB of kept log, and at normal priority it took turns with the event
+        loop for its core (late callbacks of 10-40 ms, docs/PERFORMANCE.md)."""
+        if self._maintenance is None:
+            self._maintenance = maintenance_executor("blob-retention")
+        return self._maintenance
 
     @property
     def scope(self) -> str:
@@ -403,9 +414,10 @@ class BlobStore:
     def close(self) -> None:
         for upload in self.pending():
             self.abort(upload)
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        for executor in (self._executor, self._maintenance):
+            if executor is not None:
+                executor.shutdown(wait=True)
+        self._executor = self._maintenance = None
 
 
 def _clean(directory: Path, uploads_dir: Path, *, uploads_only: bool = False) -> None:
