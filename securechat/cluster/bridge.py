@@ -28,9 +28,9 @@ import time
 from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
-from redis.retry import Retry
 
 from ..relay import protocol
 from ..relay.protocol import Msg, ProtocolError
