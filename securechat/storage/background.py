@@ -1,27 +1,20 @@
-"""Threads for the storage's maintenance (gzip, retention), at the lowest CPU priority."""
+"""The thread the storage's maintenance runs on (rotation jobs, gzip, attachment retention)."""
 
 from __future__ import annotations
 
 import concurrent.futures
-import os
-import threading
-
-
-def lower_priority() -> None:
-    """Run this (maintenance) thread at the lowest CPU priority, where the OS allows it.
-
-    Gzip of a rotated file is ~100 ms of CPU per 10 MiB, a retention scan ~1 s per 80 MiB of
-    kept log. On Linux a thread's nice value is its own, so at nice 19 such work takes the CPU
-    only when the event loop does not want it, instead of half of it while messages queue. It
-    still runs whenever the server has a moment.
-    """
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):
-        pass  # not Linux, or not allowed: run at normal priority
 
 
 def maintenance_executor(name: str) -> concurrent.futures.ThreadPoolExecutor:
-    """One thread at the lowest priority, so that maintenance jobs run one after another."""
-    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name,
-                                                 initializer=lower_priority)
+    """One thread, so that maintenance jobs run one after another, at the server's own priority.
+
+    Not at nice 19, as it was until 2026-12-04: a thread of this process shares the event loop's
+    GIL, and a low-priority thread that holds it while another process wants the same core is
+    kept off the CPU with the GIL in hand, so the loop waits for it. With a nice-0 CPU hog on the
+    loop's core (tools: docs/PERFORMANCE.md, "Loop stalls: the maintenance thread's priority"), a
+    thread taking the GIL for 3 ms every 20 ms stalled the loop for up to 158 ms at nice 19 and
+    12 ms at nice 0; a continuous scan 243 ms against 17 ms. Other workers of `serve --workers`
+    are such processes. What is CPU-heavy and needs no GIL (the gzip) runs in a child process in
+    the idle scheduling class instead (ciphertext_log._run_idle), where a low priority is safe.
+    """
+    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)

@@ -233,9 +233,10 @@ class BlobStore:
 
     @property
     def maintenance(self) -> concurrent.futures.ThreadPoolExecutor:
-        """The thread for retention's scan of the log, at the lowest CPU priority: the scan is
-        ~1 s of CPU per 80 MiB of kept log, and at normal priority it took turns with the event
-        loop for its core (late callbacks of 10-40 ms, docs/PERFORMANCE.md)."""
+        """The thread for retention's scan of the log (~1 s of CPU per 80 MiB of kept log, mostly
+        zlib's inflate, which lets go of the GIL), so that one scan runs at a time and the default
+        executor stays free for uploads and the admin API. Why not at a lower priority:
+        storage/background.py."""
         if self._maintenance is None:
             self._maintenance = maintenance_executor("blob-retention")
         return self._maintenance
