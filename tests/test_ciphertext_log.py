@@ -672,7 +672,7 @@ def test_with_fsync_always_a_rotation_is_durable_before_append_returns(tmp_path,
         assert calls.count(appender) >= 30 + 2 * rotated_now
 
 
-def test_the_rotation_thread_keeps_the_servers_priority_and_leaves_the_cpu_to_the_gzip_process(tmp_path):
+def test_the_rotation_thread_keeps_the_servers_priority(tmp_path):
     """The job thread shares the event loop's GIL: at a lower priority than the loop it can be
     kept off the CPU while it holds the GIL, and the loop waits (storage/background.py). Only
     the gzip, in a process of its own, runs at the lowest priority."""

@@ -13,7 +13,7 @@ def maintenance_executor(name: str) -> concurrent.futures.ThreadPoolExecutor:
     kept off the CPU with the GIL in hand, so the loop waits for it. With a nice-0 CPU hog on the
     loop's core (tools: docs/PERFORMANCE.md, "Loop stalls: the maintenance thread's priority"), a
     thread taking the GIL for 3 ms every 20 ms stalled the loop for up to 158 ms at nice 19 and
-    12 ms at nice 0; a continuous scan 243 ms against 17 ms. Other workers of `serve --workers`
+    12 ms at nice 0; a continuous scan 239 ms against 13 ms. Other workers of `serve --workers`
     are such processes. What is CPU-heavy and needs no GIL (the gzip) runs in a child process in
     the idle scheduling class instead (ciphertext_log._run_idle), where a low priority is safe.
     """
